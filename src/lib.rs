@@ -1,0 +1,6 @@
+//! rollback-watchdog: watches Kubernetes Deployments after each rollout and
+//! runs the deployment-rollback runbook by itself when a new revision is bad.
+//! Everything testable lives here; `main.rs` only wires the CLI to it.
+
+pub mod selector;
+pub mod sim;

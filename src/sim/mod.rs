@@ -1,0 +1,6 @@
+//! The simulated cluster: a loopback Kubernetes API server with a deployment
+//! controller, a kubelet and a small app that serves metrics, so the
+//! watchdog's real `kube` client can be tested over real HTTP with no real
+//! cluster. It must never listen on anything but loopback.
+
+pub mod store;
