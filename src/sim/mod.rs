@@ -4,3 +4,4 @@
 //! cluster. It must never listen on anything but loopback.
 
 pub mod store;
+pub mod prometheus;

@@ -1,0 +1,257 @@
+//! Runs a real Prometheus server (Debian's `prometheus` binary) next to the
+//! simulated cluster, for the demo and the tests: on a free loopback port,
+//! with its own throw-away storage, scraping the sim's app pods. It must
+//! never outlive its owner: the process runs under `timeout` and is killed
+//! when the handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// What can go wrong starting or feeding Prometheus.
+#[derive(Debug, thiserror::Error)]
+pub enum PrometheusError {
+    #[error("the `{0}` binary is not on PATH; install Debian's package with `apt-get install -y prometheus`")]
+    NotInstalled(&'static str),
+    #[error("could not write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Prometheus at {url} was not ready within {waited:?}; its log:\n{log}")]
+    NotReady {
+        url: String,
+        waited: Duration,
+        log: String,
+    },
+    #[error("promtool failed to backfill: {0}")]
+    Backfill(String),
+    #[error("could not find a free loopback port: {0}")]
+    Port(#[source] std::io::Error),
+}
+
+/// How to start Prometheus.
+#[derive(Debug, Clone)]
+pub struct PrometheusOptions {
+    /// The full `prometheus.yml` text.
+    pub config_yaml: String,
+    /// A TSDB directory to start on (for backfilled data); a fresh
+    /// temporary one when `None`.
+    pub storage: Option<PathBuf>,
+    /// The process is killed after this long whatever happens.
+    pub max_lifetime: Duration,
+}
+
+impl PrometheusOptions {
+    pub fn new(config_yaml: impl Into<String>) -> Self {
+        PrometheusOptions {
+            config_yaml: config_yaml.into(),
+            storage: None,
+            max_lifetime: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A running Prometheus. Dropping it kills the process.
+pub struct PrometheusServer {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+/// Finds an executable on PATH.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether both `prometheus` and `promtool` can be run.
+pub fn available() -> bool {
+    find_binary("prometheus").is_some() && find_binary("promtool").is_some()
+}
+
+/// A scrape config that discovers the sim's app pods over Prometheus's HTTP
+/// service discovery, so exactly the live pods are scraped, with their
+/// `namespace` and `pod` labels.
+pub fn scrape_config(sd_url: &str, scrape_interval: Duration) -> String {
+    let every = humantime::format_duration(scrape_interval);
+    format!(
+        "global:\n  scrape_interval: {every}\n  evaluation_interval: {every}\n\
+         scrape_configs:\n  - job_name: sim-pods\n    scrape_interval: {every}\n    scrape_timeout: {every}\n\
+         \x20   http_sd_configs:\n      - url: {sd_url}\n        refresh_interval: 1s\n"
+    )
+}
+
+fn free_port() -> Result<u16, PrometheusError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(PrometheusError::Port)?;
+    let port = listener.local_addr().map_err(PrometheusError::Port)?.port();
+    Ok(port)
+}
+
+impl PrometheusServer {
+    /// Starts Prometheus and waits until `/-/ready` answers.
+    pub async fn start(opts: PrometheusOptions) -> Result<PrometheusServer, PrometheusError> {
+        let binary = find_binary("prometheus").ok_or(PrometheusError::NotInstalled("prometheus"))?;
+        let mut dir = tempfile::tempdir().map_err(|source| PrometheusError::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, &opts.config_yaml).map_err(|source| PrometheusError::Write {
+            path: config_path.clone(),
+            source,
+        })?;
+        let storage = opts
+            .storage
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let log_path = dir.path().join("prometheus.log");
+        // A port found free can be taken before Prometheus binds it; try a
+        // few times rather than fail a test on a race.
+        let mut last_err = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            let url = format!("http://127.0.0.1:{port}");
+            let log = std::fs::File::create(&log_path).map_err(|source| PrometheusError::Write {
+                path: log_path.clone(),
+                source,
+            })?;
+            let log_err = log.try_clone().map_err(|source| PrometheusError::Write {
+                path: log_path.clone(),
+                source,
+            })?;
+            let child = Command::new("timeout")
+                .arg("--signal=KILL")
+                .arg(format!("{}s", opts.max_lifetime.as_secs().max(1)))
+                .arg(&binary)
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--storage.tsdb.path={}", storage.display()))
+                .arg("--storage.tsdb.retention.time=100y")
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--web.enable-lifecycle")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err))
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| PrometheusError::Spawn {
+                    binary: binary.clone(),
+                    source,
+                })?;
+            let mut server = PrometheusServer { child, url, dir };
+            match server.wait_ready(Duration::from_secs(20)).await {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    server.stop().await;
+                    dir = server.into_dir();
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(PrometheusError::NotReady {
+            url: String::new(),
+            waited: Duration::ZERO,
+            log: String::new(),
+        }))
+    }
+
+    fn into_dir(self) -> tempfile::TempDir {
+        self.dir
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// What Prometheus has logged so far (for failing tests).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<(), PrometheusError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| PrometheusError::NotReady {
+                url: self.url.clone(),
+                waited: Duration::ZERO,
+                log: e.to_string(),
+            })?;
+        let started = Instant::now();
+        let ready_url = format!("{}/-/ready", self.url);
+        while started.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if let Ok(resp) = client.get(&ready_url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(PrometheusError::NotReady {
+            url: self.url.clone(),
+            waited: started.elapsed(),
+            log: self.log(),
+        })
+    }
+
+    /// Stops the process and waits for it to go.
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// Writes TSDB blocks for an OpenMetrics text (ending in `# EOF`) into
+/// `storage` with `promtool tsdb create-blocks-from openmetrics`, so a
+/// Prometheus started on that directory answers queries at fixed times.
+pub async fn backfill(openmetrics: &str, storage: &Path) -> Result<(), PrometheusError> {
+    let promtool = find_binary("promtool").ok_or(PrometheusError::NotInstalled("promtool"))?;
+    std::fs::create_dir_all(storage).map_err(|source| PrometheusError::Write {
+        path: storage.to_path_buf(),
+        source,
+    })?;
+    let input = storage.join("backfill.om");
+    std::fs::write(&input, openmetrics).map_err(|source| PrometheusError::Write {
+        path: input.clone(),
+        source,
+    })?;
+    let output = Command::new("timeout")
+        .arg("--signal=KILL")
+        .arg("120s")
+        .arg(&promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(storage)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| PrometheusError::Spawn {
+            binary: promtool.clone(),
+            source,
+        })?;
+    let _ = std::fs::remove_file(&input);
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(PrometheusError::Backfill(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
