@@ -192,6 +192,7 @@ async fn a_rollout_stays_within_surge_and_undo_reuses_the_old_replicaset_as_revi
     store.create(&DEPLOYMENTS, NS, d).unwrap();
     eventually("revision 1 rolled out", || rolled_out(&get(&store, "web"))).await;
     let rev1 = replicasets(&store, "web")[0].clone();
+    let rollout_start = store.revision();
 
     store
         .update_with(&DEPLOYMENTS, NS, "web", Part::Main, |d| {
@@ -268,6 +269,16 @@ async fn a_rollout_stays_within_surge_and_undo_reuses_the_old_replicaset_as_revi
         most <= 5,
         "at most replicas + maxSurge pods at any time, saw {most}"
     );
+    let (history, _) = store.watch_from(&DEPLOYMENTS, rollout_start).unwrap();
+    for e in history {
+        let available = e.object["status"]["availableReplicas"]
+            .as_i64()
+            .unwrap_or(0);
+        assert!(
+            available >= 3,
+            "never below replicas - maxUnavailable available, saw {available}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,6 +336,15 @@ async fn a_crash_looping_release_shows_crashloopbackoff_and_exceeds_its_progress
     );
     // The old revision keeps serving: a crash loop never takes availability below the minimum.
     assert_eq!(condition(&d, "Available").unwrap()["status"], "True");
+
+    // Undo: back to v1, which rolls out and takes the crashing pods away.
+    set_image(&store, "web", "web:v1");
+    eventually("the undo rolled out", || rolled_out(&get(&store, "web"))).await;
+    assert!(crash_pod(&store).is_none());
+    assert_eq!(
+        get(&store, "web")["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,4 +731,32 @@ async fn each_pod_serves_metrics_health_and_version_as_its_image_behaves() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_removes_every_old_pod_before_starting_new_ones() {
+    let (store, _sim) = cluster(Behaviours::builtin());
+    let mut d = deployment("web", "web:v1", 2);
+    d["spec"]["strategy"] = json!({"type": "Recreate"});
+    store.create(&DEPLOYMENTS, NS, d).unwrap();
+    eventually("v1 rolled out", || rolled_out(&get(&store, "web"))).await;
+    let start = store.revision();
+    set_image(&store, "web", "web:v2");
+    eventually("v2 rolled out", || rolled_out(&get(&store, "web"))).await;
+    let (history, _) = store.watch_from(&PODS, start).unwrap();
+    let mut old_left = 2;
+    for e in history {
+        let image = e.object["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        match (e.event_type, image.as_str()) {
+            (EventType::Deleted, "web:v1") => old_left -= 1,
+            (EventType::Added, "web:v2") => {
+                assert_eq!(old_left, 0, "a v2 pod started while v1 pods ran")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(old_left, 0);
 }
