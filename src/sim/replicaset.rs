@@ -5,7 +5,7 @@
 //! Neither must ever touch an object it does not own: pods are matched by
 //! owner uid, never adopted by labels.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -157,16 +157,5 @@ fn live_uids(store: &Store, kind: &Kind) -> BTreeMap<(String, String), String> {
                 uid(o).to_string(),
             )
         })
-        .collect()
-}
-
-/// Names of pods in `namespace` controlled by any of `owners` (by uid).
-pub fn pods_of(store: &Store, namespace_name: &str, owners: &[Value]) -> Vec<Value> {
-    let uids: HashSet<&str> = owners.iter().map(uid).collect();
-    store
-        .list(&PODS, Some(namespace_name))
-        .0
-        .into_iter()
-        .filter(|p| controller_owner(p).is_some_and(|o| uids.contains(o.uid.as_str())))
         .collect()
 }
