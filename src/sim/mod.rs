@@ -9,7 +9,8 @@ pub mod clock;
 pub mod deployment;
 pub mod kubelet;
 pub mod objects;
+pub mod prometheus;
 pub mod replicaset;
 pub mod runtime;
 pub mod store;
-pub mod prometheus;
+
