@@ -61,7 +61,9 @@ async fn a_live_target_is_scraped() {
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: t\n    static_configs:\n      - targets: ['{addr}']\n"
     );
-    let server = PrometheusServer::start(PrometheusOptions::new(config)).await.unwrap();
+    let server = PrometheusServer::start(PrometheusOptions::new(config))
+        .await
+        .unwrap();
     let client = Client::try_from(server.url()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -13,4 +13,3 @@ pub mod prometheus;
 pub mod replicaset;
 pub mod runtime;
 pub mod store;
-

@@ -102,15 +102,18 @@ fn free_port() -> Result<u16, PrometheusError> {
 impl PrometheusServer {
     /// Starts Prometheus and waits until `/-/ready` answers.
     pub async fn start(opts: PrometheusOptions) -> Result<PrometheusServer, PrometheusError> {
-        let binary = find_binary("prometheus").ok_or(PrometheusError::NotInstalled("prometheus"))?;
+        let binary =
+            find_binary("prometheus").ok_or(PrometheusError::NotInstalled("prometheus"))?;
         let mut dir = tempfile::tempdir().map_err(|source| PrometheusError::Write {
             path: std::env::temp_dir(),
             source,
         })?;
         let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, &opts.config_yaml).map_err(|source| PrometheusError::Write {
-            path: config_path.clone(),
-            source,
+        std::fs::write(&config_path, &opts.config_yaml).map_err(|source| {
+            PrometheusError::Write {
+                path: config_path.clone(),
+                source,
+            }
         })?;
         let storage = opts
             .storage
@@ -123,10 +126,11 @@ impl PrometheusServer {
         for _ in 0..3 {
             let port = free_port()?;
             let url = format!("http://127.0.0.1:{port}");
-            let log = std::fs::File::create(&log_path).map_err(|source| PrometheusError::Write {
-                path: log_path.clone(),
-                source,
-            })?;
+            let log =
+                std::fs::File::create(&log_path).map_err(|source| PrometheusError::Write {
+                    path: log_path.clone(),
+                    source,
+                })?;
             let log_err = log.try_clone().map_err(|source| PrometheusError::Write {
                 path: log_path.clone(),
                 source,
