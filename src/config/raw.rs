@@ -239,20 +239,29 @@ pub(crate) fn deserialize(mut doc: Value) -> (RawConfig, Value, Vec<Problem>, Ve
 }
 
 fn type_error_sentence(err: &serde_json::Error) -> String {
-    // serde says "invalid type: integer `15`, expected a string"; users
-    // read "expected a string, got integer `15`" faster.
+    // serde says "invalid type: integer `15`, expected u32"; users read
+    // "expected a whole number (0 or more), got integer `15`" faster, in
+    // TOML's words rather than Rust's.
     let text = err.to_string();
-    if let Some(rest) = text.strip_prefix("invalid type: ") {
-        if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!("expected {expected}, got {got}");
+    let split = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|prefix| text.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once(", expected "));
+    match split {
+        Some((got, expected)) => {
+            let expected = match expected {
+                "u32" | "u64" | "usize" => "a whole number (0 or more)",
+                "i64" | "i32" => "a whole number",
+                "f64" | "f32" => "a number",
+                "a sequence" => "a list",
+                "a map" | "struct" => "a table",
+                other if other.starts_with("struct ") => "a table",
+                other => other,
+            };
+            format!("expected {expected}, got {got}")
         }
+        None => text,
     }
-    if let Some(rest) = text.strip_prefix("invalid value: ") {
-        if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!("expected {expected}, got {got}");
-        }
-    }
-    text
 }
 
 fn remove_path(doc: &mut Value, segments: &[serde_path_to_error::Segment]) -> bool {
@@ -370,7 +379,7 @@ mod tests {
             // Document order is the JSON map's (alphabetical); the loader
             // sorts the final list.
             vec![
-                "targets[0].failure_threshold: expected u32, got integer `-1`",
+                "targets[0].failure_threshold: expected a whole number (0 or more), got integer `-1`",
                 r#"watchdog.dry_run: expected a boolean, got string "yes""#,
                 r#"watchdog.interval: expected a duration like "15s" or "5m", got integer `15`"#,
                 "targets[0].helth: unknown key",
