@@ -290,8 +290,7 @@ fn the_same_deployment_listed_twice_is_refused() {
 
 #[test]
 fn thresholds_out_of_range_are_explained() {
-    let toml = format!(
-        r#"
+    let toml = r#"
         [defaults]
         failure_threshold = 0
         backup_retention = 0
@@ -309,10 +308,9 @@ fn thresholds_out_of_range_are_explained() {
         name = "d"
         [targets.latency]
         max_ratio_to_baseline = 0.8
-        "#
-    );
+        "#;
     assert_eq!(
-        problems(&toml),
+        problems(toml),
         [
             "defaults.backup_retention: must be at least 1, got 0: no backup means no rollback",
             "defaults.error_rate.max: must be a fraction in (0, 1], got 1.5",
@@ -525,4 +523,52 @@ fn an_environment_variable_with_a_typo_is_named() {
         problems_with_env("", &[("ROLLBACK_WATCHDOG_WATCHDOG__DRYRUN", "true")]),
         ["watchdog.dryrun: unknown key (set by environment variable ROLLBACK_WATCHDOG_WATCHDOG__DRYRUN)"]
     );
+}
+
+#[test]
+fn odd_documents_are_problems_never_panics() {
+    let odd = [
+        ("targets = 5", "targets: expected a list, got integer `5`"),
+        ("notify = {a=1}", "notify: expected a list, got a table"),
+        ("defaults = []", "defaults: expected a table, got a list"),
+        (
+            "watchdog = [\"prod\", \"15s\"]",
+            "watchdog: expected a table, got a list",
+        ),
+        (
+            "targets = [\"x\"]",
+            r#"targets[0]: expected a table, got string "x""#,
+        ),
+        (
+            "[defaults.health]\nper_pod = 3",
+            "defaults.health.per_pod: expected a table, got integer `3`",
+        ),
+        (
+            "[defaults.error_rate]\nmax = inf",
+            "defaults.error_rate.max: must be a finite number, not nan or inf",
+        ),
+        (
+            "[defaults.pods]\ncrash_reasons = [[1]]",
+            "defaults.pods.crash_reasons[0]: expected a string, got a list",
+        ),
+        (
+            "[defaults.health]\nurls = [\"http://x/\", 5]",
+            "defaults.health.urls[1]: expected a string, got integer `5`",
+        ),
+        (
+            "[watchdog]\ninterval = \"99999999999999999999999h\"",
+            r#"watchdog.interval: "99999999999999999999999h" is not a duration like "15s" or "5m""#,
+        ),
+        (
+            "[prometheus]\nurl = \"http://{namespace}:9090\"",
+            "prometheus.url: takes no placeholders; give Prometheus' own address",
+        ),
+        (
+            "[[notify]]\nkind = \"webhook\"\nurl_file = \"/\"",
+            "notify[0].url_file: / is a directory, not a file",
+        ),
+    ];
+    for (toml, expected) in odd {
+        assert_eq!(problems(toml), [expected], "for {toml:?}");
+    }
 }

@@ -208,7 +208,12 @@ impl Loader {
             .extract()
             .map_err(|e| ConfigError::Layers(Box::new(e)))?;
 
-        let (raw, doc, mut raw_problems, broken) = raw::deserialize(doc);
+        let raw::RawOutcome {
+            raw,
+            doc,
+            problems: mut raw_problems,
+            broken,
+        } = raw::deserialize(doc);
         for p in &mut raw_problems {
             if let Some(var) = env_keys
                 .iter()
@@ -219,28 +224,33 @@ impl Loader {
         }
         problems.extend(raw_problems);
 
-        let env_map: BTreeMap<String, String> = env.into_iter().collect();
-        let outcome = validate::validate(&raw, &doc, &env_map, self.missing_secrets);
-        let is_broken = |p: &Problem| {
-            broken.iter().any(|b| {
-                p.path == *b
-                    || p.path.starts_with(&format!("{b}."))
-                    || p.path.starts_with(&format!("{b}["))
-            })
-        };
-        problems.extend(outcome.problems.into_iter().filter(|p| !is_broken(p)));
+        let mut warnings = Vec::new();
+        let mut config = None;
+        if let Some(raw) = raw {
+            let env_map: BTreeMap<String, String> = env.into_iter().collect();
+            let outcome = validate::validate(&raw, &doc, &env_map, self.missing_secrets);
+            let is_broken = |p: &Problem| {
+                broken.iter().any(|b| {
+                    p.path == *b
+                        || p.path.starts_with(&format!("{b}."))
+                        || p.path.starts_with(&format!("{b}["))
+                })
+            };
+            problems.extend(outcome.problems.into_iter().filter(|p| !is_broken(p)));
+            warnings = outcome.warnings;
+            config = Some(outcome.config);
+        }
 
+        if config.is_none() && problems.is_empty() {
+            problems.push(Problem::new(
+                "",
+                "the config could not be read as a whole; check its structure",
+            ));
+        }
         problems.sort_by_key(|p| sort_key(&p.path));
-        if problems.is_empty() {
-            Ok(Loaded {
-                config: outcome.config,
-                warnings: outcome.warnings,
-            })
-        } else {
-            Err(ConfigError::Invalid {
-                problems,
-                warnings: outcome.warnings,
-            })
+        match config {
+            Some(config) if problems.is_empty() => Ok(Loaded { config, warnings }),
+            _ => Err(ConfigError::Invalid { problems, warnings }),
         }
     }
 }

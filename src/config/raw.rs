@@ -201,16 +201,27 @@ impl<'de> Deserialize<'de> for DurationStr {
     }
 }
 
+/// What the raw pass found.
+pub(crate) struct RawOutcome {
+    /// `None` when the document is too broken to check further; the
+    /// problems then say why.
+    pub raw: Option<RawConfig>,
+    /// The document with every offending value removed.
+    pub doc: Value,
+    pub problems: Vec<Problem>,
+    /// Paths already reported here, so validation does not report them again.
+    pub broken: Vec<String>,
+}
+
 /// Deserializes the merged document, collecting every unknown key and
 /// every type error. A type error removes the offending value and tries
-/// again, so one run reports all of them; `broken` lists those paths so the
-/// validation pass does not report them a second time.
-pub(crate) fn deserialize(mut doc: Value) -> (RawConfig, Value, Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut broken = Vec::new();
+/// again, so one run reports all of them.
+pub(crate) fn deserialize(mut doc: Value) -> RawOutcome {
+    let (mut problems, mut broken) = prepass(&mut doc);
+    let mut last_error: Option<String> = None;
     // Each round removes one bad value, so this ends; the bound guards
-    // against a path that cannot be removed.
-    for _ in 0..200 {
+    // against a value that cannot be removed.
+    for _ in 0..500 {
         let mut unknown = Vec::new();
         let result: Result<RawConfig, _> = {
             let mut record = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
@@ -222,20 +233,184 @@ pub(crate) fn deserialize(mut doc: Value) -> (RawConfig, Value, Vec<Problem>, Ve
                 for path in unknown {
                     problems.push(Problem::new(path, "unknown key"));
                 }
-                return (raw, doc, problems, broken);
+                return RawOutcome {
+                    raw: Some(raw),
+                    doc,
+                    problems,
+                    broken,
+                };
             }
             Err(err) => {
                 let path = err.path().to_string();
-                let segments: Vec<_> = err.path().iter().cloned().collect();
-                problems.push(Problem::new(path.clone(), type_error_sentence(err.inner())));
-                broken.push(path);
+                let mut segments: Vec<_> = err.path().iter().cloned().collect();
+                if last_error.as_deref() == Some(path.as_str()) {
+                    // A list element that `{}` did not satisfy either (a
+                    // number in a list of strings): drop the whole list.
+                    segments.pop();
+                    let list = display_path(&segments);
+                    broken.push(list);
+                } else {
+                    problems.push(Problem::new(path.clone(), type_error_sentence(err.inner())));
+                    broken.push(path.clone());
+                }
+                last_error = Some(path);
                 if !remove_path(&mut doc, &segments) {
                     break;
                 }
             }
         }
     }
-    (RawConfig::default(), doc, problems, broken)
+    RawOutcome {
+        raw: None,
+        doc,
+        problems,
+        broken,
+    }
+}
+
+/// Checks serde would let through: a list where a table belongs (serde
+/// reads a struct from a sequence, positionally) and `nan`/`inf`, which
+/// JSON cannot hold and which arrive here as null.
+fn prepass(doc: &mut Value) -> (Vec<Problem>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut broken = Vec::new();
+    let mut report = |path: String, message: &str| {
+        problems.push(Problem::new(path.clone(), message));
+        broken.push(path);
+    };
+
+    fn walk_nulls(node: &mut Value, path: &str, report: &mut dyn FnMut(String, &str)) {
+        match node {
+            Value::Object(map) => {
+                let nulls: Vec<String> = map
+                    .iter()
+                    .filter(|(_, v)| v.is_null())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in nulls {
+                    map.remove(&key);
+                    report(
+                        join_key(path, &key),
+                        "must be a finite number, not nan or inf",
+                    );
+                }
+                for (key, child) in map.iter_mut() {
+                    walk_nulls(child, &join_key(path, key), report);
+                }
+            }
+            Value::Array(items) => {
+                if items.iter().any(Value::is_null) {
+                    items.retain(|v| !v.is_null());
+                    report(path.to_string(), "must hold finite numbers, not nan or inf");
+                }
+                for (i, child) in items.iter_mut().enumerate() {
+                    walk_nulls(child, &format!("{path}[{i}]"), report);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk_nulls(doc, "", &mut report);
+
+    // Where the schema has tables, a list is a mistake.
+    const POLICY_TABLES: [&str; 5] = ["error_rate", "latency", "health", "pods", "health.per_pod"];
+    let mut tables: Vec<String> = [
+        "watchdog",
+        "prometheus",
+        "prometheus.headers",
+        "leader_election",
+        "admin",
+        "defaults",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut policies = vec!["defaults".to_string()];
+    for list in ["targets", "notify"] {
+        if let Some(Value::Array(items)) = doc.get(list) {
+            for i in 0..items.len() {
+                tables.push(format!("{list}[{i}]"));
+                if list == "targets" {
+                    policies.push(format!("{list}[{i}]"));
+                }
+            }
+        }
+    }
+    for policy in &policies {
+        tables.extend(POLICY_TABLES.iter().map(|t| format!("{policy}.{t}")));
+        let rules = lookup(doc, &format!("{policy}.rules"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        tables.extend((0..rules).map(|i| format!("{policy}.rules[{i}]")));
+    }
+    for table in tables {
+        if let Some(Value::Array(_)) = lookup(doc, &table) {
+            report(table.clone(), "expected a table, got a list");
+            if let Some(node) = lookup_mut(doc, &table) {
+                *node = Value::Object(Default::default());
+            }
+        }
+    }
+    (problems, broken)
+}
+
+fn join_key(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn display_path(segments: &[serde_path_to_error::Segment]) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => out = join_key(&out, key),
+            Segment::Enum { variant } => out = join_key(&out, variant),
+            Segment::Unknown => out = join_key(&out, "?"),
+        }
+    }
+    out
+}
+
+/// The node at `targets[0].health.url`-style `path`.
+fn lookup<'v>(doc: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut node = doc;
+    for (key, index) in steps(path) {
+        if !key.is_empty() {
+            node = node.get(key)?;
+        }
+        if let Some(i) = index {
+            node = node.get(i)?;
+        }
+    }
+    Some(node)
+}
+
+fn lookup_mut<'v>(doc: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    let mut node = doc;
+    for (key, index) in steps(path) {
+        if !key.is_empty() {
+            node = node.get_mut(key)?;
+        }
+        if let Some(i) = index {
+            node = node.get_mut(i)?;
+        }
+    }
+    Some(node)
+}
+
+/// `rules[0].op` -> [("rules", Some(0)), ("op", None)]. Paths here come from
+/// this module, with at most one index per key.
+fn steps(path: &str) -> Vec<(&str, Option<usize>)> {
+    path.split('.')
+        .map(|part| match part.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse().ok()),
+            None => (part, None),
+        })
+        .collect()
 }
 
 fn type_error_sentence(err: &serde_json::Error) -> String {
@@ -256,6 +431,11 @@ fn type_error_sentence(err: &serde_json::Error) -> String {
                 "a sequence" => "a list",
                 "a map" | "struct" => "a table",
                 other if other.starts_with("struct ") => "a table",
+                other => other,
+            };
+            let got = match got {
+                "sequence" => "a list",
+                "map" => "a table",
                 other => other,
             };
             format!("expected {expected}, got {got}")
@@ -335,30 +515,7 @@ pub(crate) fn merge_over(base: &Value, over: &Value) -> Value {
 
 /// Whether `path` (`health.per_pod.port`, `rules[0].op`) is written in `doc`.
 pub(crate) fn has_path(doc: &Value, path: &str) -> bool {
-    let mut node = doc;
-    for part in path.split('.') {
-        let (key, indices) = match part.find('[') {
-            Some(at) => (&part[..at], &part[at..]),
-            None => (part, ""),
-        };
-        if !key.is_empty() {
-            match node.get(key) {
-                Some(child) => node = child,
-                None => return false,
-            }
-        }
-        for index in indices
-            .split(['[', ']'])
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| s.parse::<usize>().ok())
-        {
-            match node.get(index) {
-                Some(child) => node = child,
-                None => return false,
-            }
-        }
-    }
-    true
+    lookup(doc, path).is_some()
 }
 
 #[cfg(test)]
@@ -372,8 +529,8 @@ mod tests {
             "watchdog": {"interval": 15, "dry_run": "yes", "colour": "blue"},
             "targets": [{"namespace": "a", "name": "b", "failure_threshold": -1, "helth": {}}],
         });
-        let (_, _, problems, broken) = deserialize(doc);
-        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let out = deserialize(doc);
+        let lines: Vec<String> = out.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             lines,
             // Document order is the JSON map's (alphabetical); the loader
@@ -386,7 +543,28 @@ mod tests {
                 "watchdog.colour: unknown key",
             ]
         );
-        assert_eq!(broken.len(), 3);
+        assert_eq!(out.broken.len(), 3);
+    }
+
+    #[test]
+    fn lists_where_tables_belong_and_non_finite_numbers_are_reported() {
+        let doc = json!({
+            "defaults": [],
+            "targets": [[1], {"namespace": "a", "name": "b", "error_rate": {"max": null}}],
+            "notify": [{"kind": "slack", "events": ["blind", 5]}],
+        });
+        let out = deserialize(doc);
+        let lines: Vec<String> = out.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "targets[1].error_rate.max: must be a finite number, not nan or inf",
+                "defaults: expected a table, got a list",
+                "targets[0]: expected a table, got a list",
+                "notify[0].events[1]: expected a string, got integer `5`",
+            ]
+        );
+        assert!(out.raw.is_some());
     }
 
     #[test]

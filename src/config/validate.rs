@@ -422,11 +422,11 @@ impl<'a> Checker<'a> {
     fn watchdog(&mut self, raw: &RawConfig) -> WatchdogSettings {
         let w = &raw.watchdog;
         let interval = self.duration("watchdog.interval", &w.interval);
-        if w.interval.is_some()
-            && interval < Duration::from_secs(1)
-            && parse_duration(&w.interval.as_ref().map(|d| d.0.clone()).unwrap_or_default())
-                .is_some()
-        {
+        let parsed = w
+            .interval
+            .as_ref()
+            .is_some_and(|d| parse_duration(&d.0).is_some());
+        if parsed && interval < Duration::from_secs(1) {
             self.problem(
                 "watchdog.interval",
                 format!(
@@ -477,6 +477,13 @@ impl<'a> Checker<'a> {
         let p = &raw.prometheus;
         let text = self.string("prometheus.url", &p.url);
         let url = match http_url(&text) {
+            Ok(url) if placeholder_regex().is_match(&text) => {
+                self.problem(
+                    "prometheus.url",
+                    "takes no placeholders; give Prometheus' own address",
+                );
+                url
+            }
             Ok(url) => url,
             Err(why) => {
                 if !text.trim().is_empty() {
@@ -631,7 +638,10 @@ impl<'a> Checker<'a> {
         if failure_threshold == 0 {
             self.problem("failure_threshold", "must be at least 1, got 0");
         }
-        let detect = interval * failure_threshold;
+        // Checked: an absurd interval is reported, not an overflow panic.
+        let detect = interval
+            .checked_mul(failure_threshold)
+            .unwrap_or(Duration::MAX);
         if !watch_window.is_zero()
             && !interval.is_zero()
             && failure_threshold > 0
