@@ -327,6 +327,24 @@ impl Config {
         toml::to_string_pretty(self).map_err(ConfigError::Print)
     }
 
+    /// The policy for a Deployment that opts in by annotation: `[defaults]`
+    /// with the global `dry_run` and `paused` switches folded in, as they
+    /// are in every configured target's policy.
+    pub fn opt_in_policy(&self) -> Policy {
+        let mut policy = self.defaults.clone();
+        policy.dry_run |= self.watchdog.dry_run;
+        policy.paused |= self.watchdog.paused;
+        policy
+    }
+
+    /// The configured target that names this Deployment, if any.
+    /// Selector targets need the Deployment's labels: see [`Target::selects`].
+    pub fn target_named(&self, namespace: &str, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| {
+            t.namespace == namespace && matches!(&t.selects, Selects::Name(n) if n == name)
+        })
+    }
+
     /// The config file the CLI reads: `--config`, else [`DEFAULT_PATH`].
     pub fn default_path() -> &'static Path {
         Path::new(DEFAULT_PATH)
@@ -450,6 +468,10 @@ mod tests {
             .config;
         assert!(c.targets[0].policy.dry_run);
         assert!(!c.targets[0].policy.paused);
+        assert!(c.opt_in_policy().dry_run);
+        assert!(!c.defaults.dry_run, "[defaults] itself prints as written");
+        assert!(c.target_named("a", "x").is_some());
+        assert!(c.target_named("a", "y").is_none());
     }
 
     #[test]

@@ -336,19 +336,21 @@ impl<'a> Checker<'a> {
         if unknown.is_empty() {
             return true;
         }
-        let list = |names: &mut dyn Iterator<Item = &str>| {
+        let braced = |names: &[&str]| {
             names
+                .iter()
                 .map(|n| format!("{{{n}}}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let unknown_list = list(&mut unknown.iter().map(String::as_str));
+        let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
         let plural = if unknown.len() > 1 { "s" } else { "" };
         self.problem(
             path,
             format!(
-                "unknown placeholder{plural} {unknown_list}; known: {}",
-                list(&mut known.iter().copied())
+                "unknown placeholder{plural} {}; known: {}",
+                braced(&unknown),
+                braced(known)
             ),
         );
         false
