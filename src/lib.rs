@@ -2,5 +2,8 @@
 //! runs the deployment-rollback runbook by itself when a new revision is bad.
 //! Everything testable lives here; `main.rs` only wires the CLI to it.
 
+pub mod cli;
+pub mod config;
 pub mod selector;
 pub mod sim;
+pub mod telemetry;

@@ -1,1 +1,34 @@
-fn main() {}
+//! The binary: parse the command line, start logging, hand over to the
+//! library. Exit codes are documented in `cli` (0, 1, 2 config, 3 not yet).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rollback_watchdog::cli::{self, Cli, Command};
+use rollback_watchdog::telemetry;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = telemetry::init(cli.log_format, cli.log.as_deref()) {
+        eprintln!("rollback-watchdog: {e}");
+        return ExitCode::from(cli::EXIT_CONFIG);
+    }
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("rollback-watchdog: {e:#}");
+            ExitCode::from(cli::EXIT_FAILURE)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<u8> {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    Ok(match &cli.command {
+        Command::CheckConfig(args) => {
+            let path = args.path.as_deref().unwrap_or(&cli.config);
+            cli::check_config(path, args.strict, &mut out, &mut err)
+        }
+        other => cli::not_available(other, &mut err),
+    })
+}

@@ -1,0 +1,413 @@
+//! The command line: every subcommand with its arguments and help, and the
+//! commands that need nothing but the config (`check-config`). Commands
+//! whose behaviour arrives with a later issue say so and exit with
+//! [`EXIT_NOT_AVAILABLE`]; they never pretend to work.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, ConfigError, Loader, MissingSecrets};
+use crate::telemetry::LogFormat;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// A runtime failure (cluster unreachable, rollback failed...).
+pub const EXIT_FAILURE: u8 = 1;
+/// The config (or the command line) is wrong: fix it and run again.
+pub const EXIT_CONFIG: u8 = 2;
+/// The subcommand exists but its behaviour has not been built yet.
+pub const EXIT_NOT_AVAILABLE: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rollback-watchdog",
+    version,
+    about = "Watches Kubernetes Deployments after each rollout and rolls a bad revision back by itself",
+    long_about = "Watches Kubernetes Deployments after each rollout, judges the new revision from \
+                  Prometheus metrics, health probes and pod states, and when it is bad runs the \
+                  rollback runbook: validate, back up, roll back, wait, verify, audit, notify.",
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 invalid config or command line, \
+                  3 subcommand not available yet."
+)]
+pub struct Cli {
+    /// Config file (TOML). Keys can also be set with ROLLBACK_WATCHDOG_<SECTION>__<KEY>.
+    #[arg(long, global = true, value_name = "PATH", env = "ROLLBACK_WATCHDOG_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+
+    /// Log line format, written to stderr.
+    #[arg(long, global = true, value_enum, env = "ROLLBACK_WATCHDOG_LOG_FORMAT", default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Log filter, RUST_LOG syntax (e.g. "info,rollback_watchdog=debug"); overrides RUST_LOG.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILTER",
+        env = "ROLLBACK_WATCHDOG_LOG"
+    )]
+    pub log: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch the configured Deployments and roll back bad revisions (the daemon).
+    Run,
+    /// Check a config file and print the effective config with secrets redacted.
+    CheckConfig(CheckConfigArgs),
+    /// Show each target's revision, observation window, signals and verdict.
+    Status(StatusArgs),
+    /// Show a Deployment's revisions (known-good, blocklisted, rolled back) and its incident records.
+    History {
+        /// The Deployment, as NAMESPACE/NAME.
+        #[arg(value_name = "NS/NAME")]
+        target: DeploymentRef,
+    },
+    /// Roll a Deployment back through the full pipeline (validate, back up, patch, wait, verify, audit, notify).
+    Rollback(RollbackArgs),
+    /// Put a backed-up Deployment template back, through the same pipeline.
+    Restore(RestoreArgs),
+    /// Run the pipeline's validation for a Deployment and print what a rollback would do.
+    Validate {
+        /// The Deployment, as NAMESPACE/NAME.
+        #[arg(value_name = "NS/NAME")]
+        target: DeploymentRef,
+    },
+    /// Send a clearly marked test message through each configured notification sink.
+    NotifyTest {
+        /// Only the sink at this index of [[notify]] (0-based).
+        #[arg(long, value_name = "N")]
+        sink: Option<usize>,
+    },
+    /// The whole story on the simulated cluster: a bad deploy detected and rolled back, in under a minute.
+    Demo,
+    /// Run the simulated cluster on its own, for kubectl and for `run`, until Ctrl-C.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Config file to check; overrides --config.
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Treat secret files and variables that are absent here as errors, not warnings
+    /// (use it where the watchdog runs, with its Secrets mounted).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Admin URL of a running watchdog.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Do not ask a running watchdog: connect to the cluster and Prometheus and evaluate every target once.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The Deployment, as NAMESPACE/NAME.
+    #[arg(value_name = "NS/NAME")]
+    pub target: DeploymentRef,
+    /// `previous` (last known-good, else the highest older revision not blocklisted),
+    /// a revision number, or an image tag to set on the container.
+    #[arg(value_name = "previous|REVISION|IMAGE_TAG")]
+    pub to: RollbackTo,
+    /// The container whose image an IMAGE_TAG replaces (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Why, for the change-cause annotation, the audit record and the notification.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Validate and print the patch, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup ConfigMap's name, as listed by `history`.
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Validate and print the patch, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `rollback-watchdog sim`, handed as they are to the
+/// simulated cluster's standalone runner.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Address of the simulated API server; port 0 picks a free one (the kubeconfig names it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Write a kubeconfig for the simulated cluster here.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig_out: Option<PathBuf>,
+    /// Write a Prometheus config that scrapes exactly the live app pods here.
+    #[arg(long, value_name = "PATH")]
+    pub prometheus_config_out: Option<PathBuf>,
+    /// Append every API request (method, path, query, content type, status) as JSON lines here.
+    #[arg(long, value_name = "PATH")]
+    pub request_log: Option<PathBuf>,
+    /// Behaviour table (TOML: image -> ready delay, crash mode, error ratio, latency).
+    /// Without it, the image tag's suffix decides: -errors, -slow, -crash, -pullfail, -oom, -unready.
+    #[arg(long, value_name = "FILE")]
+    pub behaviours: Option<PathBuf>,
+    /// Create namespaces production and rollback-watchdog and production/kailash-kaizen (3 replicas of kailash-kaizen:v1).
+    #[arg(long)]
+    pub seed: bool,
+    /// How many times faster than real time the simulated cluster runs.
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = positive_f64)]
+    pub time_scale: f64,
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+/// `NAMESPACE/NAME` of a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl FromStr for DeploymentRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(DeploymentRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "{s:?} is not NAMESPACE/NAME, e.g. production/kailash-kaizen"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeploymentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What `rollback` rolls back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTo {
+    Previous,
+    Revision(u64),
+    ImageTag(String),
+}
+
+impl FromStr for RollbackTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "previous" {
+            return Ok(Self::Previous);
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse()
+                .map(Self::Revision)
+                .map_err(|_| format!("revision {s} is too large"));
+        }
+        // Docker's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+        let first_ok = s
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let rest_ok = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if first_ok && rest_ok && s.len() <= 128 {
+            Ok(Self::ImageTag(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not `previous`, a revision number or an image tag like v1.2.3"
+            ))
+        }
+    }
+}
+
+impl Command {
+    /// The subcommand's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run => "run",
+            Command::CheckConfig(_) => "check-config",
+            Command::Status(_) => "status",
+            Command::History { .. } => "history",
+            Command::Rollback(_) => "rollback",
+            Command::Restore(_) => "restore",
+            Command::Validate { .. } => "validate",
+            Command::NotifyTest { .. } => "notify-test",
+            Command::Demo => "demo",
+            Command::Sim(_) => "sim",
+        }
+    }
+
+    /// For a subcommand not built yet, the issue that brings it.
+    pub fn arrives_with(&self) -> Option<&'static str> {
+        match self {
+            Command::CheckConfig(_) => None,
+            Command::Run | Command::Status(_) => Some("issue 3 (watching rollouts)"),
+            Command::History { .. }
+            | Command::Rollback(_)
+            | Command::Restore(_)
+            | Command::Validate { .. }
+            | Command::Demo => Some("issue 4 (the rollback pipeline)"),
+            Command::NotifyTest { .. } => Some("issue 5 (notifications)"),
+            Command::Sim(_) => Some("issue 2 (the simulated cluster)"),
+        }
+    }
+}
+
+/// Says plainly that `command` is not built yet; returns [`EXIT_NOT_AVAILABLE`].
+pub fn not_available(command: &Command, err: &mut dyn Write) -> u8 {
+    let when = command.arrives_with().unwrap_or("a later issue");
+    // Nothing useful can be done if stderr is gone; the exit code still says it.
+    let _ = writeln!(
+        err,
+        "rollback-watchdog {} is not available yet: it arrives with {when}",
+        command.name()
+    );
+    EXIT_NOT_AVAILABLE
+}
+
+/// `check-config`: the effective config, redacted, on `out`; warnings and
+/// problems one per line on `err`. Returns the exit code.
+pub fn check_config(
+    path: &std::path::Path,
+    strict: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let policy = if strict {
+        MissingSecrets::Error
+    } else {
+        MissingSecrets::Warn
+    };
+    let result = Loader::from_file(path).missing_secrets(policy).load();
+    let shown = path.display();
+    match result {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                let _ = writeln!(err, "warning: {w}");
+            }
+            match loaded.config.to_redacted_toml() {
+                Ok(text) => {
+                    let _ = write!(out, "{text}");
+                    tracing::info!(
+                        path = %shown,
+                        targets = loaded.config.targets.len(),
+                        sinks = loaded.config.notify.len(),
+                        warnings = loaded.warnings.len(),
+                        "config is valid"
+                    );
+                    EXIT_OK
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Err(ConfigError::Invalid { problems, warnings }) => {
+            let n = problems.len();
+            let _ = writeln!(
+                err,
+                "error: {shown} is not a valid config ({n} problem{}):",
+                if n == 1 { "" } else { "s" }
+            );
+            for p in &problems {
+                let _ = writeln!(err, "{p}");
+            }
+            for w in &warnings {
+                let _ = writeln!(err, "warning: {w}");
+            }
+            EXIT_CONFIG
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollback_targets_parse_like_the_runbook_writes_them() {
+        assert_eq!("previous".parse::<RollbackTo>(), Ok(RollbackTo::Previous));
+        assert_eq!("7".parse::<RollbackTo>(), Ok(RollbackTo::Revision(7)));
+        assert_eq!(
+            "v1.2.3".parse::<RollbackTo>(),
+            Ok(RollbackTo::ImageTag("v1.2.3".into()))
+        );
+        assert!("v1 2".parse::<RollbackTo>().is_err());
+        assert!("production".parse::<DeploymentRef>().is_err());
+        assert_eq!(
+            "production/kailash-kaizen"
+                .parse::<DeploymentRef>()
+                .map(|r| r.to_string()),
+            Ok("production/kailash-kaizen".to_string())
+        );
+    }
+
+    #[test]
+    fn every_subcommand_but_check_config_says_when_it_arrives() {
+        let cli = Cli::try_parse_from([
+            "rollback-watchdog",
+            "rollback",
+            "production/web",
+            "previous",
+            "--yes",
+        ])
+        .unwrap();
+        let mut err = Vec::new();
+        assert_eq!(not_available(&cli.command, &mut err), EXIT_NOT_AVAILABLE);
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "rollback-watchdog rollback is not available yet: it arrives with issue 4 (the rollback pipeline)\n"
+        );
+    }
+}

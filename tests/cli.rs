@@ -1,0 +1,329 @@
+//! The built binary as an operator runs it: check-config's output and exit
+//! codes, the help, the not-yet-available subcommands and JSON logs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary, run from the repository root with a clean environment:
+/// nothing the developer exported may change what the test sees.
+fn watchdog(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollback-watchdog"));
+    cmd.args(args).current_dir(repo()).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write temp file");
+    path
+}
+
+#[test]
+fn check_config_accepts_the_example_and_prints_its_effective_config() {
+    let out = run(&mut watchdog(&["check-config", "config/watchdog.toml"]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    // Effective: the target carries the merged policy, defaults included.
+    let printed: toml::Table = stdout.parse().expect("stdout is TOML");
+    let target = &printed["targets"].as_array().expect("targets")[0];
+    assert_eq!(target["name"].as_str(), Some("kailash-kaizen"));
+    assert_eq!(target["watch_window"].as_str(), Some("15m"));
+    assert_eq!(
+        target["latency"]["max_ratio_to_baseline"].as_float(),
+        Some(1.5)
+    );
+    // The Slack URL file is absent on this machine: a warning, not a failure.
+    assert!(
+        stderr.contains(
+            "warning: notify[0].url_file: file /etc/rollback-watchdog/slack-url does not exist"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_never_prints_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let slack = "https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX";
+    let hmac = "hmac-key-do-not-print";
+    let token = "prom-bearer-do-not-print";
+    let config = write(
+        dir.path(),
+        "watchdog.toml",
+        &format!(
+            r#"
+            [prometheus.headers]
+            Authorization = "Bearer {token}"
+            [[targets]]
+            namespace = "production"
+            name = "kailash-kaizen"
+            [[notify]]
+            kind = "slack"
+            url_env = "SLACK_WEBHOOK_URL"
+            [[notify]]
+            kind = "webhook"
+            url = "{slack}"
+            secret = "{hmac}"
+            "#
+        ),
+    );
+    let out =
+        run(watchdog(&["check-config", config.to_str().unwrap()]).env("SLACK_WEBHOOK_URL", slack));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    for secret in [slack, hmac, token, "XXXXsecretXXXX"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked:\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains(r#"url_env = "SLACK_WEBHOOK_URL""#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#"url = "<redacted>""#), "{stdout}");
+    assert!(stdout.contains(r#"secret = "<redacted>""#), "{stdout}");
+    assert!(
+        stdout.contains(r#"Authorization = "<redacted>""#),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "broken.toml",
+        r#"
+        [watchdog]
+        interval = "15 sec"
+        [[targets]]
+        namespace = "production"
+        [targets.latency]
+        max_ratio_to_baseline = 0.8
+        [[notify]]
+        kind = "slack"
+        "#,
+    );
+    let out = run(&mut watchdog(&["check-config", config.to_str().unwrap()]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout for an invalid config"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains(" INFO ") && !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            &format!(
+                "error: {} is not a valid config (4 problems):",
+                config.display()
+            ),
+            r#"watchdog.interval: "15 sec" is not a duration like "15s" or "5m""#,
+            "targets[0]: give one of name, selector",
+            "targets[0].latency.max_ratio_to_baseline: must be > 1.0, got 0.8",
+            "notify[0]: give one of url, url_file, url_env",
+        ]
+    );
+}
+
+#[test]
+fn check_config_names_a_missing_file_and_exits_2() {
+    let out = run(&mut watchdog(&[
+        "check-config",
+        "/nonexistent/watchdog.toml",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read config file /nonexistent/watchdog.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_reports_broken_toml_with_its_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "bad.toml", "[watchdog\ninterval = \"15s\"\n");
+    let out = run(&mut watchdog(&["check-config", config.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("not valid TOML") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_takes_its_path_from_the_environment_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write(dir.path(), "broken.toml", "[watchdog]\nbogus = 1\n");
+    // ROLLBACK_WATCHDOG_CONFIG picks the file...
+    let out = run(watchdog(&["check-config"]).env("ROLLBACK_WATCHDOG_CONFIG", &broken));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("watchdog.bogus: unknown key"));
+    // ...and a PATH argument overrides --config.
+    let out = run(&mut watchdog(&[
+        "--config",
+        broken.to_str().unwrap(),
+        "check-config",
+        "config/watchdog.toml",
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_config_strict_fails_on_a_missing_secret_file() {
+    let out = run(&mut watchdog(&[
+        "check-config",
+        "--strict",
+        "config/watchdog.toml",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr)
+        .contains("notify[0].url_file: file /etc/rollback-watchdog/slack-url does not exist"));
+}
+
+#[test]
+fn environment_overrides_show_in_the_effective_config() {
+    let out = run(watchdog(&["check-config", "config/watchdog.toml"])
+        .env("ROLLBACK_WATCHDOG_WATCHDOG__DRY_RUN", "true"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed: toml::Table = text(&out.stdout).parse().unwrap();
+    assert_eq!(printed["watchdog"]["dry_run"].as_bool(), Some(true));
+    assert_eq!(printed["targets"][0]["dry_run"].as_bool(), Some(true));
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = run(&mut watchdog(&["--help"]));
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for sub in [
+        "run",
+        "check-config",
+        "status",
+        "history",
+        "rollback",
+        "restore",
+        "validate",
+        "notify-test",
+        "demo",
+        "sim",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
+            "{sub} missing from:\n{help}"
+        );
+    }
+    assert!(
+        help.contains("--log-format") && help.contains("--config"),
+        "{help}"
+    );
+}
+
+#[test]
+fn subcommands_not_built_yet_say_so_and_exit_3() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["run"], "rollback-watchdog run is not available yet: it arrives with issue 3 (watching rollouts)"),
+        (
+            &["rollback", "production/kailash-kaizen", "previous", "--yes"],
+            "rollback-watchdog rollback is not available yet: it arrives with issue 4 (the rollback pipeline)",
+        ),
+        (&["notify-test", "--sink", "0"], "rollback-watchdog notify-test is not available yet: it arrives with issue 5 (notifications)"),
+        (&["status", "--once", "--output", "json"], "rollback-watchdog status is not available yet: it arrives with issue 3 (watching rollouts)"),
+        (
+            &["sim", "--seed", "--kubeconfig-out", "/tmp/x", "--time-scale", "10"],
+            "rollback-watchdog sim is not available yet: it arrives with issue 2 (the simulated cluster)",
+        ),
+    ];
+    for (args, sentence) in cases {
+        let out = run(&mut watchdog(args));
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert_eq!(text(&out.stderr).trim(), sentence, "{args:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} must not print as if it worked"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let out = run(&mut watchdog(&["rollback", "kailash-kaizen", "previous"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not NAMESPACE/NAME"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let out = run(&mut watchdog(&[
+        "--log-format",
+        "json",
+        "check-config",
+        "config/watchdog.toml",
+    ]));
+    assert_eq!(out.status.code(), Some(0));
+    let logs: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let valid = logs
+        .iter()
+        .find(|l| l["message"] == "config is valid")
+        .expect("a 'config is valid' log line");
+    assert_eq!(valid["level"], "INFO");
+    assert_eq!(valid["targets"], 1);
+}
+
+#[test]
+fn the_log_filter_silences_info() {
+    let out = run(watchdog(&[
+        "--log-format",
+        "json",
+        "check-config",
+        "config/watchdog.toml",
+    ])
+    .env("RUST_LOG", "warn"));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!text(&out.stderr).contains("config is valid"));
+    let out = run(watchdog(&[
+        "--log",
+        "info",
+        "--log-format",
+        "json",
+        "check-config",
+        "config/watchdog.toml",
+    ])
+    .env("RUST_LOG", "warn"));
+    assert!(
+        text(&out.stderr).contains("config is valid"),
+        "--log wins over RUST_LOG"
+    );
+}
