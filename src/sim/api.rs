@@ -22,9 +22,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::access::{AccessPolicy, AccessRequest, SIM_USER};
 use super::discovery;
 use super::patch::{self, PatchType};
+use super::protobuf::{self, ProtobufError};
 use super::reqlog::{RequestEntry, RequestLog};
 use super::store::{
-    kind_for, EventType, Kind, Part, Store, StoreError, WatchEvent, KINDS, NAMESPACES,
+    kind_for, EventType, Kind, Part, Store, StoreError, WatchEvent, KINDS, NAMESPACES, PODS,
     SELF_SUBJECT_ACCESS_REVIEWS,
 };
 use super::table::{self, IncludeObject};
@@ -242,6 +243,8 @@ enum Route {
     Group(String),
     Resources { group: String, version: String },
     Health,
+    OpenApiRoot,
+    OpenApi { group: String, version: String },
     Resource(Target),
 }
 
@@ -261,6 +264,19 @@ fn route(path: &str) -> Result<Route, ApiError> {
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Route::Version),
         ["healthz" | "livez" | "readyz", ..] => return Ok(Route::Health),
+        ["openapi", "v3"] => return Ok(Route::OpenApiRoot),
+        ["openapi", "v3", "api", v] => {
+            return Ok(Route::OpenApi {
+                group: String::new(),
+                version: v.to_string(),
+            })
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return Ok(Route::OpenApi {
+                group: g.to_string(),
+                version: v.to_string(),
+            })
+        }
         ["api"] => return Ok(Route::CoreVersions),
         ["apis"] => return Ok(Route::Groups),
         ["apis", g] => return Ok(Route::Group(g.to_string())),
@@ -479,6 +495,10 @@ fn discovery_response(
         Route::Resources { group, version } => {
             discovery::resource_list(&group, &version).ok_or(ApiError::NoSuchPath)?
         }
+        Route::OpenApiRoot => discovery::openapi_v3_root(),
+        Route::OpenApi { group, version } => {
+            discovery::openapi_v3_group_version(&group, &version).ok_or(ApiError::NoSuchPath)?
+        }
         Route::Resource(_) => return Err(ApiError::NoSuchPath),
     };
     Ok(json_response(200, &body))
@@ -633,6 +653,12 @@ impl Req<'_> {
     }
 
     fn json_body(&self) -> Result<Value, ApiError> {
+        if self.content_type.contains("protobuf") {
+            return protobuf::decode(self.body).map_err(|e| match e {
+                ProtobufError::Unsupported(_) => ApiError::UnsupportedMediaType(e.to_string()),
+                ProtobufError::Malformed(_) => bad_request(e.to_string()),
+            });
+        }
         let v: Value = serde_json::from_slice(self.body)
             .map_err(|e| bad_request(format!("the request body is not valid JSON: {e}")))?;
         if !v.is_object() {
@@ -748,6 +774,7 @@ impl Req<'_> {
             }
             return Ok(json_response(201, &body));
         }
+        reset_status_on_create(kind, &mut body);
         let obj = self.state.store.create(kind, self.ns(), body)?;
         Ok(json_response(201, &obj))
     }
@@ -1179,6 +1206,25 @@ impl WatchTask {
                 return;
             }
         }
+    }
+}
+
+/// As the real API server does on create: status is not the client's to
+/// set (it is written through `/status`); a Pod starts `Pending` and a
+/// Namespace `Active`.
+fn reset_status_on_create(kind: &Kind, body: &mut Value) {
+    let Some(map) = body.as_object_mut() else {
+        return;
+    };
+    if *kind == NAMESPACES {
+        map.insert("status".into(), json!({"phase": "Active"}));
+    } else if *kind == PODS {
+        map.insert(
+            "status".into(),
+            json!({"phase": "Pending", "qosClass": "BestEffort"}),
+        );
+    } else if kind.subresources.contains(&"status") {
+        map.remove("status");
     }
 }
 

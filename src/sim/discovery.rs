@@ -132,6 +132,74 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
+/// `/openapi/v3`: one entry per served group version. kubectl reads it
+/// only to learn that the server validates fields itself
+/// (`fieldValidation`), so that `kubectl create -f` need not download
+/// schemas the sim does not have.
+pub fn openapi_v3_root() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
+    gvs.extend(groups());
+    for (g, v) in gvs {
+        let p = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=sim")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/api/v1` and `/openapi/v3/apis/{g}/{v}`: a PATCH operation
+/// per kind that declares the `fieldValidation` query parameter, which is
+/// all kubectl's query-parameter verifier looks for. No schemas.
+pub fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
+    let kinds: Vec<&Kind> = KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version && k.verbs.contains(&"patch"))
+        .collect();
+    if kinds.is_empty()
+        && !KINDS
+            .iter()
+            .any(|k| k.group == group && k.version == version)
+    {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    for k in kinds {
+        let base = k.group_version_path();
+        let path = if k.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
+        } else {
+            format!("{base}/{}/{{name}}", k.plural)
+        };
+        paths.insert(
+            path,
+            json!({"patch": {
+                "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind},
+                "x-kubernetes-action": "patch",
+                "parameters": [
+                    {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                    {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                    {"name": "force", "in": "query", "schema": {"type": "boolean"}}
+                ],
+                "responses": {"200": {"description": "OK"}}
+            }}),
+        );
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (simulated)", "version": GIT_VERSION},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

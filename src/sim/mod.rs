@@ -7,6 +7,7 @@ pub mod access;
 pub mod api;
 pub mod discovery;
 pub mod patch;
+pub mod protobuf;
 pub mod reqlog;
 pub mod store;
 pub mod table;
