@@ -1173,6 +1173,9 @@ impl WatchTask {
         closer.mark_unchanged();
         loop {
             let line = tokio::select! {
+                // Closing wins over pending events, so that nothing written
+                // after `close_watches()` reaches a closed watch.
+                biased;
                 _ = self.tx.closed() => return,
                 _ = closer.changed() => return,
                 _ = async {
