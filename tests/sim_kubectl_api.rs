@@ -363,3 +363,31 @@ async fn kubectl_rollout_history_and_undo_work_over_hand_made_replicasets() {
         .iter()
         .any(|e| e.verb == "patch" && e.content_type.starts_with("application/json-patch+json")));
 }
+
+#[tokio::test]
+async fn kubectl_auth_can_i_follows_the_access_policy() {
+    if kubectl_missing() {
+        return;
+    }
+    let sim = sim().await;
+    let yes = kubectl(&sim, &["auth", "can-i", "patch", "deployments", "-n", NS]).await;
+    assert!(
+        yes.ok && yes.stdout.trim() == "yes",
+        "{}{}",
+        yes.stdout,
+        yes.stderr
+    );
+    sim.access().deny(rollback_watchdog::sim::AccessRule::new(
+        "patch",
+        "apps",
+        "deployments",
+        Some(NS),
+    ));
+    let no = kubectl(&sim, &["auth", "can-i", "patch", "deployments", "-n", NS]).await;
+    assert!(
+        !no.ok && no.stdout.trim() == "no",
+        "{}{}",
+        no.stdout,
+        no.stderr
+    );
+}

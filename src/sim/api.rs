@@ -25,8 +25,8 @@ use super::patch::{self, PatchType};
 use super::protobuf::{self, ProtobufError};
 use super::reqlog::{RequestEntry, RequestLog};
 use super::store::{
-    kind_for, EventType, Kind, Part, Store, StoreError, WatchEvent, KINDS, NAMESPACES, PODS,
-    SELF_SUBJECT_ACCESS_REVIEWS,
+    kind_for, EventType, Kind, Part, Store, StoreError, WatchEvent, DEPLOYMENTS, KINDS, NAMESPACES,
+    PODS, REPLICASETS, SELF_SUBJECT_ACCESS_REVIEWS,
 };
 use super::table::{self, IncludeObject};
 use crate::selector::Selector;
@@ -775,6 +775,7 @@ impl Req<'_> {
             return Ok(json_response(201, &body));
         }
         reset_status_on_create(kind, &mut body);
+        apply_defaults(kind, &mut body);
         let obj = self.state.store.create(kind, self.ns(), body)?;
         Ok(json_response(201, &obj))
     }
@@ -799,6 +800,10 @@ impl Req<'_> {
                 } else {
                     Part::Main
                 };
+                let mut body = body;
+                if part == Part::Main {
+                    apply_defaults(kind, &mut body);
+                }
                 if self.dry_run() {
                     return Ok(json_response(200, &body));
                 }
@@ -982,11 +987,10 @@ impl Req<'_> {
             map.insert("apiVersion".into(), json!("authorization.k8s.io/v1"));
             map.insert("kind".into(), json!("SelfSubjectAccessReview"));
             map.entry("metadata").or_insert(json!({}));
+            // RBAC gives a reason when it allows and none when nothing
+            // allows (kubectl then prints a bare "no").
             let mut status = json!({"allowed": decision.allowed});
             if decision.allowed {
-                status["reason"] = json!(decision.reason);
-            } else {
-                status["denied"] = json!(true);
                 status["reason"] = json!(decision.reason);
             }
             map.insert("status".into(), status);
@@ -1045,8 +1049,17 @@ impl Req<'_> {
         };
 
         let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
+        let table = self
+            .as_table
+            .then(|| IncludeObject::from_query(self.query.get("includeObject")));
+        if let Some(include) = table {
+            for line in &mut first_lines {
+                as_table_event(&kind, line, include);
+            }
+        }
         let watch = WatchTask {
             kind,
+            table,
             filter,
             visible,
             bookmarks,
@@ -1077,6 +1090,25 @@ fn object_key(obj: &Value) -> (String, String) {
     (field("/metadata/namespace"), field("/metadata/name"))
 }
 
+/// Replaces an ADDED/MODIFIED/DELETED event's object with a one-row Table.
+fn as_table_event(kind: &Kind, line: &mut Value, include: IncludeObject) {
+    let is_object_event = matches!(
+        line.get("type").and_then(Value::as_str),
+        Some("ADDED" | "MODIFIED" | "DELETED")
+    );
+    if !is_object_event {
+        return;
+    }
+    if let Some(obj) = line.get_mut("object") {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        *obj = table::table(kind, std::slice::from_ref(obj), &rv, include);
+    }
+}
+
 fn bookmark(kind: &Kind, rv: u64, annotations: Value) -> Value {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if annotations.as_object().is_some_and(|a| !a.is_empty()) {
@@ -1091,6 +1123,8 @@ fn bookmark(kind: &Kind, rv: u64, annotations: Value) -> Value {
 /// One open watch: turns store events into watch-event lines.
 struct WatchTask {
     kind: Kind,
+    /// kubectl get -w: objects go out as one-row Tables.
+    table: Option<IncludeObject>,
     filter: Filter,
     /// Objects the client has been told exist (for selector transitions).
     visible: HashSet<(String, String)>,
@@ -1138,7 +1172,11 @@ impl WatchTask {
             }
             _ => return None,
         };
-        Some(json!({"type": event_type, "object": ev.object}))
+        let mut line = json!({"type": event_type, "object": ev.object});
+        if let Some(include) = self.table {
+            as_table_event(&self.kind, &mut line, include);
+        }
+        Some(line)
     }
 
     async fn run(
@@ -1228,6 +1266,38 @@ fn reset_status_on_create(kind: &Kind, body: &mut Value) {
         );
     } else if kind.subresources.contains(&"status") {
         map.remove("status");
+    }
+}
+
+/// The API server's defaulting for the fields kubectl and the controller
+/// read (`kubectl describe` shows the strategy; rollouts need the limits).
+fn apply_defaults(kind: &Kind, body: &mut Value) {
+    if *kind != DEPLOYMENTS && *kind != REPLICASETS {
+        return;
+    }
+    let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    spec.entry("replicas").or_insert(json!(1));
+    if *kind == DEPLOYMENTS {
+        spec.entry("revisionHistoryLimit").or_insert(json!(10));
+        spec.entry("progressDeadlineSeconds").or_insert(json!(600));
+        let strategy = spec
+            .entry("strategy")
+            .or_insert(json!({"type": "RollingUpdate"}));
+        if let Some(strategy) = strategy.as_object_mut() {
+            let t = strategy
+                .entry("type")
+                .or_insert(json!("RollingUpdate"))
+                .clone();
+            if t == "RollingUpdate" {
+                let ru = strategy.entry("rollingUpdate").or_insert(json!({}));
+                if let Some(ru) = ru.as_object_mut() {
+                    ru.entry("maxSurge").or_insert(json!("25%"));
+                    ru.entry("maxUnavailable").or_insert(json!("25%"));
+                }
+            }
+        }
     }
 }
 

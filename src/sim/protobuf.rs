@@ -1,7 +1,7 @@
 //! Just enough of the Kubernetes protobuf encoding to read the request
 //! bodies kubectl 1.32 sends as `application/vnd.kubernetes.protobuf`
-//! (its typed clients do, e.g. `kubectl create configmap`): ConfigMap,
-//! Secret and Namespace. It must never guess at a kind it does not know:
+//! (its typed clients do, e.g. `kubectl create configmap`, `kubectl auth
+//! can-i`): ConfigMap, Secret, Namespace and SelfSubjectAccessReview. It must never guess at a kind it does not know:
 //! those are refused with 415 so the caller sends JSON instead.
 
 use serde_json::{json, Map, Value};
@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 pub enum ProtobufError {
     #[error("the protobuf body is malformed: {0}")]
     Malformed(&'static str),
-    #[error("the simulated cluster reads protobuf bodies only for ConfigMap, Secret and Namespace, not {0}; send JSON")]
+    #[error("the simulated cluster reads protobuf bodies only for ConfigMap, Secret, Namespace and SelfSubjectAccessReview, not {0}; send JSON")]
     Unsupported(String),
 }
 
@@ -176,6 +176,42 @@ fn object_meta(b: &[u8]) -> Result<Value, ProtobufError> {
     Ok(Value::Object(m))
 }
 
+/// SelfSubjectAccessReviewSpec: resourceAttributes (1) and
+/// nonResourceAttributes (2), as `kubectl auth can-i` sends them.
+fn access_review_spec(b: &[u8]) -> Result<Value, ProtobufError> {
+    let mut spec = Map::new();
+    for (n, f) in fields(b)? {
+        let (key, names): (&str, &[&str]) = match n {
+            1 => (
+                "resourceAttributes",
+                &[
+                    "namespace",
+                    "verb",
+                    "group",
+                    "version",
+                    "resource",
+                    "subresource",
+                    "name",
+                ],
+            ),
+            2 => ("nonResourceAttributes", &["path", "verb"]),
+            _ => continue,
+        };
+        let Field::Bytes(attrs) = f else { continue };
+        let mut m = Map::new();
+        for (n, f) in fields(attrs)? {
+            let idx = usize::try_from(n).unwrap_or(0);
+            if let (Some(name), Field::Bytes(v)) =
+                (idx.checked_sub(1).and_then(|i| names.get(i)), f)
+            {
+                m.insert((*name).to_string(), json!(string(v)?));
+            }
+        }
+        spec.insert(key.into(), Value::Object(m));
+    }
+    Ok(Value::Object(spec))
+}
+
 /// Decodes a `k8s\0`-prefixed protobuf body into the object's JSON form.
 pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     let rest = body
@@ -227,11 +263,17 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             ("Secret", 4, Field::Bytes(v)) => {
                 insert_entry(&mut obj, "stringData", map_entry(v, false)?)
             }
-            ("Namespace", _, _) | ("ConfigMap", _, _) | ("Secret", _, _) => {}
+            ("SelfSubjectAccessReview", 2, Field::Bytes(v)) => {
+                obj.insert("spec".into(), access_review_spec(v)?);
+            }
+            ("Namespace" | "ConfigMap" | "Secret" | "SelfSubjectAccessReview", _, _) => {}
             (other, _, _) => return Err(ProtobufError::Unsupported(other.to_string())),
         }
     }
-    if !matches!(kind.as_str(), "ConfigMap" | "Secret" | "Namespace") {
+    if !matches!(
+        kind.as_str(),
+        "ConfigMap" | "Secret" | "Namespace" | "SelfSubjectAccessReview"
+    ) {
         return Err(ProtobufError::Unsupported(kind));
     }
     Ok(Value::Object(obj))
