@@ -59,8 +59,11 @@ async fn kubectl_ok(sim: &SimCluster, args: &[&str]) -> String {
 }
 
 async fn sim() -> SimCluster {
+    // The API alone: these tests write ReplicaSets and pod statuses by
+    // hand, which the controllers would otherwise reconcile away.
     SimCluster::start(SimOptions {
         seed: true,
+        api_only: true,
         ..Default::default()
     })
     .await
