@@ -183,6 +183,48 @@ pub struct SimArgs {
     /// How many times faster than real time the simulated cluster runs.
     #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = positive_f64)]
     pub time_scale: f64,
+    /// Scrape interval written into the Prometheus config.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scrape_interval: std::time::Duration,
+}
+
+impl SimArgs {
+    pub fn options(&self) -> crate::sim::standalone::StandaloneOptions {
+        crate::sim::standalone::StandaloneOptions {
+            listen: self.listen,
+            kubeconfig_out: self.kubeconfig_out.clone(),
+            prometheus_config_out: self.prometheus_config_out.clone(),
+            request_log: self.request_log.clone(),
+            behaviours: self.behaviours.clone(),
+            seed: self.seed,
+            time_scale: self.time_scale,
+            scrape_interval: self.scrape_interval,
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn termination() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -280,7 +322,7 @@ impl Command {
     /// For a subcommand not built yet, the issue that brings it.
     pub fn arrives_with(&self) -> Option<&'static str> {
         match self {
-            Command::CheckConfig(_) => None,
+            Command::CheckConfig(_) | Command::Sim(_) => None,
             Command::Run | Command::Status(_) => Some("issue 3 (watching rollouts)"),
             Command::History { .. }
             | Command::Rollback(_)
@@ -288,7 +330,6 @@ impl Command {
             | Command::Validate { .. }
             | Command::Demo => Some("issue 4 (the rollback pipeline)"),
             Command::NotifyTest { .. } => Some("issue 5 (notifications)"),
-            Command::Sim(_) => Some("issue 2 (the simulated cluster)"),
         }
     }
 }

@@ -29,6 +29,16 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let path = args.path.as_deref().unwrap_or(&cli.config);
             cli::check_config(path, args.strict, &mut out, &mut err)
         }
+        Command::Sim(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut out = std::io::stdout();
+            runtime.block_on(rollback_watchdog::sim::standalone::run(
+                args.options(),
+                &mut out,
+                cli::termination(),
+            ))?;
+            cli::EXIT_OK
+        }
         other => cli::not_available(other, &mut err),
     })
 }

@@ -74,10 +74,15 @@ pub fn apply_deployment_defaults(d: &mut Value) -> bool {
     changed
 }
 
-/// A pod template without its `pod-template-hash` label: what two
-/// templates are compared (and hashed) on.
+/// A pod template without its `pod-template-hash` label, in semantic
+/// normal form: what two templates are compared (and hashed) on.
+///
+/// kubectl serialises Go structs, so `rollout undo` sends the template back
+/// with `creationTimestamp: null` and `resources: {}`; the real controller
+/// compares typed structs, where those equal absent fields. Dropping nulls
+/// and empty objects and lists gives the JSON the same equality.
 pub fn template_without_hash(template: &Value) -> Value {
-    let mut t = template.clone();
+    let mut t = semantic_normal_form(template).unwrap_or(Value::Null);
     if let Some(labels) = t
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
@@ -90,6 +95,29 @@ pub fn template_without_hash(template: &Value) -> Value {
         }
     }
     t
+}
+
+/// `value` without nulls and empty objects or lists, at any depth; `None`
+/// when nothing is left.
+fn semantic_normal_form(value: &Value) -> Option<Value> {
+    match value {
+        Value::Null => None,
+        Value::Object(map) => {
+            let kept: serde_json::Map<String, Value> = map
+                .iter()
+                .filter_map(|(k, v)| semantic_normal_form(v).map(|v| (k.clone(), v)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(items) => {
+            let kept: Vec<Value> = items
+                .iter()
+                .map(|v| semantic_normal_form(v).unwrap_or(Value::Null))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Array(kept))
+        }
+        other => Some(other.clone()),
+    }
 }
 
 /// The `pod-template-hash` of a template, as Kubernetes computes it in
@@ -779,6 +807,15 @@ mod tests {
         assert_eq!(pod_template_hash(&labelled, None), a);
         assert_ne!(pod_template_hash(&template("web:v2"), None), a);
         assert_ne!(pod_template_hash(&template("web:v1"), Some(1)), a);
+        // What `kubectl rollout undo` sends back is the same template.
+        let mut from_kubectl = template("web:v1");
+        from_kubectl["metadata"]["creationTimestamp"] = Value::Null;
+        from_kubectl["spec"]["containers"][0]["resources"] = serde_json::json!({});
+        assert_eq!(pod_template_hash(&from_kubectl, None), a);
+        assert_eq!(
+            template_without_hash(&from_kubectl),
+            template_without_hash(&template("web:v1"))
+        );
         assert!(a.len() >= 6 && a.len() <= 10, "{a}");
         assert!(a
             .bytes()

@@ -18,6 +18,7 @@ pub mod protobuf;
 pub mod replicaset;
 pub mod reqlog;
 pub mod runtime;
+pub mod standalone;
 pub mod store;
 pub mod table;
 
@@ -64,12 +65,17 @@ pub struct SimOptions {
     pub clock: SimClock,
     /// Run no controllers: a bare API server (for API-only tests).
     pub api_only: bool,
+    /// Where the API server listens; `127.0.0.1:0` (a free port) if None.
+    /// Only loopback addresses are accepted.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("cannot bind the simulated API server to 127.0.0.1: {0}")]
+    #[error("cannot bind the simulated API server: {0}")]
     Bind(#[source] std::io::Error),
+    #[error("the simulated cluster listens only on loopback (127.0.0.0/8 or ::1), not on {0}; use e.g. 127.0.0.1:6443")]
+    NotLoopback(SocketAddr),
     #[error("cannot write the kubeconfig {path}: {source}")]
     Kubeconfig {
         path: String,
@@ -105,6 +111,12 @@ pub struct SimCluster {
 impl SimCluster {
     /// Binds `127.0.0.1:0`, writes a kubeconfig and starts serving.
     pub async fn start(opts: SimOptions) -> Result<SimCluster, SimError> {
+        let listen = opts
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        if !listen.ip().is_loopback() {
+            return Err(SimError::NotLoopback(listen));
+        }
         let store = Store::default();
         let log = match &opts.request_log_path {
             Some(p) => RequestLog::with_file(p)?,
@@ -141,7 +153,7 @@ impl SimCluster {
             .await
             .map_err(SimError::Control)?;
 
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(SimError::Bind)?;
         let addr = listener.local_addr().map_err(SimError::Bind)?;
