@@ -3,4 +3,5 @@
 //! Everything testable lives here; `main.rs` only wires the CLI to it.
 
 pub mod selector;
+pub mod signals;
 pub mod sim;
