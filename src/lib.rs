@@ -2,6 +2,7 @@
 //! runs the deployment-rollback runbook by itself when a new revision is bad.
 //! Everything testable lives here; `main.rs` only wires the CLI to it.
 
+pub mod judge;
 pub mod selector;
 pub mod signals;
 pub mod sim;
