@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod judge;
 pub mod selector;
+pub mod signals;
 pub mod sim;
 pub mod telemetry;

@@ -1,0 +1,584 @@
+//! What a signal says about a revision on one tick: Pass, Fail (with the
+//! measured value, the threshold it broke and a sentence) or Inconclusive
+//! (with why). These are the shared types the signal implementations return
+//! and the judge, `/status`, the audit log and notifications read.
+//! Nothing here does I/O, and nothing here turns missing data into a Fail:
+//! a signal that cannot measure says Inconclusive.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// Which signal of a target a result comes from.
+///
+/// The string id ([`SignalId::id`]) is stable: it names the signal in
+/// metrics labels, log fields, `/status` and the audit log, so renaming a
+/// variant must not change it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SignalId {
+    /// `errors_query / total_query` from Prometheus.
+    ErrorRate,
+    /// The latency query from Prometheus, against `max` and the baseline.
+    Latency,
+    /// One HTTP health probe: a configured URL, the per-pod probe
+    /// ([`SignalId::PER_POD`]) or the version check ([`SignalId::VERSION`]).
+    Health { name: String },
+    /// Crash states of the revision's pods.
+    Pods,
+    /// A custom PromQL rule.
+    Rule { name: String },
+}
+
+impl SignalId {
+    /// Health name of the probe that hits every new pod directly.
+    pub const PER_POD: &'static str = "per-pod";
+    /// Health name of the `version_url` check.
+    pub const VERSION: &'static str = "version";
+
+    pub fn health(name: impl Into<String>) -> Self {
+        SignalId::Health { name: name.into() }
+    }
+
+    pub fn rule(name: impl Into<String>) -> Self {
+        SignalId::Rule { name: name.into() }
+    }
+
+    /// The stable id: `error_rate`, `latency`, `health:<name>`, `pods`,
+    /// `rule:<name>`.
+    pub fn id(&self) -> String {
+        match self {
+            SignalId::ErrorRate => "error_rate".to_owned(),
+            SignalId::Latency => "latency".to_owned(),
+            SignalId::Health { name } => format!("health:{name}"),
+            SignalId::Pods => "pods".to_owned(),
+            SignalId::Rule { name } => format!("rule:{name}"),
+        }
+    }
+
+    /// How a sentence for a person names the signal ("error ratio",
+    /// "health check api").
+    pub fn label(&self) -> String {
+        match self {
+            SignalId::ErrorRate => "error ratio".to_owned(),
+            SignalId::Latency => "latency".to_owned(),
+            SignalId::Health { name } if name == Self::PER_POD => "per-pod health check".to_owned(),
+            SignalId::Health { name } if name == Self::VERSION => "version check".to_owned(),
+            SignalId::Health { name } => format!("health check {name}"),
+            SignalId::Pods => "pods".to_owned(),
+            SignalId::Rule { name } => format!("rule {name}"),
+        }
+    }
+}
+
+impl fmt::Display for SignalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id())
+    }
+}
+
+// As its stable id, so maps keyed by signal serialize as JSON objects.
+impl Serialize for SignalId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.id())
+    }
+}
+
+/// What a measured number is, so it renders as `30.2 %`, `412 ms`,
+/// `3 restarts` or `HTTP 503`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Unit {
+    /// A fraction (0.302), shown as a percentage.
+    Ratio,
+    /// Seconds, shown in ms below one second.
+    Seconds,
+    /// Requests (or events) per second.
+    PerSecond,
+    /// A count of things, with the noun for one and for many.
+    Count { one: String, many: String },
+    /// An HTTP status code.
+    HttpStatus,
+    /// A multiple of something (a ratio to the baseline), shown as `1.60×`.
+    Multiple,
+    /// A plain number (custom rules).
+    Number,
+}
+
+/// A measured value and its unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub value: f64,
+    pub unit: Unit,
+}
+
+impl Measurement {
+    pub fn new(value: f64, unit: Unit) -> Self {
+        Measurement { value, unit }
+    }
+
+    pub fn ratio(value: f64) -> Self {
+        Self::new(value, Unit::Ratio)
+    }
+
+    pub fn seconds(value: f64) -> Self {
+        Self::new(value, Unit::Seconds)
+    }
+
+    pub fn per_second(value: f64) -> Self {
+        Self::new(value, Unit::PerSecond)
+    }
+
+    pub fn count(value: f64, one: &str, many: &str) -> Self {
+        Self::new(
+            value,
+            Unit::Count {
+                one: one.to_owned(),
+                many: many.to_owned(),
+            },
+        )
+    }
+
+    pub fn http_status(code: u16) -> Self {
+        Self::new(f64::from(code), Unit::HttpStatus)
+    }
+
+    pub fn number(value: f64) -> Self {
+        Self::new(value, Unit::Number)
+    }
+
+    /// The same unit with another value (a baseline or a limit rendered
+    /// like the measurement it belongs to).
+    pub fn with_value(&self, value: f64) -> Self {
+        Self::new(value, self.unit.clone())
+    }
+
+    /// Whether the value is a real number: NaN and ±Inf are never evidence.
+    pub fn is_finite(&self) -> bool {
+        self.value.is_finite()
+    }
+}
+
+impl fmt::Display for Measurement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.value;
+        if !v.is_finite() {
+            // Rendered, never hidden: a NaN in a message is a signal bug to see.
+            return write!(f, "{v}");
+        }
+        match &self.unit {
+            Unit::Ratio => {
+                let pct = v * 100.0;
+                if pct != 0.0 && pct.abs() < 0.1 {
+                    write!(f, "{pct:.3} %")
+                } else {
+                    write!(f, "{pct:.1} %")
+                }
+            }
+            Unit::Seconds => {
+                let ms = v * 1000.0;
+                if ms.abs() >= 1000.0 {
+                    write!(f, "{v:.2} s")
+                } else if ms.abs() >= 10.0 || ms == 0.0 {
+                    write!(f, "{ms:.0} ms")
+                } else {
+                    write!(f, "{ms:.1} ms")
+                }
+            }
+            Unit::PerSecond => write!(f, "{} req/s", plain(v)),
+            Unit::Count { one, many } => {
+                let noun = if v == 1.0 { one } else { many };
+                write!(f, "{} {noun}", plain(v))
+            }
+            Unit::HttpStatus => write!(f, "HTTP {v:.0}"),
+            Unit::Multiple => write!(f, "{v:.2}×"),
+            Unit::Number => f.write_str(&plain(v)),
+        }
+    }
+}
+
+/// A number without trailing zeros: `3`, `0.25`, `1234.5`.
+fn plain(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+// Value and unit for machines, the rendered text for people (`/status`).
+impl Serialize for Measurement {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Measurement", 3)?;
+        st.serialize_field("value", &self.value)?;
+        st.serialize_field("unit", &self.unit)?;
+        st.serialize_field("text", &self.to_string())?;
+        st.end()
+    }
+}
+
+/// The limit a failing measurement broke.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Threshold {
+    /// The value must stay at or below `limit` (`max = 0.05`).
+    Max { limit: Measurement },
+    /// The value must stay at or above `limit`.
+    Min { limit: Measurement },
+    /// The value must stay at or below `max_ratio` × the baseline; the test
+    /// counts only above `floor`. A Fail with this threshold must carry
+    /// the baseline, or the judge treats it as Inconclusive.
+    RatioToBaseline {
+        max_ratio: f64,
+        floor: Option<Measurement>,
+    },
+    /// A custom rule: the comparison `value op limit` held, and that is the
+    /// failure (`op` is the failing comparison, as it should read in a message).
+    FailsWhen { op: String, limit: Measurement },
+    /// Something that must hold, in words: `HTTP 200 or 204`,
+    /// `body containing v2.3.1`, `no pod in CrashLoopBackOff`.
+    Expected { what: String },
+}
+
+/// What one signal says on one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Measured and within every limit.
+    Pass {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        measured: Option<Measurement>,
+    },
+    /// Measured and outside a limit. `baseline` is in the measurement's
+    /// unit (the previous revision's value at the rollout's start).
+    Fail {
+        measured: Measurement,
+        threshold: Threshold,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        baseline: Option<f64>,
+        /// The signal's own words for a person ("pod web-7d9-x2 is in
+        /// CrashLoopBackOff").
+        sentence: String,
+    },
+    /// Could not measure: Prometheus unreachable or erroring, an empty
+    /// vector, NaN, too little traffic, an unresolvable URL. Never evidence.
+    Inconclusive { why: String },
+}
+
+impl Outcome {
+    pub fn pass() -> Self {
+        Outcome::Pass { measured: None }
+    }
+
+    pub fn pass_with(measured: Measurement) -> Self {
+        Outcome::Pass {
+            measured: Some(measured),
+        }
+    }
+
+    pub fn inconclusive(why: impl Into<String>) -> Self {
+        Outcome::Inconclusive { why: why.into() }
+    }
+
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Outcome::Pass { .. })
+    }
+
+    pub fn is_fail(&self) -> bool {
+        matches!(self, Outcome::Fail { .. })
+    }
+
+    pub fn is_inconclusive(&self) -> bool {
+        matches!(self, Outcome::Inconclusive { .. })
+    }
+
+    /// One line for a person, starting with the signal's label: "error
+    /// ratio 30.2 % > max 5.0 % (baseline 0.1 %)", "latency 640 ms > 1.5×
+    /// baseline 400 ms (1.60×)", "health check api HTTP 503, expected HTTP
+    /// 200", "latency inconclusive: Prometheus unreachable".
+    pub fn describe(&self, signal: &SignalId) -> String {
+        let label = signal.label();
+        match self {
+            Outcome::Pass { measured: Some(m) } => format!("{label} {m}, passing"),
+            Outcome::Pass { measured: None } => format!("{label} passing"),
+            Outcome::Inconclusive { why } => format!("{label} inconclusive: {why}"),
+            Outcome::Fail {
+                measured,
+                threshold,
+                baseline,
+                ..
+            } => describe_failure(&label, measured, threshold, *baseline),
+        }
+    }
+}
+
+fn describe_failure(
+    label: &str,
+    measured: &Measurement,
+    threshold: &Threshold,
+    baseline: Option<f64>,
+) -> String {
+    let baseline_note = || match baseline {
+        Some(b) => format!(" (baseline {})", measured.with_value(b)),
+        None => String::new(),
+    };
+    match threshold {
+        Threshold::Max { limit } => {
+            format!("{label} {measured} > max {limit}{}", baseline_note())
+        }
+        Threshold::Min { limit } => {
+            format!("{label} {measured} < min {limit}{}", baseline_note())
+        }
+        Threshold::RatioToBaseline { max_ratio, floor } => {
+            let floor = match floor {
+                Some(fl) => format!(", floor {fl}"),
+                None => String::new(),
+            };
+            match baseline {
+                Some(b) if b.is_finite() && b > 0.0 => format!(
+                    "{label} {measured} > {}× baseline {} ({}{floor})",
+                    plain(*max_ratio),
+                    measured.with_value(b),
+                    Measurement::new(measured.value / b, Unit::Multiple),
+                ),
+                Some(b) => format!(
+                    "{label} {measured} > {}× baseline {}{floor}",
+                    plain(*max_ratio),
+                    measured.with_value(b)
+                ),
+                None => format!(
+                    "{label} {measured} > {}× an unknown baseline{floor}",
+                    plain(*max_ratio)
+                ),
+            }
+        }
+        Threshold::FailsWhen { op, limit } => {
+            format!("{label} {measured} {op} {limit}{}", baseline_note())
+        }
+        Threshold::Expected { what } => {
+            format!("{label} {measured}, expected {what}{}", baseline_note())
+        }
+    }
+}
+
+/// What the pod signal adds to its result: how many of the revision's pods
+/// are in a crash state. The judge reads it for the optional immediate Bad.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodsFinding {
+    /// Pods of the revision under judgment.
+    pub pods: u32,
+    /// Of those, pods in a configured crash state or over `max_restarts`.
+    pub crashing: u32,
+    /// `CrashLoopBackOff`, `ImagePullBackOff`, ... as seen, for messages.
+    pub reasons: Vec<String>,
+}
+
+impl PodsFinding {
+    /// Every pod of the revision crashes, and there is at least one: zero
+    /// pods is not "all crashing" (a scaled-down revision proves nothing).
+    pub fn all_pods_crashing(&self) -> bool {
+        self.crashing > 0 && self.crashing >= self.pods
+    }
+}
+
+/// One signal's result on one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalResult {
+    pub signal: SignalId,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// When the measurement was taken (not when it was judged).
+    #[serde(serialize_with = "timestamp")]
+    pub at: jiff::Timestamp,
+    /// Only from the pod signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodsFinding>,
+}
+
+impl SignalResult {
+    pub fn new(signal: SignalId, outcome: Outcome, at: jiff::Timestamp) -> Self {
+        SignalResult {
+            signal,
+            outcome,
+            at,
+            pods: None,
+        }
+    }
+
+    pub fn with_pods(mut self, pods: PodsFinding) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The outcome in one line, named by the signal.
+    pub fn describe(&self) -> String {
+        self.outcome.describe(&self.signal)
+    }
+}
+
+impl fmt::Display for SignalResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// RFC 3339, as every other timestamp in `/status` and the audit log.
+pub(crate) fn timestamp<S: Serializer>(ts: &jiff::Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(ts)
+}
+
+pub(crate) fn opt_timestamp<S: Serializer>(
+    ts: &Option<jiff::Timestamp>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => s.collect_str(ts),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_strings_for_metrics_and_logs() {
+        let cases = [
+            (SignalId::ErrorRate, "error_rate"),
+            (SignalId::Latency, "latency"),
+            (SignalId::health("api"), "health:api"),
+            (SignalId::health(SignalId::PER_POD), "health:per-pod"),
+            (SignalId::Pods, "pods"),
+            (SignalId::rule("payment-errors"), "rule:payment-errors"),
+        ];
+        for (signal, id) in cases {
+            assert_eq!(signal.id(), id);
+            assert_eq!(serde_json::to_value(&signal).unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn measurements_read_as_an_engineer_writes_them() {
+        let cases = [
+            (Measurement::ratio(0.302), "30.2 %"),
+            (Measurement::ratio(0.05), "5.0 %"),
+            (Measurement::ratio(0.001), "0.1 %"),
+            (Measurement::ratio(0.0001), "0.010 %"),
+            (Measurement::ratio(0.0), "0.0 %"),
+            (Measurement::seconds(0.412), "412 ms"),
+            (Measurement::seconds(0.0042), "4.2 ms"),
+            (Measurement::seconds(2.3), "2.30 s"),
+            (Measurement::count(3.0, "restart", "restarts"), "3 restarts"),
+            (Measurement::count(1.0, "restart", "restarts"), "1 restart"),
+            (Measurement::http_status(503), "HTTP 503"),
+            (Measurement::per_second(0.25), "0.25 req/s"),
+            (Measurement::number(4.0), "4"),
+            (Measurement::new(1.6, Unit::Multiple), "1.60×"),
+            (Measurement::ratio(f64::NAN), "NaN"),
+        ];
+        for (m, text) in cases {
+            assert_eq!(m.to_string(), text, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn a_failure_names_the_value_the_limit_and_the_baseline() {
+        let at = jiff::Timestamp::UNIX_EPOCH;
+        let cases = [
+            (
+                SignalId::ErrorRate,
+                Outcome::Fail {
+                    measured: Measurement::ratio(0.302),
+                    threshold: Threshold::Max {
+                        limit: Measurement::ratio(0.05),
+                    },
+                    baseline: Some(0.001),
+                    sentence: String::new(),
+                },
+                "error ratio 30.2 % > max 5.0 % (baseline 0.1 %)",
+            ),
+            (
+                SignalId::Latency,
+                Outcome::Fail {
+                    measured: Measurement::seconds(0.64),
+                    threshold: Threshold::RatioToBaseline {
+                        max_ratio: 1.5,
+                        floor: Some(Measurement::seconds(0.05)),
+                    },
+                    baseline: Some(0.4),
+                    sentence: String::new(),
+                },
+                "latency 640 ms > 1.5× baseline 400 ms (1.60×, floor 50 ms)",
+            ),
+            (
+                SignalId::health("api"),
+                Outcome::Fail {
+                    measured: Measurement::http_status(503),
+                    threshold: Threshold::Expected {
+                        what: "HTTP 200".into(),
+                    },
+                    baseline: None,
+                    sentence: String::new(),
+                },
+                "health check api HTTP 503, expected HTTP 200",
+            ),
+            (
+                SignalId::rule("payment-errors"),
+                Outcome::Fail {
+                    measured: Measurement::number(4.0),
+                    threshold: Threshold::FailsWhen {
+                        op: ">".into(),
+                        limit: Measurement::number(0.0),
+                    },
+                    baseline: None,
+                    sentence: String::new(),
+                },
+                "rule payment-errors 4 > 0",
+            ),
+            (
+                SignalId::Latency,
+                Outcome::inconclusive("Prometheus unreachable"),
+                "latency inconclusive: Prometheus unreachable",
+            ),
+        ];
+        for (signal, outcome, text) in cases {
+            assert_eq!(SignalResult::new(signal, outcome, at).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn zero_pods_are_not_all_pods_crashing() {
+        let finding = |pods, crashing| PodsFinding {
+            pods,
+            crashing,
+            reasons: vec![],
+        };
+        assert!(finding(3, 3).all_pods_crashing());
+        assert!(!finding(3, 2).all_pods_crashing());
+        assert!(!finding(0, 0).all_pods_crashing());
+    }
+
+    #[test]
+    fn a_result_serializes_for_status_and_the_audit_log() {
+        let at: jiff::Timestamp = "2026-11-27T10:00:00Z".parse().unwrap();
+        let r = SignalResult::new(
+            SignalId::ErrorRate,
+            Outcome::Fail {
+                measured: Measurement::ratio(0.302),
+                threshold: Threshold::Max {
+                    limit: Measurement::ratio(0.05),
+                },
+                baseline: None,
+                sentence: "30 % of requests fail".into(),
+            },
+            at,
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["signal"], "error_rate");
+        assert_eq!(v["outcome"], "fail");
+        assert_eq!(v["at"], "2026-11-27T10:00:00Z");
+        assert_eq!(v["measured"]["text"], "30.2 %");
+        assert_eq!(v["threshold"]["kind"], "max");
+    }
+}
