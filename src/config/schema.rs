@@ -189,7 +189,8 @@ pub struct PodsPolicy {
     pub progress_deadline_is_failure: bool,
 }
 
-/// A custom PromQL rule: `query op threshold` must hold, else the signal fails.
+/// A custom PromQL rule: the signal fails when `query op threshold` holds
+/// (`payment-errors > 0` fails on any payment error).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Rule {
     pub name: String,

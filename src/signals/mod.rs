@@ -582,3 +582,60 @@ mod tests {
         assert_eq!(v["threshold"]["kind"], "max");
     }
 }
+
+/// The revision a tick judges, as the target tracker sees it in its caches.
+/// Every signal implementation takes this and nothing else from the cluster,
+/// so a tick needs no API-server call.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub namespace: String,
+    pub deployment: String,
+    /// `deployment.kubernetes.io/revision` of the revision's ReplicaSet.
+    pub revision: i64,
+    pub pod_template_hash: String,
+    /// The images of the revision's pod template, container by container.
+    pub images: Vec<String>,
+    /// When the revision started rolling out (its ReplicaSet's creation, or
+    /// the time the Deployment last switched to it): the baseline is
+    /// evaluated at this instant.
+    pub rollout_started: jiff::Timestamp,
+    /// The revision it replaced, for relative criteria; None for the first
+    /// revision of a Deployment.
+    pub baseline: Option<BaselineRevision>,
+    /// The pods of this revision only, from the pod cache.
+    pub pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    /// The Deployment reports `Progressing=False` with reason
+    /// `ProgressDeadlineExceeded` for this rollout.
+    pub progress_deadline_exceeded: bool,
+}
+
+/// The previous revision, whose metrics are the baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaselineRevision {
+    pub revision: i64,
+    pub pod_template_hash: String,
+}
+
+impl Subject {
+    /// A regex matching exactly the pods of a revision:
+    /// `<deployment>-<pod-template-hash>-.*` (the `{pods}` placeholder).
+    pub fn pods_regex(deployment: &str, pod_template_hash: &str) -> String {
+        format!(
+            "{}-{}-.*",
+            regex_escape_promql(deployment),
+            regex_escape_promql(pod_template_hash)
+        )
+    }
+
+    /// `{pods}` for this revision.
+    pub fn pods(&self) -> String {
+        Self::pods_regex(&self.deployment, &self.pod_template_hash)
+    }
+}
+
+/// Names and hashes are DNS-1123 (letters, digits, `-`, `.`), so only `.`
+/// needs escaping inside a PromQL regex string (double backslash: one for
+/// the PromQL string literal, one for the regex).
+fn regex_escape_promql(s: &str) -> String {
+    s.replace('.', "\\\\.")
+}
