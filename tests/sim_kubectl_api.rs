@@ -3,60 +3,17 @@
 //! `kubectl set image`, and the JSON patch of `kubectl rollout undo`.
 //! Skipped, saying so, only when /usr/bin/kubectl is not installed.
 
-use std::path::Path;
-use std::time::Duration;
-
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use rollback_watchdog::sim::{SimCluster, SimOptions};
+
+mod support;
 use serde_json::json;
+use support::kubectl::{header, kubectl, kubectl_missing, kubectl_ok};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const NS: &str = "production";
-
-fn kubectl_missing() -> bool {
-    if Path::new(KUBECTL).exists() {
-        return false;
-    }
-    eprintln!("SKIPPED: {KUBECTL} is not installed (install Debian's kubernetes-client to run the kubectl fidelity tests)");
-    true
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn kubectl(sim: &SimCluster, args: &[&str]) -> Out {
-    let mut cmd = tokio::process::Command::new(KUBECTL);
-    cmd.env("KUBECONFIG", sim.kubeconfig_path())
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .arg("--request-timeout=10s")
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish in 60s"))
-        .unwrap_or_else(|e| panic!("kubectl {args:?} did not start: {e}"));
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-async fn kubectl_ok(sim: &SimCluster, args: &[&str]) -> String {
-    let out = kubectl(sim, args).await;
-    assert!(
-        out.ok,
-        "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
-        out.stdout, out.stderr
-    );
-    out.stdout
-}
 
 async fn sim() -> SimCluster {
     // The API alone: these tests write ReplicaSets and pod statuses by
@@ -68,15 +25,6 @@ async fn sim() -> SimCluster {
     })
     .await
     .expect("the sim starts")
-}
-
-fn header(table: &str) -> Vec<&str> {
-    table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect()
 }
 
 fn deployment(name: &str) -> Deployment {
