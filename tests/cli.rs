@@ -323,3 +323,100 @@ fn the_log_filter_silences_info() {
         "--log wins over RUST_LOG"
     );
 }
+
+/// Twelve kinds of mistake, each in its own file, each through the binary:
+/// exit 2, the key path named, no panic, nothing on stdout.
+#[test]
+fn every_kind_of_broken_config_exits_2_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = "[[targets]]\nnamespace = \"production\"\nname = \"web\"\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            "[watchdog]\nintervall = \"15s\"\n".into(),
+            "watchdog.intervall: unknown key",
+        ),
+        (
+            "bad duration",
+            "[defaults]\nwatch_window = \"15 minutes\"\n".into(),
+            "defaults.watch_window:",
+        ),
+        (
+            "wrong type",
+            "[defaults]\nfailure_threshold = \"three\"\n".into(),
+            "defaults.failure_threshold:",
+        ),
+        (
+            "ratio not above 1",
+            format!("{target}[targets.latency]\nmax_ratio_to_baseline = 0.8\n"),
+            "targets[0].latency.max_ratio_to_baseline: must be > 1.0, got 0.8",
+        ),
+        (
+            "error ratio above 1",
+            "[defaults.error_rate]\nmax = 5.0\n".into(),
+            "defaults.error_rate.max:",
+        ),
+        (
+            "unknown placeholder",
+            "[defaults.error_rate]\nerrors_query = 'sum(rate(x{pod=~\"{podz}\"}[{window}]))'\n"
+                .into(),
+            "defaults.error_rate.errors_query: unknown placeholder {podz}",
+        ),
+        (
+            "selector does not parse",
+            "[[targets]]\nnamespace = \"production\"\nselector = \"app in (web\"\n".into(),
+            "targets[0].selector: label selector \"app in (web\" does not parse",
+        ),
+        (
+            "name and selector",
+            "[[targets]]\nnamespace = \"production\"\nname = \"web\"\nselector = \"app=web\"\n"
+                .into(),
+            "targets[0]:",
+        ),
+        (
+            "no url source",
+            "[[notify]]\nkind = \"slack\"\n".into(),
+            "notify[0]: give one of url, url_file, url_env",
+        ),
+        (
+            "unknown sink kind",
+            "[[notify]]\nkind = \"pager\"\nurl_env = \"X\"\n".into(),
+            "notify[0].kind:",
+        ),
+        (
+            "bad rule op",
+            "[[defaults.rules]]\nname = \"r\"\nquery = \"up\"\nop = \"=>\"\nthreshold = 1\n".into(),
+            "defaults.rules[0].op:",
+        ),
+        (
+            "bad status code",
+            "[defaults.health]\nexpect_status = [999]\n".into(),
+            "defaults.health.expect_status",
+        ),
+        (
+            "zero threshold",
+            "[defaults]\nfailure_threshold = 0\n".into(),
+            "defaults.failure_threshold:",
+        ),
+        (
+            "prometheus url",
+            "[prometheus]\nurl = \"not a url\"\n".into(),
+            "prometheus.url:",
+        ),
+    ];
+    for (i, (kind, toml, expected)) in cases.iter().enumerate() {
+        let path = write(dir.path(), &format!("broken-{i}.toml"), toml);
+        let out = run(&mut watchdog(&["check-config", path.to_str().unwrap()]));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{kind}: stderr:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{kind}: expected {expected:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{kind}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{kind}: printed a config as if valid"
+        );
+    }
+}
