@@ -1,0 +1,188 @@
+//! The admin HTTP server: `/livez`, `/readyz`, `/metrics` and `/status`,
+//! for kubelet probes, Prometheus and people. It only reads shared state;
+//! it must never block the watch loop, and every request has a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+
+use crate::status::StatusReport;
+
+/// Errors starting the admin server.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on {addr} for the admin server (admin.listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the admin server serves; cheap to clone, shared with the loop.
+#[derive(Clone)]
+pub struct AdminState {
+    registry: Arc<Registry>,
+    synced: Arc<AtomicBool>,
+    shutting_down: Arc<AtomicBool>,
+    status: Arc<RwLock<StatusReport>>,
+    request_timeout: Duration,
+}
+
+impl AdminState {
+    pub fn new(registry: Registry, request_timeout: Duration) -> Self {
+        AdminState {
+            registry: Arc::new(registry),
+            synced: Arc::new(AtomicBool::new(false)),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            status: Arc::new(RwLock::new(StatusReport::default())),
+            request_timeout,
+        }
+    }
+
+    /// Every reflector has synced once: `/readyz` may turn ready.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutdown has started: `/readyz` turns unready for good.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.synced.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the `/status` snapshot.
+    pub fn publish(&self, report: StatusReport) {
+        let mut guard = self.status.write().unwrap_or_else(|p| p.into_inner());
+        *guard = report;
+    }
+
+    pub fn snapshot(&self) -> StatusReport {
+        let mut report = self
+            .status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        report.ready = self.is_ready();
+        report
+    }
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    let timeout = state.request_timeout;
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .layer(axum::middleware::from_fn(
+            move |req, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response()
+                    }
+                }
+            },
+        ))
+        .with_state(state)
+}
+
+/// Binds `addr` (with a clear error naming `admin.listen`).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AdminError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+            .into_response()
+    } else if !state.synced.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: caches have not synced yet\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = crate::metrics::render(&state.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<AdminState>) -> Json<StatusReport> {
+    Json(state.snapshot())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn readyz_follows_sync_and_shutdown_and_metrics_are_served() {
+        let (metrics, registry) = Metrics::new();
+        metrics.targets.set(3);
+        let state = AdminState::new(registry, Duration::from_secs(2));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+
+        assert_eq!(get("/livez").await.unwrap().status(), 200);
+        assert_eq!(get("/readyz").await.unwrap().status(), 503);
+        state.set_synced();
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        let body = get("/metrics").await.unwrap().text().await.unwrap();
+        assert!(body.contains("rollback_watchdog_targets 3"), "{body}");
+        let report: StatusReport = get("/status").await.unwrap().json().await.unwrap();
+        assert!(report.ready);
+        state.set_shutting_down();
+        assert_eq!(get("/readyz").await.unwrap().status(), 503);
+        let _ = tx.send(());
+        server.await.unwrap().unwrap();
+    }
+}

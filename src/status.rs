@@ -1,0 +1,269 @@
+//! What the watchdog sees, as one document: served as JSON on the admin
+//! port's `/status` and printed as a table by `rollback-watchdog status`.
+//! It is a snapshot for people and scripts; nothing reads it to decide.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::signals::{Outcome, SignalResult};
+
+/// Which part this replica plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds the Lease: the only replica that acts.
+    Leader,
+    /// Evaluates and reports, never acts.
+    Follower,
+    /// Leader election is off: this process acts alone.
+    #[default]
+    Standalone,
+    /// `status --once`: one evaluation, nothing acts.
+    OneShot,
+}
+
+/// The whole snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub cluster: String,
+    pub role: Role,
+    /// Every cache has synced at least once.
+    pub ready: bool,
+    /// RFC 3339 time of the snapshot.
+    pub generated_at: String,
+    pub targets: Vec<TargetStatus>,
+    /// Problems that are not one target's: a config entry whose Deployment
+    /// does not exist, Prometheus unreachable at start-up...
+    pub warnings: Vec<String>,
+}
+
+/// One watched Deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub namespace: String,
+    pub name: String,
+    /// The revision under judgment (the Deployment's current one).
+    pub revision: Option<i64>,
+    pub pod_template_hash: Option<String>,
+    pub images: Vec<String>,
+    pub window: Option<WindowStatus>,
+    pub known_good: Option<KnownGoodStatus>,
+    /// `healthy`, `inconclusive`, `suspect`, `bad`, `degraded`, or
+    /// `unknown` before the first evaluation.
+    pub verdict: String,
+    /// Sentences behind the verdict, decisive first.
+    pub reasons: Vec<String>,
+    pub signals: Vec<SignalStatus>,
+    /// Some signal has been Inconclusive longer than `blind_alert_after`.
+    pub blind: bool,
+    /// This target's own problems (a bad annotation value...).
+    pub warnings: Vec<String>,
+    /// RFC 3339 time of the last evaluation.
+    pub last_evaluated: Option<String>,
+}
+
+/// The observation window of the revision under judgment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowStatus {
+    pub opened_at: String,
+    pub closes_at: String,
+    /// Whole seconds left; 0 once closed.
+    pub remaining_seconds: u64,
+}
+
+/// The revision recorded as known-good (the preferred rollback target).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KnownGoodStatus {
+    pub revision: i64,
+    pub pod_template_hash: String,
+}
+
+/// One signal's last result, flattened for people and scripts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SignalStatus {
+    /// Stable id: `error_rate`, `latency`, `health:<name>`, `pods`, `rule:<name>`.
+    pub signal: String,
+    /// `pass`, `fail` or `inconclusive`.
+    pub result: String,
+    /// The measured value as text (`30.2 %`, `412 ms`), when there is one.
+    pub value: Option<String>,
+    /// The line a person reads.
+    pub detail: String,
+    /// Consecutive failing ticks counted so far.
+    pub failing_ticks: u32,
+    pub at: String,
+}
+
+impl SignalStatus {
+    pub fn from_result(result: &SignalResult, failing_ticks: u32) -> Self {
+        let (kind, value) = match &result.outcome {
+            Outcome::Pass { measured } => ("pass", measured.as_ref().map(ToString::to_string)),
+            Outcome::Fail { measured, .. } => ("fail", Some(measured.to_string())),
+            Outcome::Inconclusive { .. } => ("inconclusive", None),
+        };
+        SignalStatus {
+            signal: result.signal.id(),
+            result: kind.to_string(),
+            value,
+            detail: result.describe(),
+            failing_ticks,
+            at: result.at.to_string(),
+        }
+    }
+}
+
+/// The table `rollback-watchdog status` prints: one block per target.
+pub fn render_table(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let role = match report.role {
+        Role::Leader => "leader",
+        Role::Follower => "follower (evaluates, never acts)",
+        Role::Standalone => "standalone",
+        Role::OneShot => "one-shot evaluation",
+    };
+    let _ = writeln!(
+        out,
+        "cluster {}  role {}  {}  at {}",
+        if report.cluster.is_empty() {
+            "-"
+        } else {
+            &report.cluster
+        },
+        role,
+        if report.ready {
+            "ready"
+        } else {
+            "NOT READY (caches syncing)"
+        },
+        report.generated_at
+    );
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    if report.targets.is_empty() {
+        let _ = writeln!(out, "\nno targets");
+    }
+    for t in &report.targets {
+        let _ = writeln!(out);
+        let revision = t
+            .revision
+            .map(|r| format!("revision {r}"))
+            .unwrap_or_else(|| "no revision".into());
+        let hash = t.pod_template_hash.as_deref().unwrap_or("-");
+        let window = match &t.window {
+            Some(w) if w.remaining_seconds > 0 => format!(
+                "window {} left",
+                humantime::format_duration(std::time::Duration::from_secs(w.remaining_seconds))
+            ),
+            Some(_) => "window closed".to_string(),
+            None => "no window".to_string(),
+        };
+        let known_good = t
+            .known_good
+            .as_ref()
+            .map(|k| format!("known-good {}", k.revision))
+            .unwrap_or_else(|| "no known-good".into());
+        let _ = writeln!(
+            out,
+            "{}/{}  {} ({})  {}  {}  verdict {}{}",
+            t.namespace,
+            t.name,
+            revision,
+            hash,
+            window,
+            known_good,
+            t.verdict.to_uppercase(),
+            if t.blind { "  BLIND" } else { "" }
+        );
+        if !t.images.is_empty() {
+            let _ = writeln!(out, "  images: {}", t.images.join(", "));
+        }
+        if !t.signals.is_empty() {
+            let width = t
+                .signals
+                .iter()
+                .map(|s| s.signal.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:<12}  {:>10}  DETAIL",
+                "SIGNAL", "RESULT", "VALUE"
+            );
+            for s in &t.signals {
+                let _ = writeln!(
+                    out,
+                    "  {:<width$}  {:<12}  {:>10}  {}",
+                    s.signal,
+                    s.result,
+                    s.value.as_deref().unwrap_or("-"),
+                    s.detail
+                );
+            }
+        }
+        for r in &t.reasons {
+            let _ = writeln!(out, "  reason: {r}");
+        }
+        for w in &t.warnings {
+            let _ = writeln!(out, "  warning: {w}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::{Measurement, SignalId, Threshold};
+
+    #[test]
+    fn the_table_shows_each_signal_and_the_verdict() {
+        let fail = SignalResult::new(
+            SignalId::ErrorRate,
+            Outcome::Fail {
+                measured: Measurement::ratio(0.302),
+                threshold: Threshold::Max {
+                    limit: Measurement::ratio(0.05),
+                },
+                baseline: Some(0.001),
+                sentence: "error ratio too high".into(),
+            },
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        let report = StatusReport {
+            cluster: "production".into(),
+            role: Role::Leader,
+            ready: true,
+            generated_at: "2026-11-27T10:00:00Z".into(),
+            targets: vec![TargetStatus {
+                namespace: "production".into(),
+                name: "kailash-kaizen".into(),
+                revision: Some(2),
+                pod_template_hash: Some("7f455f8bb7".into()),
+                verdict: "bad".into(),
+                signals: vec![SignalStatus::from_result(&fail, 3)],
+                window: Some(WindowStatus {
+                    remaining_seconds: 600,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            warnings: vec![],
+        };
+        let table = render_table(&report);
+        assert!(
+            table.contains("production/kailash-kaizen  revision 2 (7f455f8bb7)  window 10m left"),
+            "{table}"
+        );
+        assert!(table.contains("verdict BAD"), "{table}");
+        assert!(
+            table.contains("error_rate") && table.contains("30.2 %"),
+            "{table}"
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        let back: StatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+    }
+}
