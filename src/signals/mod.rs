@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
+pub mod pods;
+
 /// Which signal of a target a result comes from.
 ///
 /// The string id ([`SignalId::id`]) is stable: it names the signal in
@@ -639,3 +641,4 @@ impl Subject {
 fn regex_escape_promql(s: &str) -> String {
     s.replace('.', "\\\\.")
 }
+
