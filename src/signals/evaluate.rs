@@ -76,7 +76,11 @@ impl Signals {
             ids.push(SignalId::Latency);
         }
         ids.extend(policy.rules.iter().map(|r| SignalId::rule(&r.name)));
-        ids.extend(HealthProber::signals(&policy.health, subject, &self.cluster));
+        ids.extend(HealthProber::signals(
+            &policy.health,
+            subject,
+            &self.cluster,
+        ));
         if policy.pods.enabled {
             ids.push(SignalId::Pods);
         }
@@ -130,7 +134,8 @@ impl Signals {
                 SignalId::Latency,
                 prom,
                 now,
-                self.prometheus.latency(&policy.latency, subject, cluster, now),
+                self.prometheus
+                    .latency(&policy.latency, subject, cluster, now),
             )));
         }
         for rule in &policy.rules {
@@ -200,10 +205,7 @@ async fn bounded(
     match tokio::time::timeout(deadline, fut).await {
         Ok(result) => result,
         Err(_) => {
-            let why = format!(
-                "no result within {}",
-                humantime::format_duration(deadline)
-            );
+            let why = format!("no result within {}", humantime::format_duration(deadline));
             tracing::warn!(signal = %signal, %why, "signal timed out");
             SignalResult::new(signal, Outcome::inconclusive(why), now)
         }

@@ -90,15 +90,28 @@ pub enum Probe {
         elapsed: Duration,
     },
     /// Connected, then no answer within the timeout.
-    NoAnswer { waited: Duration },
+    NoAnswer {
+        waited: Duration,
+    },
     /// The address resolved and refused the connection.
-    Refused { addr: SocketAddr },
-    Unresolvable { host: String, message: String },
+    Refused {
+        addr: SocketAddr,
+    },
+    Unresolvable {
+        host: String,
+        message: String,
+    },
     /// Could not connect, without a refusal (timeout, no route).
-    Unreachable { message: String },
+    Unreachable {
+        message: String,
+    },
     /// Connected, then the exchange failed (reset, TLS, protocol).
-    Broken { message: String },
-    BadUrl { message: String },
+    Broken {
+        message: String,
+    },
+    BadUrl {
+        message: String,
+    },
 }
 
 impl Probe {
@@ -269,7 +282,9 @@ impl HealthProber {
             all.push(Box::pin(self.per_pod(probe, policy, subject, now)));
         }
         if let Some(template) = &policy.version_url {
-            all.push(Box::pin(self.version(template, policy, subject, cluster, now)));
+            all.push(Box::pin(
+                self.version(template, policy, subject, cluster, now),
+            ));
         }
         futures::future::join_all(all).await
     }
@@ -325,7 +340,11 @@ impl HealthProber {
                 "no running pod of revision {} has an IP yet ({} {})",
                 subject.revision,
                 subject.pods.len(),
-                if subject.pods.len() == 1 { "pod" } else { "pods" }
+                if subject.pods.len() == 1 {
+                    "pod"
+                } else {
+                    "pods"
+                }
             );
             return SignalResult::new(signal, Outcome::inconclusive(why), now);
         }
@@ -503,7 +522,10 @@ impl HealthProber {
             outcome = tracing::field::Empty,
         );
         let started = Instant::now();
-        let probe = self.probe_inner(url, timeout).instrument(span.clone()).await;
+        let probe = self
+            .probe_inner(url, timeout)
+            .instrument(span.clone())
+            .await;
         let duration = started.elapsed();
         span.record("duration_ms", duration.as_secs_f64() * 1000.0);
         span.record("outcome", probe.kind());
@@ -583,12 +605,7 @@ impl HealthProber {
     }
 
     async fn fetch(&self, url: &Url, timeout: Duration) -> Result<(u16, String), reqwest::Error> {
-        let mut response = self
-            .client
-            .get(url.clone())
-            .timeout(timeout)
-            .send()
-            .await?;
+        let mut response = self.client.get(url.clone()).timeout(timeout).send().await?;
         let status = response.status().as_u16();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {
@@ -643,7 +660,8 @@ fn refused_in(e: &reqwest::Error) -> bool {
 fn expectations(policy: &HealthPolicy) -> Result<Expect<'_>, String> {
     let body = match &policy.body_regex {
         Some(src) => Some(
-            Regex::new(src).map_err(|e| format!("health.body_regex `{src}` does not compile: {e}"))?,
+            Regex::new(src)
+                .map_err(|e| format!("health.body_regex `{src}` does not compile: {e}"))?,
         ),
         None => None,
     };
@@ -748,7 +766,10 @@ mod tests {
     #[test]
     fn image_tags_are_found_in_any_reference_form() {
         assert_eq!(image_tag("web:v1"), Some("v1"));
-        assert_eq!(image_tag("registry:5000/team/web:v1.2@sha256:abc"), Some("v1.2"));
+        assert_eq!(
+            image_tag("registry:5000/team/web:v1.2@sha256:abc"),
+            Some("v1.2")
+        );
         assert_eq!(image_tag("registry:5000/team/web"), None);
         assert_eq!(image_tag("web@sha256:abc"), None);
     }
@@ -785,13 +806,22 @@ mod tests {
         let refused = Probe::Refused {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
-        assert!(matches!(pod_verdict(&e, &refused, false), PodVerdict::Starting(_)));
-        assert!(matches!(pod_verdict(&e, &refused, true), PodVerdict::Failed(_)));
+        assert!(matches!(
+            pod_verdict(&e, &refused, false),
+            PodVerdict::Starting(_)
+        ));
+        assert!(matches!(
+            pod_verdict(&e, &refused, true),
+            PodVerdict::Failed(_)
+        ));
         let unhealthy = Probe::Answered {
             status: 503,
             body: String::new(),
             elapsed: Duration::ZERO,
         };
-        assert!(matches!(pod_verdict(&e, &unhealthy, false), PodVerdict::Failed(_)));
+        assert!(matches!(
+            pod_verdict(&e, &unhealthy, false),
+            PodVerdict::Failed(_)
+        ));
     }
 }

@@ -769,10 +769,17 @@ mod fill_tests {
             progress_deadline_exceeded: false,
         };
         let now = Fill::current(&subject, Duration::from_secs(120), "prod");
-        assert_eq!((now.pods.as_str(), now.window.as_str()), ("web-bbb-.*", "2m"));
+        assert_eq!(
+            (now.pods.as_str(), now.window.as_str()),
+            ("web-bbb-.*", "2m")
+        );
         let base = Fill::baseline(&subject, Duration::from_secs(1800), "prod").expect("baseline");
         assert_eq!(
-            (base.revision.as_str(), base.pods.as_str(), base.window.as_str()),
+            (
+                base.revision.as_str(),
+                base.pods.as_str(),
+                base.window.as_str()
+            ),
             ("4", "web-aaa-.*", "30m")
         );
     }

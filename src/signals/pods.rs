@@ -44,10 +44,7 @@ struct PodProblem {
 /// Judges the revision's pods. One result, always.
 pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) -> SignalResult {
     let pods = &subject.pods;
-    let problems: Vec<PodProblem> = pods
-        .iter()
-        .filter_map(|pod| problem(policy, pod))
-        .collect();
+    let problems: Vec<PodProblem> = pods.iter().filter_map(|pod| problem(policy, pod)).collect();
     let reasons: Vec<String> = problems
         .iter()
         .flat_map(|p| p.reasons.iter().cloned())
@@ -174,7 +171,8 @@ fn crash_sentence(subject: &Subject, problems: &[PodProblem], max_restarts: u32)
         1 => "1 restart".to_owned(),
         n => format!("{n} restarts"),
     };
-    let every_pod_has_the_one_reason = distinct.len() == 1 && problems.iter().all(|p| !p.reasons.is_empty());
+    let every_pod_has_the_one_reason =
+        distinct.len() == 1 && problems.iter().all(|p| !p.reasons.is_empty());
     let (what, detail): (String, Box<dyn Fn(&PodProblem) -> String>) =
         if every_pod_has_the_one_reason {
             let reason = distinct.iter().next().copied().unwrap_or_default();
@@ -255,7 +253,10 @@ mod tests {
     }
 
     fn pod(name: &str, container_status: serde_json::Value) -> Pod {
-        pod_with(name, json!({"phase": "Running", "containerStatuses": [container_status]}))
+        pod_with(
+            name,
+            json!({"phase": "Running", "containerStatuses": [container_status]}),
+        )
     }
 
     fn pod_with(name: &str, status: serde_json::Value) -> Pod {
@@ -326,7 +327,10 @@ mod tests {
     fn an_oom_kill_in_the_last_state_fails_even_while_running_again() {
         let mut status = running(1);
         status["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
-        let r = judge(vec![pod("web-7f9c-a", status), pod("web-7f9c-b", running(0))]);
+        let r = judge(vec![
+            pod("web-7f9c-a", status),
+            pod("web-7f9c-b", running(0)),
+        ]);
         assert_eq!(
             sentence(&r),
             "1 of 2 pods of revision 5 is in OOMKilled (web-7f9c-a: 1 restart)"
@@ -364,7 +368,10 @@ mod tests {
 
     #[test]
     fn restarts_over_the_limit_fail_without_a_crash_reason() {
-        let r = judge(vec![pod("web-7f9c-a", running(4)), pod("web-7f9c-b", running(3))]);
+        let r = judge(vec![
+            pod("web-7f9c-a", running(4)),
+            pod("web-7f9c-b", running(3)),
+        ]);
         assert_eq!(
             sentence(&r),
             "1 of 2 pods of revision 5 restarted more than 3 times (web-7f9c-a: 4 restarts)"
@@ -380,7 +387,10 @@ mod tests {
         let mut completed = running(3);
         completed["lastState"] = json!({"terminated": {"exitCode": 0, "reason": "Completed"}});
         let r = judge(vec![pod("web-7f9c-a", completed)]);
-        assert_eq!(r.outcome, Outcome::pass_with(Measurement::count(1.0, "pod", "pods")));
+        assert_eq!(
+            r.outcome,
+            Outcome::pass_with(Measurement::count(1.0, "pod", "pods"))
+        );
         assert_eq!(r.pods.as_ref().map(|f| f.crashing), Some(0));
     }
 
@@ -411,13 +421,17 @@ mod tests {
         s.progress_deadline_exceeded = true;
         let mut p = policy();
         p.progress_deadline_is_failure = false;
-        assert!(evaluate(&p, &s, jiff::Timestamp::UNIX_EPOCH).outcome.is_pass());
+        assert!(evaluate(&p, &s, jiff::Timestamp::UNIX_EPOCH)
+            .outcome
+            .is_pass());
     }
 
     #[test]
     fn a_pod_without_status_is_not_crashing() {
-        let r = judge(vec![serde_json::from_value(json!({"metadata": {"name": "web-7f9c-a"}}))
-            .expect("pod")]);
+        let r = judge(vec![serde_json::from_value(
+            json!({"metadata": {"name": "web-7f9c-a"}}),
+        )
+        .expect("pod")]);
         assert!(r.outcome.is_pass());
     }
 }

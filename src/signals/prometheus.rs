@@ -361,9 +361,8 @@ impl PrometheusSource {
         let signal = SignalId::ErrorRate;
         let current = Fill::current(subject, policy.window, cluster);
         let baseline_fill = Fill::baseline(subject, policy.baseline_lookback, cluster);
-        let (measured, baseline) = tokio::join!(
-            self.ratio(&signal, policy, &current, now, CURRENT),
-            async {
+        let (measured, baseline) =
+            tokio::join!(self.ratio(&signal, policy, &current, now, CURRENT), async {
                 match &baseline_fill {
                     Some(fill) => Some(
                         self.ratio(&signal, policy, fill, subject.rollout_started, BASELINE)
@@ -371,8 +370,7 @@ impl PrometheusSource {
                     ),
                     None => None,
                 }
-            }
-        );
+            });
         let outcome = match measured {
             Err(why) => Outcome::inconclusive(format!("revision {}: {why}", subject.revision)),
             Ok(m) => judge_error_ratio(policy, subject, m, baseline),
@@ -437,9 +435,8 @@ impl PrometheusSource {
         let current = Fill::current(subject, policy.window, cluster);
         let query = policy.query.fill(&current.placeholders());
         let baseline_fill = Fill::baseline(subject, policy.baseline_lookback, cluster);
-        let (measured, baseline) = tokio::join!(
-            self.query(&signal, CURRENT.single, &query, now),
-            async {
+        let (measured, baseline) =
+            tokio::join!(self.query(&signal, CURRENT.single, &query, now), async {
                 match &baseline_fill {
                     Some(fill) => {
                         let q = policy.query.fill(&fill.placeholders());
@@ -450,8 +447,7 @@ impl PrometheusSource {
                     }
                     None => None,
                 }
-            }
-        );
+            });
         let outcome = match measured {
             Err(QueryError::NotFinite { value }) => Outcome::inconclusive(format!(
                 "revision {}: the latency query returned {value} (no requests in the window?)",
@@ -697,13 +693,12 @@ async fn read_token(path: &Path) -> Result<HeaderValue, QueryError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-    let mut value =
-        HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
-            QueryError::Token {
-                path: path.to_path_buf(),
-                message: "the token is not a valid header value".into(),
-            }
-        })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+        QueryError::Token {
+            path: path.to_path_buf(),
+            message: "the token is not a valid header value".into(),
+        }
+    })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -761,20 +756,39 @@ mod tests {
     #[test]
     fn a_tripled_tiny_baseline_stays_under_the_relative_floor() {
         let p = defaults().error_rate;
-        let o = judge_error_ratio(&p, &subject(true), sample(0.15, 20.0), Some(Ok(sample(0.002, 20.0))));
+        let o = judge_error_ratio(
+            &p,
+            &subject(true),
+            sample(0.15, 20.0),
+            Some(Ok(sample(0.002, 20.0))),
+        );
         assert!(o.is_pass(), "{o:?}");
     }
 
     #[test]
     fn above_the_floor_a_multiple_of_the_baseline_fails_and_names_it() {
         let p = defaults().error_rate;
-        let o = judge_error_ratio(&p, &subject(true), sample(0.6, 20.0), Some(Ok(sample(0.1, 20.0))));
-        let Outcome::Fail { threshold, baseline, sentence, .. } = o else {
+        let o = judge_error_ratio(
+            &p,
+            &subject(true),
+            sample(0.6, 20.0),
+            Some(Ok(sample(0.1, 20.0))),
+        );
+        let Outcome::Fail {
+            threshold,
+            baseline,
+            sentence,
+            ..
+        } = o
+        else {
             panic!("expected a Fail, got {o:?}");
         };
         assert!(matches!(threshold, Threshold::RatioToBaseline { .. }));
         assert_eq!(baseline, Some(0.005));
-        assert!(sentence.contains("baseline: revision 4 had 0.5 %"), "{sentence}");
+        assert!(
+            sentence.contains("baseline: revision 4 had 0.5 %"),
+            "{sentence}"
+        );
     }
 
     #[test]
@@ -786,12 +800,17 @@ mod tests {
         let Outcome::Fail { sentence, .. } = o else {
             panic!("expected a Fail, got {o:?}");
         };
-        assert!(sentence.contains("no previous revision, relative test skipped"), "{sentence}");
+        assert!(
+            sentence.contains("no previous revision, relative test skipped"),
+            "{sentence}"
+        );
         let unknown = judge_error_ratio(
             &p,
             &subject(true),
             sample(0.6, 20.0),
-            Some(Err("traffic 0 req/s is below min_request_rate 1 req/s".into())),
+            Some(Err(
+                "traffic 0 req/s is below min_request_rate 1 req/s".into()
+            )),
         );
         assert!(unknown.is_pass());
     }
