@@ -563,6 +563,41 @@ async fn a_prometheus_that_never_answers_is_inconclusive_and_the_pod_signal_stil
     Ok(())
 }
 
+/// Asks Prometheus to quit through its lifecycle API when dropped, even
+/// on a panic. `PrometheusServer::stop` kills the `timeout` wrapper with
+/// SIGKILL, which `timeout` cannot pass on, so without this the server
+/// would outlive the test (see the report on `sim::prometheus`).
+struct QuitOnDrop(String);
+
+impl Drop for QuitOnDrop {
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(addr) = self.0.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(
+            format!("POST /-/quit HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        let _ = stream.read(&mut [0u8; 256]);
+        // Give it a moment to exit, so `timeout` exits with it.
+        for _ in 0..50 {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Liveness bound for cases that wait on timeouts (not a timing claim).
 async fn bounded<T>(fut: impl Future<Output = T>) -> Result<T, String> {
     tokio::time::timeout(Duration::from_secs(30), fut)
@@ -602,6 +637,7 @@ fn prometheus_signals_against_backfilled_data() {
         let mut server = PrometheusServer::start(opts)
             .await
             .expect("prometheus starts");
+        let quit = QuitOnDrop(server.url().to_owned());
         let config = config(server.url(), "5s");
         let source = PrometheusSource::new(&config.prometheus).expect("a Prometheus source");
         let ctx = Ctx {
@@ -642,6 +678,7 @@ fn prometheus_signals_against_backfilled_data() {
             }
         }
         let log = server.log();
+        drop(quit);
         server.stop().await;
         assert!(
             failures.is_empty(),
