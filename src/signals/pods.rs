@@ -167,31 +167,32 @@ fn crash_sentence(subject: &Subject, problems: &[PodProblem], max_restarts: u32)
         .iter()
         .flat_map(|p| p.reasons.iter().map(String::as_str))
         .collect();
-    let restarts = |p: &PodProblem| match p.restarts {
-        1 => "1 restart".to_owned(),
-        n => format!("{n} restarts"),
+    let one_reason = match distinct.iter().next() {
+        Some(reason) if distinct.len() == 1 && problems.iter().all(|p| !p.reasons.is_empty()) => {
+            Some(*reason)
+        }
+        _ => None,
     };
-    let every_pod_has_the_one_reason =
-        distinct.len() == 1 && problems.iter().all(|p| !p.reasons.is_empty());
-    let (what, detail): (String, Box<dyn Fn(&PodProblem) -> String>) =
-        if every_pod_has_the_one_reason {
-            let reason = distinct.iter().next().copied().unwrap_or_default();
-            (format!("{verb} in {reason}"), Box::new(restarts))
-        } else if distinct.is_empty() {
-            (
-                format!("restarted more than {max_restarts} times"),
-                Box::new(restarts),
-            )
-        } else {
-            (
-                format!("{verb} crashing"),
-                Box::new(move |p: &PodProblem| {
-                    let mut parts = p.reasons.clone();
-                    parts.push(restarts(p));
-                    parts.join(", ")
-                }),
-            )
+    let what = match one_reason {
+        Some(reason) => format!("{verb} in {reason}"),
+        None if distinct.is_empty() => format!("restarted more than {max_restarts} times"),
+        None => format!("{verb} crashing"),
+    };
+    // One reason for all, or restarts only: the pods differ by restarts.
+    let restarts_only = one_reason.is_some() || distinct.is_empty();
+    let detail = |p: &PodProblem| {
+        let restarts = match p.restarts {
+            1 => "1 restart".to_owned(),
+            n => format!("{n} restarts"),
         };
+        if restarts_only {
+            restarts
+        } else {
+            let mut parts = p.reasons.clone();
+            parts.push(restarts);
+            parts.join(", ")
+        }
+    };
     let mut named: Vec<String> = problems
         .iter()
         .take(NAMED_PODS)
@@ -200,11 +201,7 @@ fn crash_sentence(subject: &Subject, problems: &[PodProblem], max_restarts: u32)
     if problems.len() > NAMED_PODS {
         named.push(format!("and {} more", problems.len() - NAMED_PODS));
     }
-    let separator = if every_pod_has_the_one_reason || distinct.is_empty() {
-        ", "
-    } else {
-        "; "
-    };
+    let separator = if restarts_only { ", " } else { "; " };
     format!("{head} {what} ({})", named.join(separator))
 }
 
@@ -334,6 +331,21 @@ mod tests {
         assert_eq!(
             sentence(&r),
             "1 of 2 pods of revision 5 is in OOMKilled (web-7f9c-a: 1 restart)"
+        );
+    }
+
+    #[test]
+    fn pods_crashing_for_different_reasons_are_each_explained() {
+        let mut oom = running(1);
+        oom["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        let r = judge(vec![
+            pod("web-7f9c-a", crash_looping(4)),
+            pod("web-7f9c-b", oom),
+        ]);
+        assert_eq!(
+            sentence(&r),
+            "2 of 2 pods of revision 5 are crashing \
+             (web-7f9c-a: CrashLoopBackOff, 4 restarts; web-7f9c-b: OOMKilled, 1 restart)"
         );
     }
 
