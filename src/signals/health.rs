@@ -24,6 +24,12 @@
 //! otherwise be rolled back; a pod that never starts is caught by the pod
 //! signal and the progress deadline). `expect_status` and `body_regex`
 //! apply to per-pod answers too.
+//!
+//! Known limit: a firewall that *rejects* the watchdog's packets (TCP
+//! reset or ICMP port-unreachable, rather than dropping them) looks exactly
+//! like a refusal and fails. Kubernetes NetworkPolicy implementations drop
+//! by default; if yours rejects, allow the watchdog to reach the probed
+//! ports, or probe through Prometheus instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
