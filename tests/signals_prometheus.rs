@@ -563,6 +563,72 @@ async fn a_prometheus_that_never_answers_is_inconclusive_and_the_pod_signal_stil
     Ok(())
 }
 
+async fn the_bearer_token_is_read_per_query_and_headers_are_sent(c: &Ctx) -> Check {
+    use axum::http::{header, HeaderMap, StatusCode};
+    const JSON: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "application/json")];
+    const TEXT: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "text/plain")];
+    // An auth proxy in front of the real Prometheus: it forwards only
+    // queries carrying the current token and the tenant header.
+    let upstream = c.source.clone();
+    let now = c.now();
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(move |headers: HeaderMap| {
+            let upstream = upstream.clone();
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                let tenant = headers.get("x-scope-orgid").and_then(|v| v.to_str().ok());
+                if auth != Some("Bearer t0ken-1") || tenant != Some("team-a") {
+                    return (StatusCode::UNAUTHORIZED, TEXT, "unauthorized".to_owned());
+                }
+                let q = "sum(rate(http_requests_total{namespace=\"errors30\", pod=~\"web-bbb-.*\"}[2m]))";
+                match upstream.query(&SignalId::ErrorRate, "total_query", q, now).await {
+                    Ok(v) => (
+                        StatusCode::OK,
+                        JSON,
+                        format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[0,"{v}"]}}]}}}}"#),
+                    ),
+                    Err(e) => (StatusCode::BAD_GATEWAY, JSON, e.to_string()),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let proxy = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken-1\n").map_err(|e| e.to_string())?;
+    let toml = format!(
+        "[prometheus]\nurl = \"http://{addr}\"\ntimeout = \"2s\"\nbearer_token_file = \"{}\"\n[prometheus.headers]\nX-Scope-OrgID = \"team-a\"\n",
+        token.display()
+    );
+    let config = Loader::from_toml(toml)
+        .env(Vec::<(String, String)>::new())
+        .load()
+        .map_err(|e| e.to_string())?
+        .config;
+    let source = PrometheusSource::new(&config.prometheus).map_err(|e| e.to_string())?;
+    let subject = c.subject("errors30");
+    let policy = &config.defaults.error_rate;
+    let r = bounded(source.error_rate(policy, &subject, "t", now)).await?;
+    // Both queries go through the proxy; errors_query answers the total
+    // too, so the ratio is 1, which proves the token and header arrived.
+    match &r.outcome {
+        Outcome::Fail { measured, .. } if close(measured.value, 1.0) => {}
+        other => return Err(format!("with the token: {other:?}")),
+    }
+    // A rotated token is read on the next query: the old one stops working.
+    std::fs::write(&token, "t0ken-2").map_err(|e| e.to_string())?;
+    let r = bounded(source.error_rate(policy, &subject, "t", now)).await?;
+    proxy.abort();
+    expect_inconclusive(&r, "401")
+}
+
 /// Asks Prometheus to quit through its lifecycle API when dropped, even
 /// on a panic. `PrometheusServer::stop` kills the `timeout` wrapper with
 /// SIGKILL, which `timeout` cannot pass on, so without this the server
@@ -662,6 +728,7 @@ fn prometheus_signals_against_backfilled_data() {
             a_rule_returning_nan_is_inconclusive,
             an_unreachable_prometheus_is_inconclusive_for_every_prometheus_signal,
             a_prometheus_that_never_answers_is_inconclusive_and_the_pod_signal_still_judges,
+            the_bearer_token_is_read_per_query_and_headers_are_sent,
         ];
         let filter = std::env::var("SIGNAL_CASE").unwrap_or_default();
         let mut failures = Vec::new();
