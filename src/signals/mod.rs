@@ -6,8 +6,18 @@
 //! a signal that cannot measure says Inconclusive.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Serialize, Serializer};
+
+use crate::config::Placeholders;
+
+pub mod evaluate;
+pub mod health;
+pub mod pods;
+pub mod prometheus;
+
+pub use evaluate::{evaluate_all, Signals, SignalsError};
 
 /// Which signal of a target a result comes from.
 ///
@@ -638,4 +648,139 @@ impl Subject {
 /// the PromQL string literal, one for the regex).
 fn regex_escape_promql(s: &str) -> String {
     s.replace('.', "\\\\.")
+}
+
+/// The values one revision's templates are filled with, owned, so a query
+/// or URL can be filled for the revision under judgment or for its baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub namespace: String,
+    pub deployment: String,
+    pub revision: String,
+    pub pod_template_hash: String,
+    pub pods: String,
+    /// A PromQL duration (`2m`), see [`promql_duration`].
+    pub window: String,
+    pub cluster: String,
+}
+
+impl Fill {
+    /// For the revision under judgment, over `window`.
+    pub fn current(subject: &Subject, window: Duration, cluster: &str) -> Self {
+        Fill {
+            namespace: subject.namespace.clone(),
+            deployment: subject.deployment.clone(),
+            revision: subject.revision.to_string(),
+            pod_template_hash: subject.pod_template_hash.clone(),
+            pods: subject.pods(),
+            window: promql_duration(window),
+            cluster: cluster.to_owned(),
+        }
+    }
+
+    /// For the revision it replaced, over `lookback`; None when there is
+    /// none (the first revision of a Deployment).
+    pub fn baseline(subject: &Subject, lookback: Duration, cluster: &str) -> Option<Self> {
+        let b = subject.baseline.as_ref()?;
+        Some(Fill {
+            namespace: subject.namespace.clone(),
+            deployment: subject.deployment.clone(),
+            revision: b.revision.to_string(),
+            pod_template_hash: b.pod_template_hash.clone(),
+            pods: Subject::pods_regex(&subject.deployment, &b.pod_template_hash),
+            window: promql_duration(lookback),
+            cluster: cluster.to_owned(),
+        })
+    }
+
+    pub fn placeholders(&self) -> Placeholders<'_> {
+        Placeholders {
+            namespace: &self.namespace,
+            deployment: &self.deployment,
+            revision: &self.revision,
+            pod_template_hash: &self.pod_template_hash,
+            pods: &self.pods,
+            window: &self.window,
+            cluster: &self.cluster,
+        }
+    }
+}
+
+/// A duration as PromQL writes it: `90s` -> `1m30s`, `2m`, `1h30m`,
+/// `1500ms` -> `1s500ms`. Anything under a millisecond is dropped, and a
+/// zero duration is `0s` (which Prometheus refuses as a range: config
+/// validation keeps windows positive).
+pub fn promql_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        let n = ms / size;
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+            ms %= size;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+
+    #[test]
+    fn windows_render_as_promql_durations() {
+        let cases = [
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_millis(1500), "1s500ms"),
+            (Duration::from_secs(86_400 + 60), "1d1m"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(promql_duration(d), text, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn the_baseline_is_filled_with_the_previous_revision_and_its_lookback() {
+        let subject = Subject {
+            namespace: "production".into(),
+            deployment: "web".into(),
+            revision: 5,
+            pod_template_hash: "bbb".into(),
+            images: vec![],
+            rollout_started: jiff::Timestamp::UNIX_EPOCH,
+            baseline: Some(BaselineRevision {
+                revision: 4,
+                pod_template_hash: "aaa".into(),
+            }),
+            pods: vec![],
+            progress_deadline_exceeded: false,
+        };
+        let now = Fill::current(&subject, Duration::from_secs(120), "prod");
+        assert_eq!(
+            (now.pods.as_str(), now.window.as_str()),
+            ("web-bbb-.*", "2m")
+        );
+        let base = Fill::baseline(&subject, Duration::from_secs(1800), "prod").expect("baseline");
+        assert_eq!(
+            (
+                base.revision.as_str(),
+                base.pods.as_str(),
+                base.window.as_str()
+            ),
+            ("4", "web-aaa-.*", "30m")
+        );
+    }
 }
