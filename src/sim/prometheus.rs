@@ -65,7 +65,9 @@ impl PrometheusOptions {
 pub struct PrometheusServer {
     child: Child,
     url: String,
-    dir: tempfile::TempDir,
+    /// Config, log and (unless given) storage; `None` only while `start`
+    /// moves it between attempts.
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Finds an executable on PATH.
@@ -147,18 +149,29 @@ impl PrometheusServer {
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log_err))
+                // Its own process group, so stopping it takes `timeout` and
+                // Prometheus together: a SIGKILL to `timeout` alone would
+                // orphan Prometheus with no time limit.
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|source| PrometheusError::Spawn {
                     binary: binary.clone(),
                     source,
                 })?;
-            let mut server = PrometheusServer { child, url, dir };
+            let mut server = PrometheusServer {
+                child,
+                url,
+                dir: Some(dir),
+            };
             match server.wait_ready(Duration::from_secs(20)).await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
                     server.stop().await;
-                    dir = server.into_dir();
+                    dir = match server.take_dir() {
+                        Some(d) => d,
+                        None => break,
+                    };
                     last_err = Some(e);
                 }
             }
@@ -170,8 +183,8 @@ impl PrometheusServer {
         }))
     }
 
-    fn into_dir(self) -> tempfile::TempDir {
-        self.dir
+    fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self.dir.take()
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.
@@ -181,7 +194,10 @@ impl PrometheusServer {
 
     /// What Prometheus has logged so far (for failing tests).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        self.dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.path().join("prometheus.log")).ok())
+            .unwrap_or_default()
     }
 
     async fn wait_ready(&mut self, limit: Duration) -> Result<(), PrometheusError> {
@@ -215,8 +231,25 @@ impl PrometheusServer {
 
     /// Stops the process and waits for it to go.
     pub async fn stop(&mut self) {
-        let _ = self.child.start_kill();
+        self.kill_group();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+
+    /// SIGKILL to the whole process group (`timeout` and Prometheus), with
+    /// the shell's builtin kill (no extra crate, no unsafe code).
+    fn kill_group(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -KILL -{pid} 2>/dev/null")])
+                .status();
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }
 
