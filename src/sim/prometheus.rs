@@ -39,6 +39,15 @@ pub enum PrometheusError {
     Port(#[source] std::io::Error),
 }
 
+/// `$1` owner pid, `$2` lifetime, then the command. The guard polls the
+/// owner and the command; when either is gone it kills its process group
+/// (itself, timeout(1) and Prometheus).
+const GUARD_SCRIPT: &str = r#"owner=$1; life=$2; shift 2
+timeout --foreground --signal=KILL "$life" "$@" &
+cmd=$!
+while kill -0 "$owner" 2>/dev/null && kill -0 "$cmd" 2>/dev/null; do sleep 0.5; done
+kill -KILL 0"#;
+
 /// How to start Prometheus.
 #[derive(Debug, Clone)]
 pub struct PrometheusOptions {
@@ -137,8 +146,15 @@ impl PrometheusServer {
                 path: log_path.clone(),
                 source,
             })?;
-            let child = Command::new("timeout")
-                .arg("--signal=KILL")
+            // A guard shell runs Prometheus under timeout(1) and kills its
+            // whole process group as soon as this process (the owner) is
+            // gone, so even a test binary that exits without dropping the
+            // handle (a shared server in a static) leaves nothing behind.
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(GUARD_SCRIPT)
+                .arg("prometheus-guard")
+                .arg(std::process::id().to_string())
                 .arg(format!("{}s", opts.max_lifetime.as_secs().max(1)))
                 .arg(&binary)
                 .arg(format!("--config.file={}", config_path.display()))
@@ -149,9 +165,9 @@ impl PrometheusServer {
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log_err))
-                // Its own process group, so stopping it takes `timeout` and
-                // Prometheus together: a SIGKILL to `timeout` alone would
-                // orphan Prometheus with no time limit.
+                // Its own process group, so stopping it takes the guard,
+                // `timeout` and Prometheus together: a SIGKILL to `timeout`
+                // alone would orphan Prometheus with no time limit.
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
