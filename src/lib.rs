@@ -2,10 +2,13 @@
 //! runs the deployment-rollback runbook by itself when a new revision is bad.
 //! Everything testable lives here; `main.rs` only wires the CLI to it.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod judge;
+pub mod revision;
 pub mod selector;
 pub mod signals;
 pub mod sim;
+pub mod targets;
 pub mod telemetry;
