@@ -18,7 +18,6 @@
 //! Deployments matter) and stored without `managedFields`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -29,6 +28,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -36,7 +36,7 @@ use crate::config::Config;
 /// What a user sets in `opt_in_namespaces` to mean every namespace.
 pub const ALL_NAMESPACES: &str = "*";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
     #[error("the {kind} watcher stopped before its first sync; the caches will not become ready")]
     WatcherStopped { kind: &'static str },
@@ -146,7 +146,12 @@ pub struct Caches {
     deployments: KindCache<Deployment>,
     replicasets: KindCache<ReplicaSet>,
     pods: KindCache<Pod>,
-    ready: Arc<AtomicBool>,
+    /// None while syncing, then the outcome of the first sync. Only one
+    /// task waits on the reflector stores and publishes here: a store's
+    /// readiness wakes a single waiter (kube-runtime 5 keeps one waker in
+    /// a oneshot), so a second concurrent waiter would hang until polled
+    /// again for some other reason.
+    ready: watch::Receiver<Option<Result<(), CacheError>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -180,13 +185,14 @@ impl Caches {
             strip_managed_fields,
             &mut tasks,
         );
-        let ready = Arc::new(AtomicBool::new(false));
+        let (tx, ready) = watch::channel(None);
         let waits = Self::ready_waits(&deployments, &replicasets, &pods);
-        let flag = ready.clone();
         tasks.push(tokio::spawn(async move {
-            if waits.await.is_ok() {
-                flag.store(true, Ordering::Release);
+            let outcome = waits.await;
+            if let Err(e) = &outcome {
+                tracing::error!(error = %e, "watch caches will not become ready");
             }
+            tx.send_replace(Some(outcome));
         }));
         Caches {
             scope,
@@ -247,13 +253,20 @@ impl Caches {
 
     /// Completes once every reflector has finished its first sync (what
     /// `/readyz` waits for).
+    /// Any number of callers may wait at once.
     pub async fn ready(&self) -> Result<(), CacheError> {
-        Self::ready_waits(&self.deployments, &self.replicasets, &self.pods).await
+        let mut rx = self.ready.clone();
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+            // The publishing task is gone without an outcome: aborted.
+            Err(_) => Err(CacheError::WatcherStopped { kind: "readiness" }),
+        };
+        outcome
     }
 
     /// Whether every reflector has finished its first sync. Cheap.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        matches!(*self.ready.borrow(), Some(Ok(())))
     }
 
     pub fn scope(&self) -> &Scope {

@@ -161,6 +161,9 @@ fn images(t: &PodTemplateSpec) -> Vec<String> {
 
 /// The current and previous revision of a Deployment, or why there is no
 /// current one yet.
+// One per target per tick and nearly always `Known`: boxing would only
+// add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rollout {
     Known {

@@ -136,6 +136,7 @@ pub fn resolve(config: &Config, snapshot: &Snapshot) -> Resolution {
     let mut chosen: std::collections::BTreeMap<(String, String), WatchedDeployment> =
         Default::default();
     let mut warnings = Vec::new();
+    let interval = config.watchdog.interval;
     let warn_on = |d: &Deployment, message: String| TargetWarning {
         namespace: d.namespace().unwrap_or_default(),
         subject: d.name_any(),
@@ -187,7 +188,7 @@ pub fn resolve(config: &Config, snapshot: &Snapshot) -> Resolution {
                 ));
                 continue;
             }
-            let (policy, problems) = with_overrides(&target.policy, d.annotations());
+            let (policy, problems) = with_overrides(&target.policy, d.annotations(), interval);
             warnings.extend(problems.into_iter().map(|p| warn_on(d, p.to_string())));
             chosen.insert(
                 key,
@@ -241,7 +242,7 @@ pub fn resolve(config: &Config, snapshot: &Snapshot) -> Resolution {
             continue;
         }
         let base = opt_in_policy.get_or_insert_with(|| config.opt_in_policy());
-        let (policy, problems) = with_overrides(base, d.annotations());
+        let (policy, problems) = with_overrides(base, d.annotations(), interval);
         warnings.extend(problems.into_iter().map(|p| warn_on(d, p.to_string())));
         chosen.insert(
             key.clone(),
@@ -264,23 +265,56 @@ pub fn resolve(config: &Config, snapshot: &Snapshot) -> Resolution {
 
 /// `base` with the object's override annotations applied; each unusable
 /// value is returned as a problem and leaves its key as configured.
+///
+/// As in the config, the window must hold `failure_threshold` ticks of
+/// `interval` (else no revision could turn Bad inside it): an override
+/// that breaks this is reported and dropped, the window's first.
 pub fn with_overrides(
     base: &Policy,
     annotations: &std::collections::BTreeMap<String, String>,
+    interval: Duration,
 ) -> (Policy, Vec<TargetsError>) {
     let mut policy = base.clone();
     let mut problems = Vec::new();
-    if let Some(v) = annotations.get(WATCH_WINDOW) {
+    let window = annotations.get(WATCH_WINDOW);
+    let threshold = annotations.get(FAILURE_THRESHOLD);
+    if let Some(v) = window {
         match parse_watch_window(v) {
             Ok(d) => policy.watch_window = d,
             Err(e) => problems.push(e),
         }
     }
-    if let Some(v) = annotations.get(FAILURE_THRESHOLD) {
+    if let Some(v) = threshold {
         match parse_failure_threshold(v) {
             Ok(n) => policy.failure_threshold = n,
             Err(e) => problems.push(e),
         }
+    }
+    let too_short = |p: &Policy| p.watch_window < interval.saturating_mul(p.failure_threshold);
+    let why = |p: &Policy| {
+        format!(
+            "leaves a window of {} for failure_threshold ({}) x watchdog.interval ({}) = {}; no revision could turn Bad inside it",
+            humantime::format_duration(p.watch_window),
+            p.failure_threshold,
+            humantime::format_duration(interval),
+            humantime::format_duration(interval.saturating_mul(p.failure_threshold)),
+        )
+    };
+    if too_short(&policy) && policy.watch_window != base.watch_window {
+        problems.push(TargetsError::BadAnnotation {
+            annotation: WATCH_WINDOW,
+            value: window.cloned().unwrap_or_default(),
+            problem: why(&policy),
+        });
+        policy.watch_window = base.watch_window;
+    }
+    if too_short(&policy) && policy.failure_threshold != base.failure_threshold {
+        problems.push(TargetsError::BadAnnotation {
+            annotation: FAILURE_THRESHOLD,
+            value: threshold.cloned().unwrap_or_default(),
+            problem: why(&policy),
+        });
+        policy.failure_threshold = base.failure_threshold;
     }
     for (annotation, field) in [(DRY_RUN, &mut policy.dry_run), (PAUSED, &mut policy.paused)] {
         if let Some(v) = annotations.get(annotation) {
@@ -527,6 +561,32 @@ mod tests {
                 r#"a/bad: annotation rollback-watchdog.io/failure-threshold: "0" is not a whole number from 1 to 1000; the annotation is ignored"#,
                 r#"a/bad: annotation rollback-watchdog.io/paused: "yes" is not "true" or "false"; the annotation is ignored"#,
                 r#"a/bad: annotation rollback-watchdog.io/watch-window: "soon" is not a duration like "15m" or "1h30m"; the annotation is ignored"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn an_override_window_too_short_to_ever_turn_bad_is_refused() {
+        let c = config(
+            "[watchdog]\ninterval = \"15s\"\n[[targets]]\nnamespace = \"a\"\nname = \"web\"\n",
+        );
+        let r = resolve(
+            &c,
+            &snapshot(vec![deployment(
+                "a",
+                "web",
+                json!({}),
+                json!({WATCH_WINDOW: "30s"}),
+            )]),
+        );
+        assert_eq!(
+            r.targets[0].policy.watch_window,
+            c.targets[0].policy.watch_window
+        );
+        assert_eq!(
+            texts(&r),
+            [
+                r#"a/web: annotation rollback-watchdog.io/watch-window: "30s" leaves a window of 30s for failure_threshold (3) x watchdog.interval (15s) = 45s; no revision could turn Bad inside it; the annotation is ignored"#
             ]
         );
     }
