@@ -3,12 +3,15 @@
 //! Everything testable lives here; `main.rs` only wires the CLI to it.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod judge;
 pub mod metrics;
+pub mod revision;
 pub mod selector;
 pub mod signals;
 pub mod sim;
 pub mod status;
+pub mod targets;
 pub mod telemetry;

@@ -1,0 +1,416 @@
+//! Watch caches of Deployments, ReplicaSets and Pods: `kube::runtime`
+//! reflectors kept current by watches, so an evaluation tick reads memory
+//! and never calls the API server. It must never list or get on a tick;
+//! only the watchers talk to the API server, and they retry with backoff.
+//!
+//! Scope: one watcher per kind and namespace, for the namespaces of the
+//! `[[targets]]` entries and `watchdog.opt_in_namespaces`. That needs only
+//! namespaced `list`/`watch` (a RoleBinding per namespace), which is what
+//! least-privilege installs ask for. Only `opt_in_namespaces = ["*"]`
+//! watches the whole cluster (one watcher per kind, a ClusterRole).
+//!
+//! Lists use `any_semantic()` (`resourceVersion=0`): the API server answers
+//! from its watch cache instead of etcd, which matters with many namespaces;
+//! the list may be slightly stale, and the watch that follows brings it
+//! current. Streaming lists would avoid the list entirely but need the
+//! `WatchList` feature on the server, which not every supported cluster
+//! has. Pods are watched with the selector `pod-template-hash` (only pods of
+//! Deployments matter) and stored without `managedFields`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// What a user sets in `opt_in_namespaces` to mean every namespace.
+pub const ALL_NAMESPACES: &str = "*";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error("the {kind} watcher stopped before its first sync; the caches will not become ready")]
+    WatcherStopped { kind: &'static str },
+}
+
+/// Which namespaces the caches watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One cluster-wide watcher per kind (`opt_in_namespaces = ["*"]`).
+    AllNamespaces,
+    /// One watcher per kind and namespace.
+    Namespaces(BTreeSet<String>),
+}
+
+impl Scope {
+    /// The namespaces the config needs: every target's namespace and every
+    /// opt-in namespace, or the whole cluster when opt-in says `"*"`.
+    pub fn from_config(config: &Config) -> Scope {
+        let opt_in = &config.watchdog.opt_in_namespaces;
+        if opt_in.iter().any(|ns| ns == ALL_NAMESPACES) {
+            return Scope::AllNamespaces;
+        }
+        Scope::Namespaces(
+            config
+                .targets
+                .iter()
+                .map(|t| t.namespace.clone())
+                .chain(opt_in.iter().cloned())
+                .collect(),
+        )
+    }
+
+    /// Whether objects of this namespace are in the caches.
+    pub fn covers(&self, namespace: &str) -> bool {
+        match self {
+            Scope::AllNamespaces => true,
+            Scope::Namespaces(set) => set.contains(namespace),
+        }
+    }
+}
+
+/// The readers of one kind's reflectors, one per watched namespace (or one
+/// for the whole cluster).
+struct KindCache<K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static> {
+    stores: Vec<Store<K>>,
+}
+
+impl<K> KindCache<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn start(
+        client: &Client,
+        scope: &Scope,
+        config: &watcher::Config,
+        kind: &'static str,
+        strip: fn(&mut K),
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Self {
+        let apis: Vec<Api<K>> = match scope {
+            Scope::AllNamespaces => vec![Api::all(client.clone())],
+            Scope::Namespaces(set) => set
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
+        };
+        let mut stores = Vec::with_capacity(apis.len());
+        for api in apis {
+            let (reader, writer) = reflector::store();
+            let stream = watcher(api, config.clone())
+                .default_backoff()
+                .modify(strip)
+                .reflect(writer);
+            tasks.push(tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    if let Err(e) = event {
+                        // Retried with backoff by the stream itself; the
+                        // cache keeps its last state meanwhile.
+                        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                    }
+                }
+            }));
+            stores.push(reader);
+        }
+        KindCache { stores }
+    }
+
+    fn all(&self) -> impl Iterator<Item = Arc<K>> + '_ {
+        self.stores.iter().flat_map(|s| s.state())
+    }
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// The three caches and their watcher tasks. Dropping it stops the watchers.
+pub struct Caches {
+    scope: Scope,
+    deployments: KindCache<Deployment>,
+    replicasets: KindCache<ReplicaSet>,
+    pods: KindCache<Pod>,
+    /// None while syncing, then the outcome of the first sync. Only one
+    /// task waits on the reflector stores and publishes here: a store's
+    /// readiness wakes a single waiter (kube-runtime 5 keeps one waker in
+    /// a oneshot), so a second concurrent waiter would hang until polled
+    /// again for some other reason.
+    ready: watch::Receiver<Option<Result<(), CacheError>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Caches {
+    /// Starts the watchers for `scope`. Must run inside a tokio runtime;
+    /// returns at once, see [`Caches::ready`].
+    pub fn start(client: Client, scope: Scope) -> Caches {
+        let mut tasks = Vec::new();
+        let base = watcher::Config::default().any_semantic();
+        let deployments = KindCache::start(
+            &client,
+            &scope,
+            &base,
+            "Deployment",
+            strip_managed_fields,
+            &mut tasks,
+        );
+        let replicasets = KindCache::start(
+            &client,
+            &scope,
+            &base,
+            "ReplicaSet",
+            strip_managed_fields,
+            &mut tasks,
+        );
+        let pods = KindCache::start(
+            &client,
+            &scope,
+            &base.clone().labels(crate::revision::POD_TEMPLATE_HASH),
+            "Pod",
+            strip_managed_fields,
+            &mut tasks,
+        );
+        let (tx, ready) = watch::channel(None);
+        let waits = Self::ready_waits(&deployments, &replicasets, &pods);
+        tasks.push(tokio::spawn(async move {
+            let outcome = waits.await;
+            if let Err(e) = &outcome {
+                tracing::error!(error = %e, "watch caches will not become ready");
+            }
+            tx.send_replace(Some(outcome));
+        }));
+        Caches {
+            scope,
+            deployments,
+            replicasets,
+            pods,
+            ready,
+            tasks,
+        }
+    }
+
+    /// The caches for a config: [`Scope::from_config`].
+    pub fn for_config(client: Client, config: &Config) -> Caches {
+        Self::start(client, Scope::from_config(config))
+    }
+
+    fn ready_waits(
+        deployments: &KindCache<Deployment>,
+        replicasets: &KindCache<ReplicaSet>,
+        pods: &KindCache<Pod>,
+    ) -> impl std::future::Future<Output = Result<(), CacheError>> + Send + 'static {
+        fn waits<K>(
+            cache: &KindCache<K>,
+            kind: &'static str,
+        ) -> Vec<futures::future::BoxFuture<'static, Result<(), CacheError>>>
+        where
+            K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+        {
+            cache
+                .stores
+                .iter()
+                .cloned()
+                .map(
+                    |s| -> futures::future::BoxFuture<'static, Result<(), CacheError>> {
+                        Box::pin(async move {
+                            s.wait_until_ready()
+                                .await
+                                .map_err(|_| CacheError::WatcherStopped { kind })
+                        })
+                    },
+                )
+                .collect()
+        }
+        let mut all = waits(deployments, "Deployment");
+        all.extend(waits(replicasets, "ReplicaSet"));
+        all.extend(waits(pods, "Pod"));
+        async move {
+            for r in futures::future::join_all(all).await {
+                r?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Completes once every reflector has finished its first sync (what
+    /// `/readyz` waits for).
+    /// Any number of callers may wait at once.
+    pub async fn ready(&self) -> Result<(), CacheError> {
+        let mut rx = self.ready.clone();
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+            // The publishing task is gone without an outcome: aborted.
+            Err(_) => Err(CacheError::WatcherStopped { kind: "readiness" }),
+        };
+        outcome
+    }
+
+    /// Whether every reflector has finished its first sync. Cheap.
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.ready.borrow(), Some(Ok(())))
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// What the caches hold now, indexed for a tick. Reads memory only.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(
+            self.is_ready(),
+            self.scope.clone(),
+            self.deployments.all(),
+            self.replicasets.all(),
+            self.pods.all(),
+        )
+    }
+}
+
+impl Drop for Caches {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The caches' content at one instant, indexed the way a tick reads it:
+/// Deployments by namespace and name, ReplicaSets by their controller's
+/// uid, Pods by namespace and `pod-template-hash`. Built once per tick in
+/// time linear in the number of objects; every lookup after that is a hash
+/// lookup.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    ready: bool,
+    scope: Option<Scope>,
+    deployments: HashMap<String, BTreeMap<String, Arc<Deployment>>>,
+    replicasets_by_owner: HashMap<String, Vec<Arc<ReplicaSet>>>,
+    pods_by_hash: HashMap<(String, String), Vec<Arc<Pod>>>,
+}
+
+impl Snapshot {
+    fn new(
+        ready: bool,
+        scope: Scope,
+        deployments: impl IntoIterator<Item = Arc<Deployment>>,
+        replicasets: impl IntoIterator<Item = Arc<ReplicaSet>>,
+        pods: impl IntoIterator<Item = Arc<Pod>>,
+    ) -> Snapshot {
+        let mut snap = Snapshot {
+            ready,
+            scope: Some(scope),
+            ..Snapshot::default()
+        };
+        for d in deployments {
+            snap.deployments
+                .entry(d.namespace().unwrap_or_default())
+                .or_default()
+                .insert(d.name_any(), d);
+        }
+        for rs in replicasets {
+            let owner = rs
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                .map(|o| o.uid.clone());
+            if let Some(uid) = owner {
+                snap.replicasets_by_owner.entry(uid).or_default().push(rs);
+            }
+        }
+        for pod in pods {
+            let hash = pod
+                .labels()
+                .get(crate::revision::POD_TEMPLATE_HASH)
+                .cloned();
+            if let Some(hash) = hash {
+                let key = (pod.namespace().unwrap_or_default(), hash);
+                snap.pods_by_hash.entry(key).or_default().push(pod);
+            }
+        }
+        snap
+    }
+
+    /// A snapshot of hand-made objects (unit tests, `status --once`): ready,
+    /// covering every namespace.
+    pub fn from_objects(
+        deployments: impl IntoIterator<Item = Deployment>,
+        replicasets: impl IntoIterator<Item = ReplicaSet>,
+        pods: impl IntoIterator<Item = Pod>,
+    ) -> Snapshot {
+        Snapshot::new(
+            true,
+            Scope::AllNamespaces,
+            deployments.into_iter().map(Arc::new),
+            replicasets.into_iter().map(Arc::new),
+            pods.into_iter().map(Arc::new),
+        )
+    }
+
+    /// Whether the caches had finished their first sync: before that, a
+    /// Deployment missing from the snapshot proves nothing.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Whether the namespace is watched at all.
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.covers(namespace))
+    }
+
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<&Arc<Deployment>> {
+        self.deployments.get(namespace)?.get(name)
+    }
+
+    /// Every cached Deployment, in no particular order.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments.values().flat_map(BTreeMap::values)
+    }
+
+    /// The Deployments of one namespace, sorted by name.
+    pub fn deployments_in(&self, namespace: &str) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments
+            .get(namespace)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// The namespaces that have at least one cached Deployment.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.deployments.keys().map(String::as_str)
+    }
+
+    /// The ReplicaSets whose controller is the Deployment with this uid.
+    pub fn replicasets_of(&self, deployment_uid: &str) -> &[Arc<ReplicaSet>] {
+        self.replicasets_by_owner
+            .get(deployment_uid)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The pods of a namespace carrying this `pod-template-hash`.
+    pub fn pods_with_hash(&self, namespace: &str, hash: &str) -> &[Arc<Pod>] {
+        self.pods_by_hash
+            .get(&(namespace.to_owned(), hash.to_owned()))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
