@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod incident;
 pub mod judge;
 pub mod metrics;
 pub mod revision;
