@@ -103,3 +103,28 @@ fn seconds_between(from: &str, to: &str) -> Option<f64> {
     let to: jiff::Timestamp = to.parse().ok()?;
     Some((to - from).total(jiff::Unit::Second).ok()?.max(0.0))
 }
+
+/// Where decisions go to be told (the notifiers, a test's collector).
+/// `emit` must return at once: a sink that is down must never delay or fail
+/// the pipeline, so implementations only enqueue.
+pub trait IncidentSink: Send + Sync {
+    fn emit(&self, incident: &Incident);
+}
+
+/// Collects incidents in memory: for tests and for `--dry-run` output.
+#[derive(Debug, Default, Clone)]
+pub struct Collected(std::sync::Arc<std::sync::Mutex<Vec<Incident>>>);
+
+impl Collected {
+    pub fn all(&self) -> Vec<Incident> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+impl IncidentSink for Collected {
+    fn emit(&self, incident: &Incident) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(incident.clone());
+        }
+    }
+}
