@@ -323,7 +323,7 @@ impl Command {
     pub fn arrives_with(&self) -> Option<&'static str> {
         match self {
             Command::CheckConfig(_) | Command::Sim(_) => None,
-            Command::Run | Command::Status(_) => Some("issue 3 (watching rollouts)"),
+            Command::Run | Command::Status(_) => None,
             Command::History { .. }
             | Command::Rollback(_)
             | Command::Restore(_)

@@ -5,7 +5,9 @@
 pub mod admin;
 pub mod cache;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod incident;
 pub mod judge;
 pub mod metrics;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rollback_watchdog::cli::{self, Cli, Command};
+use rollback_watchdog::commands;
 use rollback_watchdog::telemetry;
 
 fn main() -> ExitCode {
@@ -38,6 +39,15 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                 cli::termination(),
             ))?;
             cli::EXIT_OK
+        }
+        Command::Run => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let mut err = std::io::stderr();
+            runtime.block_on(commands::run(&cli.config, &mut err, cli::termination()))
+        }
+        Command::Status(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::status(&cli.config, args, &mut out, &mut err))
         }
         other => cli::not_available(other, &mut err),
     })

@@ -243,6 +243,12 @@ impl SimCluster {
         self.targets.list()
     }
 
+    /// A live handle on the same list (clones share it), for a service
+    /// discovery endpoint shared by several sims.
+    pub fn scrape_target_handle(&self) -> ScrapeTargets {
+        self.targets.clone()
+    }
+
     /// The URL of the Prometheus HTTP service-discovery endpoint that lists
     /// [`Self::scrape_targets`].
     pub fn scrape_sd_url(&self) -> String {

@@ -3,3 +3,5 @@
 #![allow(dead_code)]
 
 pub mod kubectl;
+pub mod prom;
+pub mod watch;

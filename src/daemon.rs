@@ -1,0 +1,655 @@
+//! The run loop of `rollback-watchdog run`: every tick it reads the watch
+//! caches, resolves the targets, measures every signal of every target
+//! concurrently, asks the judge, and reports what it found (log lines,
+//! Events on the Deployment, metrics, `/status`). A revision that survives
+//! its window is recorded known-good. It makes no API-server call per tick
+//! except the writes it reports, and it never acts on missing data.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+
+use crate::admin::AdminState;
+use crate::cache::Caches;
+use crate::config::{Config, Policy};
+use crate::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
+use crate::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
+use crate::revision::{self, TargetState, Tracker};
+use crate::signals::health::HealthProber;
+use crate::signals::prometheus::PrometheusSource;
+use crate::signals::{Outcome, SignalResult, Signals, Subject};
+use crate::status::{
+    KnownGoodStatus, Role, SignalStatus, StatusReport, TargetStatus, WindowStatus,
+};
+use crate::targets::{self, TargetWarning, WatchedDeployment};
+
+/// Every verdict name, for the one-hot verdict gauge.
+const VERDICTS: [&str; 6] = [
+    "healthy",
+    "inconclusive",
+    "suspect",
+    "bad",
+    "degraded",
+    "unknown",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot build the signal sources: {0}")]
+    Signals(#[from] crate::signals::SignalsError),
+    #[error("the watch caches never synced within {0:?}: is the API server reachable and does the service account have get/list/watch on deployments, replicasets and pods?")]
+    NotSynced(Duration),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// What one tick concluded for one target: the input for the pipeline.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub target: WatchedDeployment,
+    pub state: TargetState,
+    pub subject: Option<Subject>,
+    pub results: Vec<SignalResult>,
+    pub judgement: Option<Judgement>,
+}
+
+impl Evaluation {
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.judgement.as_ref().map(|j| j.verdict)
+    }
+}
+
+/// What the loop remembers of one Deployment between ticks.
+#[derive(Debug, Default)]
+struct Memory {
+    /// (revision, pod-template-hash) the judge state belongs to.
+    revision: Option<(i64, String)>,
+    judge: JudgeState,
+    /// When this process first saw the revision.
+    first_seen: Option<Timestamp>,
+    /// A Bad or Degraded verdict during this revision's window.
+    bad_in_window: bool,
+    /// Ticks on which every signal passed.
+    healthy_ticks: u32,
+    /// The known-good write for this revision was attempted and reported.
+    known_good_reported: bool,
+    /// The unverified window close was reported.
+    unverified_reported: bool,
+    /// Detection time was recorded for this revision.
+    detection_recorded: bool,
+    status: TargetStatus,
+}
+
+/// The loop's dependencies. Cheap to clone parts are shared with the admin
+/// server and tests.
+pub struct Daemon {
+    config: Arc<Config>,
+    client: Client,
+    caches: Caches,
+    signals: Signals,
+    metrics: Metrics,
+    admin: AdminState,
+    recorder: Recorder,
+    tracker: Tracker,
+    memory: HashMap<String, Memory>,
+    reported_warnings: BTreeSet<TargetWarning>,
+    role: Role,
+    /// Writes (Events, known-good) happen only while this says so: the
+    /// leader election sets it; standalone it is always true.
+    may_write: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Daemon {
+    /// Starts the watch caches and builds the signal sources. Metrics feed
+    /// `metrics`; `/status` is published through `admin`.
+    pub fn new(
+        config: Arc<Config>,
+        client: Client,
+        metrics: Metrics,
+        admin: AdminState,
+    ) -> Result<Daemon, DaemonError> {
+        let queries = metrics.signal_query_seconds.clone();
+        let probes = metrics.signal_query_seconds.clone();
+        let prometheus = PrometheusSource::new(&config.prometheus)
+            .map_err(crate::signals::SignalsError::from)?
+            .with_observer(Arc::new(move |r| {
+                queries
+                    .get_or_create(&SignalLabels {
+                        signal: r.signal.id(),
+                    })
+                    .observe(r.duration.as_secs_f64());
+            }));
+        let health = HealthProber::new()
+            .map_err(crate::signals::SignalsError::from)?
+            .with_observer(Arc::new(move |r| {
+                probes
+                    .get_or_create(&SignalLabels {
+                        signal: r.signal.id(),
+                    })
+                    .observe(r.duration.as_secs_f64());
+            }));
+        let signals = Signals::new(prometheus, health, config.watchdog.cluster_name.clone());
+        let caches = Caches::for_config(client.clone(), &config);
+        let reporter = Reporter {
+            controller: "rollback-watchdog".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Ok(Daemon {
+            config,
+            client,
+            caches,
+            signals,
+            metrics,
+            admin,
+            recorder,
+            tracker: Tracker::new(),
+            memory: HashMap::new(),
+            reported_warnings: BTreeSet::new(),
+            role: Role::Standalone,
+            may_write: Arc::new(|| true),
+        })
+    }
+
+    /// Sets the role shown in `/status` and the guard for every write.
+    pub fn with_role(mut self, role: Role, may_write: Arc<dyn Fn() -> bool + Send + Sync>) -> Self {
+        self.role = role;
+        self.may_write = may_write;
+        self
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    /// Waits until every reflector has synced once, then marks `/readyz`.
+    pub async fn wait_synced(&self, limit: Duration) -> Result<(), DaemonError> {
+        match tokio::time::timeout(limit, self.caches.ready()).await {
+            Ok(result) => {
+                result?;
+                self.admin.set_synced();
+                Ok(())
+            }
+            Err(_) => Err(DaemonError::NotSynced(limit)),
+        }
+    }
+
+    /// Runs ticks every `watchdog.interval` until `shutdown` completes.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
+        self.wait_synced(Duration::from_secs(120)).await?;
+        tracing::info!(interval = ?self.config.watchdog.interval, "caches synced; watching");
+        let mut ticker = tokio::time::interval(self.config.watchdog.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {
+                    self.tick(Timestamp::now()).await;
+                }
+            }
+        }
+        self.admin.set_shutting_down();
+        Ok(())
+    }
+
+    /// One evaluation of every target at `now`. Returns what it concluded;
+    /// the report (logs, Events, metrics, `/status`) is already done.
+    pub async fn tick(&mut self, now: Timestamp) -> Vec<Evaluation> {
+        let snapshot = self.caches.snapshot();
+        let resolution = targets::resolve(&self.config, &snapshot);
+        self.report_warnings(&resolution.warnings).await;
+
+        // Observing is cheap and pure: do it in order, then measure
+        // concurrently.
+        let mut observed = Vec::with_capacity(resolution.targets.len());
+        for target in resolution.targets {
+            let state = self.tracker.observe(&target, &snapshot, now);
+            let subject = state.subject();
+            observed.push((target, state, subject));
+        }
+        let live: HashSet<String> = observed.iter().map(|(t, _, _)| t.uid()).collect();
+        self.tracker.retain(&live);
+        self.memory.retain(|uid, _| live.contains(uid));
+        self.metrics.targets.set(observed.len() as i64);
+
+        let signals = &self.signals;
+        let limit = (self.config.watchdog.max_concurrent_targets as usize).max(1);
+        let measured: Vec<(
+            WatchedDeployment,
+            TargetState,
+            Option<Subject>,
+            Vec<SignalResult>,
+        )> = futures::stream::iter(observed.into_iter().map(
+            |(target, state, subject)| async move {
+                let results = match &subject {
+                    Some(s) => signals.evaluate(&target.policy, s, now).await,
+                    None => Vec::new(),
+                };
+                (target, state, subject, results)
+            },
+        ))
+        .buffer_unordered(limit)
+        .collect()
+        .await;
+
+        let mut evaluations = Vec::with_capacity(measured.len());
+        for (target, state, subject, results) in measured {
+            let judgement = self
+                .judge_one(&target, &state, subject.as_ref(), &results, now)
+                .await;
+            evaluations.push(Evaluation {
+                target,
+                state,
+                subject,
+                results,
+                judgement,
+            });
+        }
+        evaluations.sort_by(|a, b| {
+            (&a.target.namespace, &a.target.name).cmp(&(&b.target.namespace, &b.target.name))
+        });
+        self.metrics
+            .last_tick_timestamp_seconds
+            .set(now.as_millisecond() as f64 / 1000.0);
+        self.publish_status(&resolution.warnings, now);
+        evaluations
+    }
+
+    async fn judge_one(
+        &mut self,
+        target: &WatchedDeployment,
+        state: &TargetState,
+        subject: Option<&Subject>,
+        results: &[SignalResult],
+        now: Timestamp,
+    ) -> Option<Judgement> {
+        let uid = target.uid();
+        let key = subject.map(|s| (s.revision, s.pod_template_hash.clone()));
+        let name = target.display_name();
+        let memory = self.memory.entry(uid).or_default();
+        if memory.revision != key {
+            // A new revision is judged from scratch.
+            *memory = Memory {
+                revision: key.clone(),
+                first_seen: Some(now),
+                ..Memory::default()
+            };
+        }
+        let Some(subject) = subject else {
+            memory.status = base_status(target, state, now);
+            memory.status.verdict = "unknown".into();
+            memory.status.reasons = state.warnings.clone();
+            if let revision::Rollout::Pending { why } = &state.rollout {
+                memory
+                    .status
+                    .reasons
+                    .push(format!("rollout pending: {why}"));
+            }
+            return None;
+        };
+
+        let policy = judge_policy(&target.policy, state);
+        let judgement = judge(&policy, &memory.judge, results, now);
+        memory.judge = judgement.state.clone();
+        match judgement.verdict {
+            Verdict::Bad | Verdict::Degraded if state.in_window() => memory.bad_in_window = true,
+            Verdict::Healthy => memory.healthy_ticks += 1,
+            _ => {}
+        }
+
+        // Metrics.
+        let verdict = judgement.verdict.as_str();
+        self.metrics
+            .evaluations
+            .get_or_create(&TargetResult {
+                target: name.clone(),
+                result: verdict.into(),
+            })
+            .inc();
+        self.metrics.set_verdict(&name, verdict, &VERDICTS);
+        for r in results {
+            self.metrics
+                .signal_results
+                .get_or_create(&SignalResultLabels {
+                    signal: r.signal.id(),
+                    result: outcome_name(&r.outcome).into(),
+                })
+                .inc();
+        }
+        if judgement.verdict.may_roll_back() && !memory.detection_recorded {
+            memory.detection_recorded = true;
+            let seconds = (now - subject.rollout_started)
+                .total(jiff::Unit::Second)
+                .unwrap_or(0.0)
+                .max(0.0);
+            self.metrics.detection_seconds.observe(seconds);
+        }
+
+        // Logs: one line per failing signal, one per verdict change.
+        for r in results.iter().filter(|r| r.outcome.is_fail()) {
+            if let Outcome::Fail {
+                measured,
+                threshold,
+                baseline,
+                ..
+            } = &r.outcome
+            {
+                tracing::warn!(
+                    target = %name,
+                    revision = subject.revision,
+                    signal = %r.signal.id(),
+                    value = %measured,
+                    threshold = ?threshold,
+                    baseline = ?baseline,
+                    failing_ticks = judgement.state.failing_ticks(&r.signal),
+                    "{}",
+                    r.describe()
+                );
+            }
+        }
+        let reasons: Vec<String> = judgement
+            .reasons
+            .iter()
+            .map(|r| r.sentence.clone())
+            .collect();
+        if judgement.verdict_changed {
+            let level_warn = matches!(
+                judgement.verdict,
+                Verdict::Bad | Verdict::Degraded | Verdict::Suspect
+            );
+            if level_warn {
+                tracing::warn!(target = %name, revision = subject.revision, verdict, reasons = ?reasons, "verdict changed");
+            } else {
+                tracing::info!(target = %name, revision = subject.revision, verdict, "verdict changed");
+            }
+        }
+
+        // Status.
+        let mut status = base_status(target, state, now);
+        status.verdict = verdict.into();
+        status.reasons = reasons.clone();
+        status.reasons.extend(state.warnings.iter().cloned());
+        status.blind = judgement.state.blind_since.is_some();
+        status.signals = results
+            .iter()
+            .map(|r| SignalStatus::from_result(r, judgement.state.failing_ticks(&r.signal)))
+            .collect();
+        status.last_evaluated = Some(now.to_string());
+        memory.status = status;
+
+        let known_good = state.known_good_due();
+        let adopted = memory
+            .first_seen
+            .zip(state.window.as_ref())
+            .is_some_and(|(seen, w)| seen >= w.closes);
+        let verified = memory.healthy_ticks > 0 && !memory.bad_in_window;
+        let verdict_now = judgement.verdict;
+        let (blind_report, verdict_changed) =
+            (judgement.blind_report.clone(), judgement.verdict_changed);
+        let report_unverified =
+            known_good.is_some() && !adopted && !verified && !memory.unverified_reported;
+        if report_unverified {
+            memory.unverified_reported = true;
+        }
+        let write_known_good = known_good.filter(|_| {
+            (adopted || verified) && !memory.known_good_reported && verdict_now != Verdict::Bad
+        });
+
+        // Events (writes: only while allowed).
+        let d = &target.deployment;
+        if verdict_changed {
+            let (kind, reason) = match verdict_now {
+                Verdict::Healthy => (EventType::Normal, "RevisionHealthy"),
+                Verdict::Inconclusive => (EventType::Normal, "RevisionInconclusive"),
+                Verdict::Suspect => (EventType::Warning, "RevisionSuspect"),
+                Verdict::Bad => (EventType::Warning, "RevisionBad"),
+                Verdict::Degraded => (EventType::Warning, "RevisionDegraded"),
+            };
+            let note = if reasons.is_empty() {
+                format!("revision {} is {verdict}", subject.revision)
+            } else {
+                format!(
+                    "revision {} is {verdict}: {}",
+                    subject.revision,
+                    reasons.join("; ")
+                )
+            };
+            self.event(d, kind, reason, "Judge", note).await;
+        }
+        if let Some(blind) = blind_report {
+            tracing::warn!(target = %name, revision = subject.revision, "{blind}");
+            self.event(
+                d,
+                EventType::Warning,
+                "WatchdogBlind",
+                "Judge",
+                blind.sentence.clone(),
+            )
+            .await;
+        }
+        if report_unverified {
+            let note = format!(
+                "the observation window of revision {} closed without one healthy evaluation; it is not recorded as known-good",
+                subject.revision
+            );
+            tracing::warn!(target = %name, revision = subject.revision, "{note}");
+            self.event(
+                d,
+                EventType::Warning,
+                "RevisionUnverified",
+                "RecordKnownGood",
+                note,
+            )
+            .await;
+        }
+        if let Some(kg) = write_known_good {
+            if (self.may_write)() {
+                match revision::record_known_good(
+                    &self.client,
+                    &target.namespace,
+                    &target.name,
+                    &kg,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        self.tracker.recorded(&target.uid(), kg.clone());
+                        if let Some(m) = self.memory.get_mut(&target.uid()) {
+                            m.known_good_reported = true;
+                        }
+                        let note = format!(
+                            "revision {} ({}) survived its observation window{}; recorded as known-good",
+                            kg.revision,
+                            kg.images.join(", "),
+                            if adopted { " (adopted at start-up)" } else { "" }
+                        );
+                        tracing::info!(target = %name, revision = kg.revision, "{note}");
+                        self.event(
+                            d,
+                            EventType::Normal,
+                            "RevisionKnownGood",
+                            "RecordKnownGood",
+                            note,
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target = %name, error = %e, "cannot record known-good; will retry")
+                    }
+                }
+            }
+        }
+        Some(judgement)
+    }
+
+    async fn report_warnings(&mut self, warnings: &[TargetWarning]) {
+        let now: BTreeSet<TargetWarning> = warnings.iter().cloned().collect();
+        let new: Vec<TargetWarning> = now.difference(&self.reported_warnings).cloned().collect();
+        for w in &new {
+            tracing::warn!(target = %format!("{}/{}", w.namespace, w.subject), "{w}");
+            if w.deployment_exists {
+                let reference = Deployment::object_ref_for(&w.namespace, &w.subject);
+                self.event_ref(
+                    &reference,
+                    EventType::Warning,
+                    "TargetWarning",
+                    "Resolve",
+                    w.message.clone(),
+                )
+                .await;
+            }
+        }
+        self.reported_warnings = now;
+    }
+
+    async fn event(
+        &self,
+        d: &Deployment,
+        kind: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let reference = d.object_ref(&());
+        self.event_ref(&reference, kind, reason, action, note).await;
+    }
+
+    async fn event_ref(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        kind: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        if !(self.may_write)() {
+            return;
+        }
+        let event = KubeEvent {
+            type_: kind,
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.recorder.publish(&event, reference),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(reason, error = %e, "cannot record a Kubernetes Event"),
+            Err(_) => tracing::warn!(reason, "recording a Kubernetes Event timed out"),
+        }
+    }
+
+    fn publish_status(&self, warnings: &[TargetWarning], now: Timestamp) {
+        let mut targets: Vec<TargetStatus> =
+            self.memory.values().map(|m| m.status.clone()).collect();
+        targets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.admin.publish(StatusReport {
+            cluster: self.config.watchdog.cluster_name.clone(),
+            role: self.role,
+            ready: self.admin.is_ready(),
+            generated_at: now.to_string(),
+            targets,
+            warnings: warnings.iter().map(ToString::to_string).collect(),
+        });
+    }
+
+    /// The current `/status` document.
+    pub fn status(&self) -> StatusReport {
+        self.admin.snapshot()
+    }
+}
+
+trait ObjectRefFor {
+    fn object_ref_for(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference;
+}
+
+impl ObjectRefFor for Deployment {
+    fn object_ref_for(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The judge's view of a target's policy at this tick.
+pub fn judge_policy(policy: &Policy, state: &TargetState) -> JudgePolicy {
+    JudgePolicy {
+        failure_threshold: policy.failure_threshold,
+        thresholds: Default::default(),
+        blind_alert_after: policy.blind_alert_after,
+        immediate_bad_when_all_pods_crash: policy.immediate_bad_when_all_pods_crash,
+        in_window: state.in_window(),
+        rollback_outside_window: policy.rollback_outside_window,
+        max_result_age: None,
+    }
+}
+
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass { .. } => "pass",
+        Outcome::Fail { .. } => "fail",
+        Outcome::Inconclusive { .. } => "inconclusive",
+    }
+}
+
+fn base_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) -> TargetStatus {
+    let current = state.current();
+    TargetStatus {
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        revision: current.map(|r| r.number),
+        pod_template_hash: current.map(|r| r.pod_template_hash.clone()),
+        images: current.map(|r| r.images.clone()).unwrap_or_default(),
+        window: state.window.as_ref().map(|w| WindowStatus {
+            opened_at: w.opened.to_string(),
+            closes_at: w.closes.to_string(),
+            remaining_seconds: w.remaining(now).as_secs(),
+        }),
+        known_good: state.known_good.as_ref().map(|k| KnownGoodStatus {
+            revision: k.revision,
+            pod_template_hash: k.pod_template_hash.clone(),
+        }),
+        verdict: "unknown".into(),
+        warnings: state.warnings.clone(),
+        last_evaluated: Some(now.to_string()),
+        ..TargetStatus::default()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}

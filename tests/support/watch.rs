@@ -1,0 +1,286 @@
+//! A scenario for the run loop: a simulated cluster with one Deployment
+//! `web` in its own namespace (so many scenarios share one Prometheus), a
+//! watchdog config for it, and the real `Daemon` ticking once a second.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use rollback_watchdog::admin::AdminState;
+use rollback_watchdog::config::{Config, Loader, MissingSecrets};
+use rollback_watchdog::daemon::{Daemon, Evaluation};
+use rollback_watchdog::metrics::Metrics;
+use rollback_watchdog::sim::prometheus::{PrometheusOptions, PrometheusServer};
+use rollback_watchdog::sim::{self, Behaviours, SimClock, SimCluster, SimOptions};
+use serde_json::json;
+
+pub const NAME: &str = "web";
+
+/// Which Prometheus a scenario's watchdog asks.
+pub enum Prom<'a> {
+    /// This URL (the binary's shared server, or a closed port).
+    Url(&'a str),
+    /// A server of its own, scraping only this sim (a test can stop it).
+    Own,
+}
+
+pub struct Scenario {
+    pub sim: SimCluster,
+    pub own_prometheus: Option<PrometheusServer>,
+    pub prometheus_url: String,
+    pub ns: String,
+    pub client: Client,
+    pub daemon: Daemon,
+    pub admin: AdminState,
+    pub audit_dir: tempfile::TempDir,
+}
+
+/// The watchdog config every scenario starts from; `extra` is appended
+/// (more sections, or `[targets.*]` tables for the one target).
+pub fn config_toml(ns: &str, prometheus_url: &str, audit: &str, extra: &str) -> String {
+    format!(
+        r#"
+[watchdog]
+cluster_name = "test"
+interval = "1s"
+namespace = "rollback-watchdog"
+audit_log = "{audit}"
+
+[prometheus]
+url = "{prometheus_url}"
+timeout = "2s"
+
+[leader_election]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:0"
+
+[defaults]
+watch_window = "60s"
+failure_threshold = 3
+blind_alert_after = "5s"
+
+[defaults.error_rate]
+window = "10s"
+baseline_lookback = "10s"
+
+[defaults.latency]
+window = "10s"
+baseline_lookback = "10s"
+
+[[targets]]
+namespace = "{ns}"
+name = "{NAME}"
+{extra}
+"#
+    )
+}
+
+pub fn load(toml: &str) -> Config {
+    match Loader::from_toml(toml)
+        .missing_secrets(MissingSecrets::Warn)
+        .load()
+    {
+        Ok(loaded) => loaded.config,
+        Err(e) => panic!("test config invalid: {e}\n{toml}"),
+    }
+}
+
+impl Scenario {
+    /// A sim with `web` (3 × `web:v1`) rolled out in namespace `ns`, and a
+    /// daemon whose caches have synced.
+    pub async fn start(ns: &str, prom: Prom<'_>, behaviours: Behaviours, extra: &str) -> Scenario {
+        let sim = SimCluster::start(SimOptions {
+            clock: SimClock::new(20.0),
+            behaviours,
+            ..Default::default()
+        })
+        .await
+        .expect("sim starts");
+        let client = sim.client().await.expect("client");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for name in [ns, "rollback-watchdog"] {
+            let body: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
+            namespaces
+                .create(&PostParams::default(), &body)
+                .await
+                .expect("create namespace");
+        }
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        let body: Deployment =
+            serde_json::from_value(sim::seed_deployment(NAME, "web:v1", 3)).expect("deployment");
+        deployments
+            .create(&PostParams::default(), &body)
+            .await
+            .expect("create web");
+        let (own_prometheus, prometheus_url) = match prom {
+            Prom::Url(url) => (None, url.to_string()),
+            Prom::Own => {
+                let server = PrometheusServer::start(PrometheusOptions::new(
+                    sim.prometheus_config(Duration::from_secs(1)),
+                ))
+                .await
+                .expect("prometheus starts");
+                let url = server.url().to_string();
+                (Some(server), url)
+            }
+        };
+        let prometheus_url = prometheus_url.as_str();
+        let audit_dir = tempfile::tempdir().expect("tempdir");
+        let audit = audit_dir.path().join("audit.jsonl");
+        let config = load(&config_toml(
+            ns,
+            prometheus_url,
+            &audit.display().to_string(),
+            extra,
+        ));
+        let (metrics, registry) = Metrics::new();
+        let admin = AdminState::new(registry, Duration::from_secs(5));
+        let daemon =
+            Daemon::new(Arc::new(config), client.clone(), metrics, admin.clone()).expect("daemon");
+        daemon
+            .wait_synced(Duration::from_secs(30))
+            .await
+            .expect("caches sync");
+        let scenario = Scenario {
+            sim,
+            prometheus_url: prometheus_url.to_string(),
+            own_prometheus,
+            ns: ns.to_string(),
+            client,
+            daemon,
+            admin,
+            audit_dir,
+        };
+        scenario.wait_rolled_out("web:v1").await;
+        scenario
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Sets the image of container `app`, like `kubectl set image`.
+    pub async fn deploy(&self, image: &str) {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+        self.deployments()
+            .patch(NAME, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .expect("set image");
+    }
+
+    pub async fn wait_rolled_out(&self, image: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = self.deployments().get(NAME).await.expect("get web");
+            let status = d.status.clone().unwrap_or_default();
+            let current = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone());
+            if current.as_deref() == Some(image)
+                && status.updated_replicas == Some(3)
+                && status.available_replicas == Some(3)
+                && status.replicas == Some(3)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{image} never rolled out: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until Prometheus has a request rate for the namespace's pods.
+    pub async fn wait_scraped(&self) {
+        let client = prometheus_http_query::Client::try_from(self.prometheus_url.as_str())
+            .expect("prom client");
+        let query = format!(
+            r#"sum(rate(http_requests_total{{namespace="{}"}}[10s]))"#,
+            self.ns
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(result) = client.query(query.as_str()).get().await {
+                if let Some(v) = result.data().as_vector() {
+                    if v.first().is_some_and(|s| s.sample().value() > 0.0) {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never scraped {}",
+                self.ns
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One tick of the real loop; the evaluation of `web`.
+    pub async fn tick(&mut self) -> Evaluation {
+        let evaluations = self.daemon.tick(jiff::Timestamp::now()).await;
+        evaluations
+            .into_iter()
+            .find(|e| e.target.name == NAME)
+            .expect("web is evaluated")
+    }
+
+    /// Ticks once a second, up to `max` ticks, until `done` says so; returns
+    /// every evaluation made.
+    pub async fn tick_until(
+        &mut self,
+        max: usize,
+        mut done: impl FnMut(&Evaluation) -> bool,
+    ) -> Vec<Evaluation> {
+        let mut seen = Vec::new();
+        for _ in 0..max {
+            let e = self.tick().await;
+            let stop = done(&e);
+            seen.push(e);
+            if stop {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        seen
+    }
+
+    /// The Events recorded on `web`, as (reason, note).
+    pub fn events(&self) -> Vec<(String, String)> {
+        let (items, _) = self
+            .sim
+            .store()
+            .list(&sim::store::EVENTS_V1, Some(&self.ns));
+        items
+            .iter()
+            .filter(|e| e.pointer("/regarding/name").and_then(|v| v.as_str()) == Some(NAME))
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["note"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The verdicts of a run, as text, for assertion messages.
+pub fn verdicts(seen: &[Evaluation]) -> Vec<String> {
+    seen.iter()
+        .map(|e| {
+            e.verdict()
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_else(|| "-".into())
+        })
+        .collect()
+}

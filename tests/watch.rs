@@ -1,0 +1,404 @@
+//! The run loop against the simulated cluster and a real Prometheus
+//! scraping its app pods: the runbook's decision criteria, and the ways
+//! the watchdog must not be fooled (missing data, low traffic, flapping).
+//! Until the pipeline lands, a Bad verdict is reported, not acted on.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollback_watchdog::judge::Verdict;
+use rollback_watchdog::signals::{Outcome, SignalId};
+use rollback_watchdog::sim::{Behaviour, Behaviours};
+
+mod support;
+use support::prom::shared;
+use support::watch::{verdicts, Prom, Scenario, NAME};
+
+/// A port nothing listens on: Prometheus "stopped".
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn result_of<'a>(
+    e: &'a rollback_watchdog::daemon::Evaluation,
+    id: &SignalId,
+) -> Option<&'a Outcome> {
+    e.results
+        .iter()
+        .find(|r| &r.signal == id)
+        .map(|r| &r.outcome)
+}
+
+/// A loopback health endpoint: `fail(n)` decides whether call n (from 1)
+/// answers 500. Returns its URL and the call counter.
+async fn health_server(fail: fn(usize) -> bool) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                if fail(n) {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down")
+                } else {
+                    (axum::http::StatusCode::OK, "ok")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/health", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, calls)
+}
+
+#[tokio::test]
+async fn a_revision_with_critical_errors_is_judged_bad_naming_the_error_ratio() {
+    let prom = shared();
+    let mut s = Scenario::start("s1-errors", Prom::Url(&prom.url), Behaviours::builtin(), "").await;
+    prom.register(s.sim.scrape_target_handle());
+    s.wait_scraped().await;
+    s.deploy("web:v2-errors").await;
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    let last = seen.last().expect("ticks");
+    assert_eq!(
+        last.verdict(),
+        Some(Verdict::Bad),
+        "verdicts: {:?}",
+        verdicts(&seen)
+    );
+    // Three consecutive failing ticks of the error ratio, not fewer.
+    let failing: Vec<bool> = seen
+        .iter()
+        .map(|e| {
+            matches!(
+                result_of(e, &SignalId::ErrorRate),
+                Some(Outcome::Fail { .. })
+            )
+        })
+        .collect();
+    assert!(failing.ends_with(&[true, true, true]), "{failing:?}");
+    let Some(Outcome::Fail { measured, .. }) = result_of(last, &SignalId::ErrorRate) else {
+        panic!("error rate did not fail");
+    };
+    assert!(
+        (0.25..0.35).contains(&measured.value),
+        "measured {measured}"
+    );
+    let judgement = last.judgement.as_ref().expect("judged");
+    let reason = &judgement.reasons[0].sentence;
+    assert!(
+        reason.contains("error ratio") && reason.contains("> max 5.0 %"),
+        "{reason}"
+    );
+    assert!(reason.contains(&measured.to_string()), "{reason}");
+    // Reported, not acted on: an Event and /status, the template untouched.
+    let events = s.events();
+    assert!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "RevisionBad" && note.contains("error ratio")),
+        "{events:?}"
+    );
+    let status = s.admin.snapshot();
+    assert_eq!(status.targets[0].verdict, "bad");
+    assert_eq!(status.targets[0].revision, Some(2));
+    s.wait_rolled_out("web:v2-errors").await;
+}
+
+#[tokio::test]
+async fn a_revision_more_than_50_percent_slower_than_its_baseline_is_bad() {
+    let prom = shared();
+    let mut s = Scenario::start("s2-slow", Prom::Url(&prom.url), Behaviours::builtin(), "").await;
+    prom.register(s.sim.scrape_target_handle());
+    s.wait_scraped().await;
+    s.deploy("web:v2-slow").await;
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    let last = seen.last().expect("ticks");
+    assert_eq!(
+        last.verdict(),
+        Some(Verdict::Bad),
+        "verdicts: {:?}",
+        verdicts(&seen)
+    );
+    let Some(Outcome::Fail {
+        measured, baseline, ..
+    }) = result_of(last, &SignalId::Latency)
+    else {
+        panic!("latency did not fail: {:?}", last.results);
+    };
+    // v1's p95 at the rollout's start: 50 ms median, lognormal σ 0.5.
+    let baseline = baseline.expect("the baseline is shown");
+    assert!((0.09..0.14).contains(&baseline), "baseline {baseline}");
+    let ratio = measured.value / baseline;
+    assert!((1.45..1.8).contains(&ratio), "ratio {ratio}");
+    assert!(
+        matches!(
+            result_of(last, &SignalId::ErrorRate),
+            Some(Outcome::Pass { .. })
+        ),
+        "no errors in this scenario"
+    );
+    let reason = &last.judgement.as_ref().expect("judged").reasons[0].sentence;
+    assert!(reason.contains("baseline"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_revision_30_percent_slower_is_never_bad_and_becomes_known_good() {
+    let prom = shared();
+    let behaviours = Behaviours::builtin();
+    behaviours.set(
+        "web:v2",
+        Behaviour {
+            latency: Duration::from_millis(65),
+            ..Behaviour::default()
+        },
+    );
+    let extra = "watch_window = \"25s\"\n";
+    let mut s = Scenario::start("s3-bitslower", Prom::Url(&prom.url), behaviours, extra).await;
+    prom.register(s.sim.scrape_target_handle());
+    s.wait_scraped().await;
+    s.deploy("web:v2").await;
+    let seen = s
+        .tick_until(45, |e| {
+            e.state.known_good.as_ref().is_some_and(|k| k.revision == 2)
+        })
+        .await;
+    let v = verdicts(&seen);
+    assert!(!v.iter().any(|v| v == "bad" || v == "degraded"), "{v:?}");
+    assert!(
+        v.iter().any(|v| v == "healthy"),
+        "it was verified at least once: {v:?}"
+    );
+    let d = s.deployments().get(NAME).await.expect("get");
+    let record = d
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("rollback-watchdog.io/known-good")
+        .cloned()
+        .expect("the known-good annotation is written");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("JSON");
+    assert_eq!(record["revision"], 2);
+    assert_eq!(record["images"][0], "web:v2");
+    assert!(s
+        .events()
+        .iter()
+        .any(|(reason, _)| reason == "RevisionKnownGood"));
+}
+
+#[tokio::test]
+async fn a_crash_looping_revision_is_bad_from_the_pod_signal_with_prometheus_stopped() {
+    let mut s = Scenario::start(
+        "s4-crash",
+        Prom::Url(&closed_port()),
+        Behaviours::builtin(),
+        "",
+    )
+    .await;
+    s.deploy("web:v2-crash").await;
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    let last = seen.last().expect("ticks");
+    assert_eq!(
+        last.verdict(),
+        Some(Verdict::Bad),
+        "verdicts: {:?}",
+        verdicts(&seen)
+    );
+    assert!(matches!(
+        result_of(last, &SignalId::Pods),
+        Some(Outcome::Fail { .. })
+    ));
+    assert!(
+        matches!(
+            result_of(last, &SignalId::ErrorRate),
+            Some(Outcome::Inconclusive { .. })
+        ),
+        "Prometheus is down: {:?}",
+        result_of(last, &SignalId::ErrorRate)
+    );
+    let reason = &last.judgement.as_ref().expect("judged").reasons[0].sentence;
+    assert!(reason.contains("CrashLoopBackOff"), "{reason}");
+}
+
+#[tokio::test]
+async fn prometheus_stopping_mid_window_is_inconclusive_never_bad_and_reported_blind_once() {
+    // This scenario stops its Prometheus, so it has its own.
+    let mut s = Scenario::start("s5-blind", Prom::Own, Behaviours::builtin(), "").await;
+    s.wait_scraped().await;
+    s.deploy("web:v2-errors").await;
+    s.tick().await;
+    if let Some(prom) = s.own_prometheus.as_mut() {
+        prom.stop().await;
+    }
+    // blind_alert_after is 5s: 15 ticks give it three times over.
+    let seen = s.tick_until(15, |_| false).await;
+    let v = verdicts(&seen);
+    assert!(!v.iter().any(|v| v == "bad" || v == "suspect"), "{v:?}");
+    assert_eq!(v.last().map(String::as_str), Some("inconclusive"), "{v:?}");
+    let blind: Vec<_> = seen
+        .iter()
+        .filter_map(|e| e.judgement.as_ref()?.blind_report.clone())
+        .collect();
+    assert_eq!(blind.len(), 1, "one blind report per episode: {blind:?}");
+    assert!(
+        blind[0].sentence.contains("error ratio"),
+        "{}",
+        blind[0].sentence
+    );
+    let events = s.events();
+    assert_eq!(
+        events.iter().filter(|(r, _)| r == "WatchdogBlind").count(),
+        1,
+        "{events:?}"
+    );
+    assert!(s.admin.snapshot().targets[0].blind);
+}
+
+#[tokio::test]
+async fn traffic_below_the_minimum_rate_is_inconclusive_not_bad() {
+    let prom = shared();
+    let behaviours = Behaviours::builtin();
+    behaviours.set(
+        "web:v2-quiet",
+        Behaviour {
+            request_rate: 0.1,
+            error_ratio: 0.3,
+            ..Behaviour::default()
+        },
+    );
+    let mut s = Scenario::start("s6-quiet", Prom::Url(&prom.url), behaviours, "").await;
+    prom.register(s.sim.scrape_target_handle());
+    s.wait_scraped().await;
+    s.deploy("web:v2-quiet").await;
+    let seen = s.tick_until(20, |_| false).await;
+    let v = verdicts(&seen);
+    assert!(!v.iter().any(|v| v == "bad" || v == "suspect"), "{v:?}");
+    let last = seen.last().expect("ticks");
+    match result_of(last, &SignalId::ErrorRate) {
+        Some(Outcome::Inconclusive { why }) => assert!(why.contains("request"), "{why}"),
+        other => panic!("expected inconclusive for low traffic, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_flapping_health_check_failing_one_tick_in_three_is_never_bad() {
+    let (url, calls) = health_server(|n| n % 3 == 0).await;
+    let extra = format!("[targets.health]\nurl = \"{url}\"\n");
+    let mut s = Scenario::start(
+        "s7-flap",
+        Prom::Url(&closed_port()),
+        Behaviours::builtin(),
+        &extra,
+    )
+    .await;
+    let seen = s.tick_until(18, |_| false).await;
+    let v = verdicts(&seen);
+    assert!(!v.iter().any(|v| v == "bad"), "{v:?}");
+    assert!(
+        v.iter().any(|v| v == "suspect"),
+        "the failing ticks were seen: {v:?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 18);
+}
+
+#[tokio::test]
+async fn failing_health_on_the_new_pods_only_is_bad_through_per_pod_probes() {
+    let behaviours = Behaviours::builtin();
+    behaviours.set(
+        "web:v2-sick",
+        Behaviour {
+            health_status: 500,
+            ..Behaviour::default()
+        },
+    );
+    let extra = "[targets.health]\nper_pod = { port = 8080, path = \"/health\" }\n";
+    let mut s = Scenario::start("s8-perpod", Prom::Url(&closed_port()), behaviours, extra).await;
+    // v1 answers 200 on every pod: healthy.
+    let first = s.tick().await;
+    let per_pod = SignalId::health(SignalId::PER_POD);
+    assert!(
+        matches!(result_of(&first, &per_pod), Some(Outcome::Pass { .. })),
+        "{:?}",
+        first.results
+    );
+    s.deploy("web:v2-sick").await;
+    let seen = s
+        .tick_until(30, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    let last = seen.last().expect("ticks");
+    assert_eq!(
+        last.verdict(),
+        Some(Verdict::Bad),
+        "verdicts: {:?}",
+        verdicts(&seen)
+    );
+    assert!(matches!(
+        result_of(last, &per_pod),
+        Some(Outcome::Fail { .. })
+    ));
+    let reason = &last.judgement.as_ref().expect("judged").reasons[0].sentence;
+    assert!(reason.contains("web-"), "names the pods: {reason}");
+}
+
+#[tokio::test]
+async fn a_failing_service_url_alone_is_bad_after_its_own_threshold() {
+    let (url, _) = health_server(|_| true).await;
+    let extra = format!("[targets.health]\nurl = \"{url}\"\n");
+    let mut s = Scenario::start(
+        "s8-service",
+        Prom::Url(&closed_port()),
+        Behaviours::builtin(),
+        &extra,
+    )
+    .await;
+    let seen = s
+        .tick_until(10, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    let v = verdicts(&seen);
+    assert_eq!(
+        v,
+        ["suspect", "suspect", "bad"],
+        "three failing ticks, then Bad"
+    );
+}
+
+#[tokio::test]
+async fn a_target_whose_deployment_does_not_exist_is_a_warning_and_the_others_go_on() {
+    let extra = "[[targets]]\nnamespace = \"s9-missing\"\nname = \"ghost\"\n";
+    let mut s = Scenario::start(
+        "s9-missing",
+        Prom::Url(&closed_port()),
+        Behaviours::builtin(),
+        extra,
+    )
+    .await;
+    let e = s.tick().await;
+    assert!(e.judgement.is_some(), "web is still judged");
+    let status = s.admin.snapshot();
+    assert_eq!(status.targets.len(), 1, "{status:?}");
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains("s9-missing/ghost") && w.contains("Deployment not found")),
+        "{:?}",
+        status.warnings
+    );
+}
