@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -14,7 +16,7 @@ use rollback_watchdog::cache::{Caches, Scope};
 use rollback_watchdog::config::{Config, Loader};
 use rollback_watchdog::revision::{self, KnownGood, TargetState, Tracker, KNOWN_GOOD};
 use rollback_watchdog::sim::clock::SimClock;
-use rollback_watchdog::sim::store::{DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS};
+use rollback_watchdog::sim::store::NAMESPACES;
 use rollback_watchdog::sim::{seed_deployment, SimCluster, SimOptions};
 use rollback_watchdog::targets::{self, Resolution};
 use serde_json::json;
@@ -468,42 +470,7 @@ async fn ticks_over_200_targets_make_no_list_or_get_requests() {
         .create(&NAMESPACES, "", json!({"metadata": {"name": NS}}))
         .expect("a namespace");
     let mut toml = String::from("[defaults]\nwatch_window = \"1h\"\n");
-    for i in 0..200 {
-        let name = format!("svc-{i:03}");
-        let hash = format!("h{i:03}");
-        let mut d = seed_deployment(&name, &format!("{name}:v1"), 1);
-        d["status"] = json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1});
-        d["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "1"});
-        let d = store.create(&DEPLOYMENTS, NS, d).expect("a Deployment");
-        let mut template = d["spec"]["template"].clone();
-        template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
-        let owner = |kind: &str, name: &str, uid: &serde_json::Value| json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true}]);
-        let rs = store
-            .create(
-                &REPLICASETS,
-                NS,
-                json!({
-                    "metadata": {"name": format!("{name}-{hash}"),
-                                 "labels": template["metadata"]["labels"].clone(),
-                                 "annotations": {"deployment.kubernetes.io/revision": "1"},
-                                 "ownerReferences": owner("Deployment", &name, &d["metadata"]["uid"])},
-                    "spec": {"replicas": 1, "selector": {"matchLabels": template["metadata"]["labels"].clone()},
-                             "template": template.clone()},
-                }),
-            )
-            .expect("a ReplicaSet");
-        store
-            .create(
-                &PODS,
-                NS,
-                json!({
-                    "metadata": {"name": format!("{name}-{hash}-x1"),
-                                 "labels": template["metadata"]["labels"].clone(),
-                                 "ownerReferences": owner("ReplicaSet", &format!("{name}-{hash}"), &rs["metadata"]["uid"])},
-                    "spec": template["spec"].clone(),
-                }),
-            )
-            .expect("a Pod");
+    for name in support::handmade::rolled_out_deployments(store, NS, 200) {
         toml.push_str(&format!(
             "[[targets]]\nnamespace = \"{NS}\"\nname = \"{name}\"\n"
         ));

@@ -402,3 +402,75 @@ async fn a_target_whose_deployment_does_not_exist_is_a_warning_and_the_others_go
         status.warnings
     );
 }
+
+#[tokio::test]
+async fn two_hundred_targets_tick_without_a_single_list_or_get_request() {
+    use rollback_watchdog::sim::store::NAMESPACES;
+    use rollback_watchdog::sim::{SimCluster, SimOptions};
+    // The API alone with hand-made, rolled-out Deployments: only the
+    // watchdog's watchers talk to the API server.
+    let sim = SimCluster::start(SimOptions {
+        api_only: true,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    for ns in ["many", "rollback-watchdog"] {
+        sim.store()
+            .create(
+                &NAMESPACES,
+                "",
+                serde_json::json!({"metadata": {"name": ns}}),
+            )
+            .expect("namespace");
+    }
+    let names = support::handmade::rolled_out_deployments(sim.store(), "many", 200);
+    let extra: String = names
+        .iter()
+        .skip(1)
+        .map(|n| format!("[[targets]]\nnamespace = \"many\"\nname = \"{n}\"\n"))
+        .collect();
+    let audit = tempfile::tempdir().expect("tempdir");
+    let toml = support::watch::config_toml(
+        "many",
+        &closed_port(),
+        &audit.path().join("audit.jsonl").display().to_string(),
+        &extra,
+    )
+    .replace("name = \"web\"", &format!("name = \"{}\"", names[0]));
+    let config = support::watch::load(&toml);
+    let (metrics, registry) = rollback_watchdog::metrics::Metrics::new();
+    let admin = rollback_watchdog::admin::AdminState::new(registry, Duration::from_secs(5));
+    let client = sim.client().await.expect("client");
+    let mut daemon =
+        rollback_watchdog::daemon::Daemon::new(Arc::new(config), client, metrics, admin)
+            .expect("daemon");
+    daemon
+        .wait_synced(Duration::from_secs(60))
+        .await
+        .expect("sync");
+    // The first tick writes verdict Events; count from the second.
+    daemon.tick(jiff::Timestamp::now()).await;
+    sim.request_log().clear();
+    for _ in 0..5 {
+        let evaluations = daemon.tick(jiff::Timestamp::now()).await;
+        assert_eq!(evaluations.len(), 200);
+        assert!(
+            evaluations.iter().all(|e| e.judgement.is_some()),
+            "every target judged"
+        );
+    }
+    let log = sim.request_log();
+    assert_eq!(
+        log.count("list", ""),
+        0,
+        "list requests during ticks: {:?}",
+        log.entries()
+    );
+    assert_eq!(
+        log.count("get", ""),
+        0,
+        "get requests during ticks: {:?}",
+        log.entries()
+    );
+}

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod handmade;
 pub mod kubectl;
 pub mod prom;
 pub mod watch;
