@@ -8,6 +8,7 @@ pub mod backup;
 pub mod blocklist;
 pub mod cache;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod incident;
 pub mod judge;
