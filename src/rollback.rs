@@ -14,9 +14,9 @@
 //! replica leads (`may_write` is asked before every write).
 //!
 //! Annotations it reads and writes on the Deployment:
-//! - [`IN_FLIGHT`]: `{"id","step":"wait","trigger",...,"backup","started","generation"}`
+//! - [`IN_FLIGHT`], `{"id","step":"wait","trigger",...,"backup","started","generation"}`
 //!   from the patch until the pipeline finishes;
-//! - [`ROLLBACKS`]: JSON list of RFC 3339 times of its rollbacks (cooldown
+//! - [`ROLLBACKS`], JSON list of RFC 3339 times of its rollbacks (cooldown
 //!   and budget survive restarts);
 //! - [`crate::blocklist::BLOCKLIST`], [`crate::revision::KNOWN_GOOD`];
 //! - it honours [`crate::targets::PAUSED`], [`IRREVERSIBLE`] and GitOps
@@ -900,7 +900,7 @@ impl Pipeline {
                             RollbackResult::Conflict,
                             Some(Step::Verify),
                             Some(why),
-                            Some(d),
+                            Some(*d),
                         )
                     }
                 }
@@ -1464,7 +1464,7 @@ impl Pipeline {
             };
             if d.metadata.generation.unwrap_or(0) > in_flight.generation {
                 return Verified::Superseded(format!(
-                    "{target} was changed by someone else during verification; the watchdog stops and does not touch it"), d);
+                    "{target} was changed by someone else during verification; the watchdog stops and does not touch it"), Box::new(d));
             }
             let tick = self.verify_tick(&d, switched, policy).await;
             let tick = match tick {
@@ -2147,14 +2147,14 @@ enum Waited {
 enum Verified {
     Passed { summary: String, details: Value },
     Failed { summary: String, details: Value },
-    Superseded(String, Deployment),
+    Superseded(String, Box<Deployment>),
 }
 
 struct Refusal {
     why: String,
     /// An error reading the cluster rather than a rule saying no.
     failed: bool,
-    deployment: Option<Deployment>,
+    deployment: Option<Box<Deployment>>,
 }
 
 impl Refusal {
@@ -2176,7 +2176,7 @@ impl Refusal {
         Refusal {
             why,
             failed: false,
-            deployment: Some(d.clone()),
+            deployment: Some(Box::new(d.clone())),
         }
     }
 }
