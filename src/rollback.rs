@@ -50,6 +50,8 @@ pub const ROLLBACKS: &str = "rollback-watchdog.io/rollbacks";
 /// On a revision's ReplicaSet or pod template: alert only, never roll back.
 pub const IRREVERSIBLE: &str = "rollback-watchdog.io/irreversible";
 pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+/// A person's request on the Deployment: `previous` or a revision number.
+pub const ROLLBACK_TO: &str = "rollback-watchdog.io/rollback-to";
 /// How long one API call of the pipeline may take.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// A `test` that failed only because the controller wrote the status is
@@ -1624,6 +1626,28 @@ impl Pipeline {
         }
     }
 
+    /// A refused annotation request is answered (Event, notification) and
+    /// removed, so it is not retried on every tick.
+    async fn consume_request_annotation(&self, d: &Deployment) {
+        if !(self.ctx.may_write)() || !d.annotations().contains_key(ROLLBACK_TO) {
+            return;
+        }
+        let patch = json!({"metadata": {"annotations": {ROLLBACK_TO: null}}});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let api = self.ctx.deployments(&d.namespace().unwrap_or_default());
+        let sent = tokio::time::timeout(
+            self.ctx.api_timeout,
+            api.patch(&d.name_any(), &pp, &Patch::Merge(&patch)),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::warn!(target = %target_of(d), "cannot remove the annotation {ROLLBACK_TO}; it will be seen again");
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
@@ -1739,6 +1763,9 @@ impl Pipeline {
         if let Some(d) = &refusal.deployment {
             self.event(d, true, "RollbackRefused", refusal.why.clone())
                 .await;
+            if matches!(request.trigger, Trigger::Annotation { .. }) {
+                self.consume_request_annotation(d).await;
+            }
         }
         self.report(&incident).await;
         // A person at the CLI reads the refusal; automatic triggers tell on-call.
@@ -2237,7 +2264,42 @@ pub fn patch_ops(plan: &Plan, in_flight: &InFlight) -> Vec<Value> {
     for (k, v) in annotations {
         ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape_pointer(&k)), "value": v}));
     }
+    // The request annotation is consumed by the rollback it asked for.
+    if matches!(plan.request.trigger, Trigger::Annotation { .. })
+        && d.annotations().contains_key(ROLLBACK_TO)
+    {
+        ops.push(json!({"op": "remove", "path": format!("/metadata/annotations/{}", escape_pointer(ROLLBACK_TO))}));
+    }
     ops
+}
+
+/// The request a person made with [`ROLLBACK_TO`] on the Deployment, for
+/// the run loop: None without the annotation, an error sentence for a
+/// value that is neither `previous` nor a revision number (the run loop
+/// reports it and may remove the annotation).
+pub fn annotation_request(d: &Deployment) -> Option<Result<RollbackRequest, String>> {
+    let value = d.annotations().get(ROLLBACK_TO)?.trim().to_owned();
+    let to = if value == "previous" {
+        Target::Previous
+    } else {
+        match value.parse::<i64>() {
+            Ok(n) if n > 0 => Target::Revision(n),
+            _ => {
+                return Some(Err(format!(
+                    "annotation {ROLLBACK_TO} on {}: {value:?} is neither `previous` nor a revision number; it is ignored",
+                    target_of(d)
+                )))
+            }
+        }
+    };
+    let mut request = RollbackRequest::new(
+        &d.namespace().unwrap_or_default(),
+        &d.name_any(),
+        to,
+        Trigger::Annotation { value },
+    );
+    request.detected_at = Some(jiff::Timestamp::now());
+    Some(Ok(request))
 }
 
 /// JSON Pointer escaping (RFC 6901): `~` → `~0`, `/` → `~1`.

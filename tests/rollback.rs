@@ -631,6 +631,60 @@ async fn each_reason_not_to_act_is_said_and_nothing_is_patched() {
     assert_eq!(refusals, 7);
 }
 
+#[tokio::test]
+async fn a_follower_writes_nothing_and_a_marked_security_issue_is_rolled_back_and_unmarked() {
+    let w = world("").await;
+    let sink = Collected::default();
+
+    // Not the leader: validated, then stopped before the first write.
+    let ctx = Context::new(
+        w.client.clone(),
+        Arc::new(w.config.clone()),
+        Arc::new(sink.clone()),
+    )
+    .expect("context")
+    .with_may_write(Arc::new(|| false));
+    let outcome = Pipeline::new(ctx).run(verdict("bad")).await;
+    assert_eq!(outcome.result, RollbackResult::Failed);
+    assert!(
+        outcome.why().contains("not the leader"),
+        "{}",
+        outcome.why()
+    );
+    assert!(w.backups().await.is_empty());
+    assert!(w.json_patches().is_empty());
+    assert!(
+        sink.all().is_empty(),
+        "the leader tells on-call, not a follower"
+    );
+
+    // The runbook's security-issue path: a person marks the Deployment.
+    w.annotate(rollback_watchdog::rollback::ROLLBACK_TO, Some("previous"))
+        .await;
+    let d = w.deployment().await;
+    let request = rollback_watchdog::rollback::annotation_request(&d)
+        .expect("a request")
+        .expect("a valid request");
+    let outcome = w.pipeline(&sink).run(request).await;
+    assert_eq!(
+        outcome.result,
+        RollbackResult::Succeeded,
+        "{:#?}",
+        outcome.steps
+    );
+    let d = w.deployment().await;
+    assert_eq!(image(&d), V1);
+    assert_eq!(
+        annotation(&d, rollback_watchdog::rollback::ROLLBACK_TO),
+        None,
+        "the request is consumed by the same patch"
+    );
+    assert!(annotation(&d, "kubernetes.io/change-cause")
+        .unwrap()
+        .contains("(annotation)"));
+    assert_eq!(w.json_patches(), [200]);
+}
+
 // ---- the CLI, through the built binary ----
 
 async fn cli_async(w: &World, args: &[&str]) -> std::process::Output {
