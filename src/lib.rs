@@ -3,6 +3,9 @@
 //! Everything testable lives here; `main.rs` only wires the CLI to it.
 
 pub mod admin;
+pub mod audit;
+pub mod backup;
+pub mod blocklist;
 pub mod cache;
 pub mod cli;
 pub mod commands;
@@ -12,6 +15,7 @@ pub mod incident;
 pub mod judge;
 pub mod metrics;
 pub mod revision;
+pub mod rollback;
 pub mod selector;
 pub mod signals;
 pub mod sim;

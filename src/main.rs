@@ -49,6 +49,48 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(commands::status(&cli.config, args, &mut out, &mut err))
         }
+        Command::Rollback(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let sink = rollback_watchdog::commands::default_sink();
+            rollback_watchdog::commands::Io::with_std(|io| {
+                runtime.block_on(rollback_watchdog::commands::rollback(
+                    &cli.config,
+                    args,
+                    sink,
+                    io,
+                ))
+            })
+        }
+        Command::Restore(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let sink = rollback_watchdog::commands::default_sink();
+            rollback_watchdog::commands::Io::with_std(|io| {
+                runtime.block_on(rollback_watchdog::commands::restore(
+                    &cli.config,
+                    args,
+                    sink,
+                    io,
+                ))
+            })
+        }
+        Command::History { target } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(rollback_watchdog::commands::history(
+                &cli.config,
+                target,
+                &mut out,
+                &mut err,
+            ))
+        }
+        Command::Validate { target } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(rollback_watchdog::commands::validate(
+                &cli.config,
+                target,
+                &mut out,
+                &mut err,
+            ))
+        }
         other => cli::not_available(other, &mut err),
     })
 }

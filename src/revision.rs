@@ -244,7 +244,7 @@ pub fn rollout(deployment: &Deployment, replicasets: &[Arc<ReplicaSet>]) -> Roll
 /// empty objects and lists dropped: the form two templates are compared in
 /// (the API server stores a Deployment's and its ReplicaSet's templates
 /// with the same defaults, and only the hash label differs).
-fn template_without_hash(t: &PodTemplateSpec) -> Value {
+pub fn template_without_hash(t: &PodTemplateSpec) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
     if let Some(labels) = v
         .pointer_mut("/metadata/labels")

@@ -1,0 +1,249 @@
+//! The audit trail of the rollback pipeline, the runbook's "Rollback Logs
+//! and Audit Trail": one JSON line per step outcome appended (and flushed to
+//! disk) to `watchdog.audit_log`, a Kubernetes Event on the Deployment per
+//! decision and per result, and a structured log line for each.
+//! It must never lose a line silently: a file that cannot be written is an
+//! error naming the path and the config key, and an Event that cannot be
+//! published is logged, never hidden.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Reporter of every Event the watchdog publishes.
+pub const REPORTER: &str = "rollback-watchdog";
+/// How long publishing one Event may take.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The Events API caps a note at 1 kB.
+const MAX_NOTE: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot create the directory of the audit log {path} (watchdog.audit_log): {source}; create it or point watchdog.audit_log at a writable file")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the audit log {path} (watchdog.audit_log) for appending: {source}; make it writable or point watchdog.audit_log elsewhere")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot append to the audit log {path} (watchdog.audit_log): {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode an audit line: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditLine {
+    /// RFC 3339.
+    pub time: String,
+    /// `namespace/name` of the Deployment.
+    pub target: String,
+    /// The rollback this line belongs to (the incident id).
+    pub rollback: String,
+    /// `validate`, `backup`, `update`, `wait`, `verify`, `notify`, `report`.
+    pub step: String,
+    /// `ok`, `refused`, `failed`, `conflict`, `dry_run`, `skipped`.
+    pub outcome: String,
+    /// Step-specific facts (the patch, the backup, measured values, the
+    /// incident report on the final `report` line).
+    pub details: Value,
+}
+
+/// The append-only audit log file. Cheap to clone; lines from concurrent
+/// rollbacks never interleave.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Arc<Mutex<File>>,
+}
+
+impl AuditLog {
+    /// Opens (creating it and its directory) the audit log for appending,
+    /// so an unwritable path is found before any rollback starts.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| AuditError::CreateDir {
+                path: shown.clone(),
+                source,
+            })?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::Open {
+                path: shown,
+                source,
+            })?;
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line and syncs it to disk before returning: a line the
+    /// pipeline has moved past is a line that survives a crash.
+    pub fn append(&self, line: &AuditLine) -> Result<(), AuditError> {
+        let mut text = serde_json::to_string(line).map_err(AuditError::Encode)?;
+        text.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let write = |f: &mut File| -> std::io::Result<()> {
+            f.write_all(text.as_bytes())?;
+            f.flush()?;
+            f.sync_data()
+        };
+        write(&mut file).map_err(|source| AuditError::Write {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// A decision or result told on the Deployment (`kubectl describe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    /// PascalCase: `RollbackStarted`, `RolledBack`, `RollbackRefused`...
+    pub reason: String,
+    /// PascalCase action: `Rollback`, `Verify`...
+    pub action: String,
+    pub note: String,
+}
+
+/// Publishes Events (events.k8s.io/v1) on Deployments, reporter
+/// [`REPORTER`].
+#[derive(Clone)]
+pub struct EventPublisher {
+    recorder: Recorder,
+}
+
+impl EventPublisher {
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter {
+            controller: REPORTER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        EventPublisher {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    /// Publishes one Event on `deployment`, bounded by [`EVENT_TIMEOUT`].
+    /// Failures are logged and returned as a sentence for the audit line.
+    pub async fn publish(&self, deployment: &Deployment, notice: &Notice) -> Result<(), String> {
+        let reference = deployment.object_ref(&());
+        let event = Event {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.clone(),
+            note: Some(truncate(&notice.note, MAX_NOTE)),
+            action: notice.action.clone(),
+            secondary: None,
+        };
+        let target = format!(
+            "{}/{}",
+            deployment.meta().namespace.as_deref().unwrap_or_default(),
+            deployment.meta().name.as_deref().unwrap_or_default()
+        );
+        let why =
+            match tokio::time::timeout(EVENT_TIMEOUT, self.recorder.publish(&event, &reference))
+                .await
+            {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => format!("cannot publish Event {} on {target}: {e}", notice.reason),
+                Err(_) => format!(
+                    "cannot publish Event {} on {target}: no answer within {EVENT_TIMEOUT:?}",
+                    notice.reason
+                ),
+            };
+        tracing::warn!(target = %target, reason = %notice.reason, "{why}");
+        Err(why)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_is_one_json_object_on_disk_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        for step in ["validate", "backup"] {
+            log.append(&AuditLine {
+                time: "2026-11-27T10:00:00Z".into(),
+                target: "production/web".into(),
+                rollback: "production/web/r2/1".into(),
+                step: step.into(),
+                outcome: "ok".into(),
+                details: serde_json::json!({"n": 1}),
+            })
+            .unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["step"], "backup");
+        assert_eq!(lines[0]["target"], "production/web");
+    }
+
+    #[test]
+    fn an_unwritable_audit_log_names_the_path_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "x").unwrap();
+        let path = blocker.join("audit.jsonl");
+        let err = AuditLog::open(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("watchdog.audit_log"), "{err}");
+    }
+
+    #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(600);
+        let t = truncate(&s, 1000);
+        assert!(t.len() <= 1000 && t.ends_with("..."));
+    }
+}
