@@ -9,6 +9,7 @@ pub mod config;
 pub mod incident;
 pub mod judge;
 pub mod metrics;
+pub mod notify;
 pub mod revision;
 pub mod selector;
 pub mod signals;
