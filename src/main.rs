@@ -39,6 +39,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             ))?;
             cli::EXIT_OK
         }
+        Command::NotifyTest { sink } => cli::notify_test(&cli.config, *sink, &mut out, &mut err),
         other => cli::not_available(other, &mut err),
     })
 }
