@@ -62,9 +62,13 @@ impl RetryPolicy {
 pub enum DeliveryResult {
     Delivered,
     /// Not retried (a 4xx), the deadline passed, or the notifier shut down.
-    GaveUp { reason: String },
+    GaveUp {
+        reason: String,
+    },
     /// Never attempted: the queue was full or the notifier shut down.
-    Dropped { reason: String },
+    Dropped {
+        reason: String,
+    },
     /// The ledger says this sink already has this decision (a restart, or
     /// the same decision emitted twice): not sent again.
     AlreadyDelivered,
@@ -508,15 +512,14 @@ async fn deliver_until(
         }
         let now = Instant::now();
         if now >= deadline {
-            let last = failures
-                .last()
-                .cloned()
-                .unwrap_or_else(|| "never attempted".to_owned());
-            return give_up(
-                attempts,
-                failures,
-                format!("{last} (deadline {} reached)", human(sink.deadline)),
-            );
+            let reason = match failures.last() {
+                Some(last) => format!("{last} (deadline {} reached)", human(sink.deadline)),
+                None => format!(
+                    "its deadline ({}) passed while it waited in the queue",
+                    human(sink.deadline)
+                ),
+            };
+            return give_up(attempts, failures, reason);
         }
         attempts += 1;
         let attempt_deadline = (now + sink.timeout).min(deadline);
@@ -826,7 +829,9 @@ impl IncidentSink for Notifier {
                     Some(tx) => match tx.try_send(queued) {
                         Ok(()) => None,
                         Err(mpsc::error::TrySendError::Full(_)) => Some("queue full"),
-                        Err(mpsc::error::TrySendError::Closed(_)) => Some("the sink's worker stopped"),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            Some("the sink's worker stopped")
+                        }
                     },
                 },
                 Err(_) => Some("the sink's queue is unusable"),

@@ -170,7 +170,9 @@ pub fn payload(incident: &Incident, summary: &Summary) -> Value {
         );
     }
     if summary.is_test {
-        notes.push(":test_tube: This is a test message from `rollback-watchdog notify-test`.".to_owned());
+        notes.push(
+            ":test_tube: This is a test message from `rollback-watchdog notify-test`.".to_owned(),
+        );
     }
     if !notes.is_empty() {
         blocks.push(section(notes.join("\n")));

@@ -50,7 +50,10 @@ pub fn payload(incident: &Incident, summary: &Summary) -> Value {
         fact("Deployment", incident.target()),
     ];
     if let Some(from) = &incident.from {
-        facts.push(fact("From", revision_lines(from, false).replace('\n', ", ")));
+        facts.push(fact(
+            "From",
+            revision_lines(from, false).replace('\n', ", "),
+        ));
     }
     if let Some(to) = &incident.to {
         let mut value = revision_lines(to, false).replace('\n', ", ");
