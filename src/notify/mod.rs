@@ -265,6 +265,16 @@ pub fn trigger_words(trigger: &Trigger) -> String {
     }
 }
 
+/// What detection-to-finish is called: only a rollback that succeeded
+/// recovered anything.
+pub(crate) fn recover_label(incident: &Incident) -> &'static str {
+    if incident.kind == EventKind::RollbackSucceeded {
+        "Time to recover"
+    } else {
+        "Detection to end"
+    }
+}
+
 /// `42 s`, `4 min 12 s`, `1 h 3 min`.
 pub fn human_seconds(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;

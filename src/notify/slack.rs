@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::{human_seconds, revision_lines, trigger_words, truncate, Summary};
+use super::{human_seconds, recover_label, revision_lines, trigger_words, truncate, Summary};
 use crate::incident::Incident;
 
 /// Slack's limits (Block Kit reference).
@@ -106,7 +106,7 @@ pub fn payload(incident: &Incident, summary: &Summary) -> Value {
         fields.push(("Time to detect", human_seconds(t)));
     }
     if let Some(t) = incident.time_to_recover() {
-        fields.push(("Time to recover", human_seconds(t)));
+        fields.push((recover_label(incident), human_seconds(t)));
     }
     if let Some(step) = &incident.failed_step {
         fields.push(("Failed step", escape(step)));

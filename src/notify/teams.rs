@@ -66,7 +66,7 @@ pub fn payload(incident: &Incident, summary: &Summary) -> Value {
         facts.push(fact("Time to detect", human_seconds(t)));
     }
     if let Some(t) = incident.time_to_recover() {
-        facts.push(fact("Time to recover", human_seconds(t)));
+        facts.push(fact(super::recover_label(incident), human_seconds(t)));
     }
     if let Some(step) = &incident.failed_step {
         facts.push(fact("Failed step", step.clone()));
