@@ -329,9 +329,9 @@ impl Command {
             | Command::History { .. }
             | Command::Rollback(_)
             | Command::Restore(_)
-            | Command::Validate { .. } => None,
+            | Command::Validate { .. }
+            | Command::NotifyTest { .. } => None,
             Command::Demo => Some("issue 4 (the rollback pipeline)"),
-            Command::NotifyTest { .. } => Some("issue 5 (notifications)"),
         }
     }
 }
@@ -400,6 +400,62 @@ pub fn check_config(
                 let _ = writeln!(err, "warning: {w}");
             }
             EXIT_CONFIG
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `notify-test`: sends a clearly marked test message through every sink
+/// (or only `--sink N`) directly, not through the delivery ledger, and
+/// prints one line per sink. Exit 0 when every sink took it, 1 when one
+/// did not, 2 when the config is wrong.
+pub fn notify_test(
+    path: &std::path::Path,
+    only: Option<usize>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let loaded = match Loader::from_file(path).load() {
+        Ok(l) => l,
+        Err(ConfigError::Invalid { problems, .. }) => {
+            let n = problems.len();
+            let _ = writeln!(
+                err,
+                "error: {} is not a valid config ({n} problem{}):",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            for p in &problems {
+                let _ = writeln!(err, "{p}");
+            }
+            return EXIT_CONFIG;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let policy = crate::notify::RetryPolicy::default();
+    match runtime.block_on(crate::notify::send_test(&loaded.config, only, &policy)) {
+        Ok(results) => {
+            let mut code = EXIT_OK;
+            for r in &results {
+                let _ = writeln!(out, "{r}");
+                if r.report.result != crate::notify::DeliveryResult::Delivered {
+                    code = EXIT_FAILURE;
+                }
+            }
+            code
         }
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

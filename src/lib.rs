@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod incident;
 pub mod judge;
 pub mod metrics;
+pub mod notify;
 pub mod revision;
 pub mod rollback;
 pub mod selector;

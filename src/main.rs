@@ -91,6 +91,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                 &mut err,
             ))
         }
+        Command::NotifyTest { sink } => cli::notify_test(&cli.config, *sink, &mut out, &mut err),
         other => cli::not_available(other, &mut err),
     })
 }
