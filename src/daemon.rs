@@ -2,8 +2,10 @@
 //! caches, resolves the targets, measures every signal of every target
 //! concurrently, asks the judge, and reports what it found (log lines,
 //! Events on the Deployment, metrics, `/status`). A revision that survives
-//! its window is recorded known-good. It makes no API-server call per tick
-//! except the writes it reports, and it never acts on missing data.
+//! its window is recorded known-good. A Bad verdict starts the rollback
+//! pipeline once per revision, never for a revision the watchdog restored
+//! itself (that one escalates instead). It makes no API-server call per
+//! tick except the writes it reports, and it never acts on missing data.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -16,11 +18,16 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
 use crate::admin::AdminState;
+use crate::blocklist;
 use crate::cache::Caches;
+use crate::config::EventKind;
 use crate::config::{Config, Policy};
+use crate::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
+use crate::metrics::TargetOutcome;
 use crate::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
 use crate::revision::{self, TargetState, Tracker};
+use crate::rollback::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
 use crate::signals::health::HealthProber;
 use crate::signals::prometheus::PrometheusSource;
 use crate::signals::{Outcome, SignalResult, Signals, Subject};
@@ -47,7 +54,13 @@ pub enum DaemonError {
     NotSynced(Duration),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Rollback(#[from] crate::rollback::RollbackError),
 }
+
+/// A revision restored by the watchdog's own rollback is one whose rollout
+/// started no earlier than this before the rollback was recorded.
+const OWN_ROLLBACK_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
 
 /// What one tick concluded for one target: the input for the pipeline.
 #[derive(Debug, Clone)]
@@ -83,6 +96,13 @@ struct Memory {
     unverified_reported: bool,
     /// Detection time was recorded for this revision.
     detection_recorded: bool,
+    /// The pipeline was started (or an escalation sent) for this revision:
+    /// one decision per revision, never one per tick.
+    acted: bool,
+    /// A degraded-outside-window report was sent for this revision.
+    degraded_reported: bool,
+    /// When the verdict first turned Bad.
+    detected_at: Option<Timestamp>,
     status: TargetStatus,
 }
 
@@ -103,6 +123,19 @@ pub struct Daemon {
     /// Writes (Events, known-good) happen only while this says so: the
     /// leader election sets it; standalone it is always true.
     may_write: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The rollback pipeline; without it a Bad verdict is only reported.
+    pipeline: Option<Arc<Pipeline>>,
+    sink: Option<Arc<dyn IncidentSink>>,
+    /// Pipelines running now, by Deployment uid.
+    running: HashMap<String, (String, tokio::task::JoinHandle<Option<RollbackOutcome>>)>,
+    /// In-flight ids whose pipeline finished here: a lagging cache that
+    /// still shows the record must not start a second resume.
+    completed: HashSet<String>,
+    /// The resourceVersion of the Deployment that started the last
+    /// pipeline, by uid: the same (stale) object never starts another.
+    triggered_by: HashMap<String, String>,
+    /// Finished pipelines not yet taken by [`Daemon::take_outcomes`].
+    finished: Vec<RollbackOutcome>,
 }
 
 impl Daemon {
@@ -154,7 +187,131 @@ impl Daemon {
             reported_warnings: BTreeSet::new(),
             role: Role::Standalone,
             may_write: Arc::new(|| true),
+            pipeline: None,
+            sink: None,
+            running: HashMap::new(),
+            completed: HashSet::new(),
+            triggered_by: HashMap::new(),
+            finished: Vec::new(),
         })
+    }
+
+    /// Acts on Bad verdicts: builds the rollback pipeline, whose decisions
+    /// go to `sink` (the notifiers). Call after [`Self::with_role`] so the
+    /// pipeline shares the write guard.
+    pub fn with_pipeline(mut self, sink: Arc<dyn IncidentSink>) -> Result<Self, DaemonError> {
+        let ctx = rollback::Context::new(self.client.clone(), self.config.clone(), sink.clone())?
+            .with_may_write(self.may_write.clone());
+        self.pipeline = Some(Arc::new(Pipeline::new(ctx)));
+        self.sink = Some(sink);
+        Ok(self)
+    }
+
+    /// Like [`Self::with_pipeline`], with a context the caller built (the
+    /// demo and tests shorten its poll interval or watch its progress).
+    pub fn with_pipeline_context(
+        mut self,
+        ctx: rollback::Context,
+        sink: Arc<dyn IncidentSink>,
+    ) -> Self {
+        self.pipeline = Some(Arc::new(Pipeline::new(ctx)));
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Pipelines that finished since the last call.
+    pub fn take_outcomes(&mut self) -> Vec<RollbackOutcome> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Whether a pipeline is running for any target.
+    pub fn pipelines_running(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    /// Waits (bounded) for running pipelines to finish.
+    pub async fn wait_pipelines(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.running.is_empty() && tokio::time::Instant::now() < deadline {
+            self.collect_finished().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.collect_finished().await;
+    }
+
+    async fn collect_finished(&mut self) {
+        let done: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, (_, task))| task.is_finished())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in done {
+            let Some((target, task)) = self.running.remove(&uid) else {
+                continue;
+            };
+            match task.await {
+                Ok(None) => {}
+                Ok(Some(outcome)) => {
+                    self.completed.insert(outcome.incident.id.clone());
+                    let result = outcome_word(outcome.result);
+                    self.metrics
+                        .rollbacks
+                        .get_or_create(&TargetOutcome {
+                            target: target.clone(),
+                            outcome: result.into(),
+                        })
+                        .inc();
+                    if outcome.result == RollbackResult::Succeeded {
+                        if let Some(seconds) = outcome.incident.time_to_recover() {
+                            self.metrics.recovery_seconds.observe(seconds);
+                        }
+                    }
+                    tracing::info!(target = %target, result, "{}", outcome.why());
+                    self.finished.push(outcome);
+                }
+                Err(e) => {
+                    tracing::error!(target = %target, error = %e, "the rollback pipeline task failed")
+                }
+            }
+        }
+    }
+
+    /// Starts `request` (or a resume) in the background for `uid`.
+    fn spawn_pipeline(
+        &mut self,
+        uid: String,
+        target: String,
+        work: PipelineWork,
+        trigger_rv: Option<String>,
+    ) {
+        let Some(pipeline) = self.pipeline.clone() else {
+            return;
+        };
+        if let Some(rv) = trigger_rv {
+            self.triggered_by.insert(uid.clone(), rv);
+        }
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            match work {
+                PipelineWork::Run(request) => Some(pipeline.run(*request).await),
+                PipelineWork::Resume(cached) => {
+                    // The cache may lag: resume from the object as it is now.
+                    let ns = cached.metadata.namespace.clone().unwrap_or_default();
+                    let name = cached.metadata.name.clone().unwrap_or_default();
+                    let api: kube::Api<Deployment> = kube::Api::namespaced(client, &ns);
+                    match tokio::time::timeout(Duration::from_secs(10), api.get(&name)).await {
+                        Ok(Ok(fresh)) => pipeline.resume(&fresh).await,
+                        Ok(Err(e)) => {
+                            tracing::warn!(target = %format!("{ns}/{name}"), error = %e, "cannot read the Deployment to resume its rollback; will retry");
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
+            }
+        });
+        self.running.insert(uid, (target, task));
     }
 
     /// Sets the role shown in `/status` and the guard for every write.
@@ -213,6 +370,7 @@ impl Daemon {
     /// One evaluation of every target at `now`. Returns what it concluded;
     /// the report (logs, Events, metrics, `/status`) is already done.
     pub async fn tick(&mut self, now: Timestamp) -> Vec<Evaluation> {
+        self.collect_finished().await;
         let snapshot = self.caches.snapshot();
         let resolution = targets::resolve(&self.config, &snapshot);
         self.report_warnings(&resolution.warnings).await;
@@ -306,7 +464,16 @@ impl Daemon {
             return None;
         };
 
-        let policy = judge_policy(&target.policy, state);
+        let blocklisted = blocklist::is_blocklisted(
+            &target.deployment,
+            &subject.pod_template_hash,
+            &subject.images,
+        );
+        let mut policy = judge_policy(&target.policy, state);
+        if blocklisted.is_some() {
+            // A template that was rolled back once gets no benefit of the doubt.
+            policy.failure_threshold = 1;
+        }
         let judgement = judge(&policy, &memory.judge, results, now);
         memory.judge = judgement.state.clone();
         match judgement.verdict {
@@ -333,6 +500,9 @@ impl Daemon {
                     result: outcome_name(&r.outcome).into(),
                 })
                 .inc();
+        }
+        if judgement.verdict.may_roll_back() && memory.detected_at.is_none() {
+            memory.detected_at = Some(now);
         }
         if judgement.verdict.may_roll_back() && !memory.detection_recorded {
             memory.detection_recorded = true;
@@ -386,6 +556,12 @@ impl Daemon {
         let mut status = base_status(target, state, now);
         status.verdict = verdict.into();
         status.reasons = reasons.clone();
+        if let Some(entry) = &blocklisted {
+            status.reasons.push(format!(
+                "this template was rolled back before (revision {}): judged with failure_threshold = 1",
+                entry.revision
+            ));
+        }
         status.reasons.extend(state.warnings.iter().cloned());
         status.blind = judgement.state.blind_since.is_some();
         status.signals = results
@@ -413,8 +589,52 @@ impl Daemon {
             (adopted || verified) && !memory.known_good_reported && verdict_now != Verdict::Bad
         });
 
-        // Events (writes: only while allowed).
+        // What to do about the verdict: one decision per revision.
         let d = &target.deployment;
+        let own_rollback = rollback::rollbacks_of(d)
+            .iter()
+            .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK);
+        let mut action = Action::None;
+        if !self.running.contains_key(&target.uid()) && self.pipeline.is_some() {
+            let memory = self.memory.entry(target.uid()).or_default();
+            let in_flight = rollback::in_flight_of(d).ok().flatten();
+            if in_flight.is_some_and(|f| !self.completed.contains(&f.id)) {
+                action = Action::Resume;
+            } else if let Some(request) = rollback::annotation_request(d).filter(|_| {
+                self.triggered_by.get(&target.uid()) != d.metadata.resource_version.as_ref()
+            }) {
+                action = Action::Annotation(request.map(Box::new));
+            } else if verdict_now == Verdict::Bad && !memory.acted {
+                memory.acted = true;
+                action = if own_rollback {
+                    Action::Escalate
+                } else {
+                    Action::RollBack(Box::new(RollbackRequest {
+                        reason: judgement_reason(&memory.status.reasons),
+                        signals: results
+                            .iter()
+                            .filter(|r| r.outcome.is_fail())
+                            .cloned()
+                            .collect(),
+                        rollout_started_at: Some(subject.rollout_started),
+                        detected_at: memory.detected_at,
+                        policy: Some(target.policy.clone()),
+                        blocklisted_redeploy: blocklisted.is_some(),
+                        ..RollbackRequest::new(
+                            &target.namespace,
+                            &target.name,
+                            rollback::Target::Previous,
+                            Trigger::Verdict,
+                        )
+                    }))
+                };
+            } else if verdict_now == Verdict::Degraded && !memory.degraded_reported {
+                memory.degraded_reported = true;
+                action = Action::Degraded;
+            }
+        }
+
+        // Events (writes: only while allowed).
         if verdict_changed {
             let (kind, reason) = match verdict_now {
                 Verdict::Healthy => (EventType::Normal, "RevisionHealthy"),
@@ -444,6 +664,95 @@ impl Daemon {
                 blind.sentence.clone(),
             )
             .await;
+            self.report(
+                target,
+                subject,
+                EventKind::Blind,
+                blind.sentence.clone(),
+                results,
+                now,
+            );
+        }
+        match action {
+            Action::None => {}
+            Action::Resume => {
+                tracing::info!(target = %name, "an in-flight rollback was found: resuming at Wait/Verify");
+                self.spawn_pipeline(
+                    target.uid(),
+                    name.clone(),
+                    PipelineWork::Resume(Box::new(d.as_ref().clone())),
+                    None,
+                );
+            }
+            Action::Annotation(Ok(request)) => {
+                tracing::info!(target = %name, "rollback requested by annotation");
+                self.spawn_pipeline(
+                    target.uid(),
+                    name.clone(),
+                    PipelineWork::Run(request),
+                    d.metadata.resource_version.clone(),
+                );
+            }
+            Action::Annotation(Err(problem)) => {
+                tracing::warn!(target = %name, "{problem}");
+                self.event(
+                    d,
+                    EventType::Warning,
+                    "InvalidAnnotation",
+                    "Rollback",
+                    problem,
+                )
+                .await;
+            }
+            Action::RollBack(request) => {
+                tracing::warn!(target = %name, revision = subject.revision, "Bad verdict: starting the rollback pipeline");
+                self.spawn_pipeline(
+                    target.uid(),
+                    name.clone(),
+                    PipelineWork::Run(request),
+                    d.metadata.resource_version.clone(),
+                );
+            }
+            Action::Escalate => {
+                let sentence = format!(
+                    "revision {} was restored by the watchdog's own rollback and is bad too: no second automatic rollback; a person must act ({})",
+                    subject.revision,
+                    reasons.first().cloned().unwrap_or_default()
+                );
+                tracing::error!(target = %name, revision = subject.revision, "{sentence}");
+                self.event(
+                    d,
+                    EventType::Warning,
+                    "RollbackEscalated",
+                    "Judge",
+                    sentence.clone(),
+                )
+                .await;
+                self.report(
+                    target,
+                    subject,
+                    EventKind::Escalation,
+                    sentence,
+                    results,
+                    now,
+                );
+            }
+            Action::Degraded => {
+                let sentence = format!(
+                    "revision {} is degraded outside its observation window ({}); no recent deploy to roll back, so nothing was changed",
+                    subject.revision,
+                    reasons.first().cloned().unwrap_or_default()
+                );
+                tracing::warn!(target = %name, revision = subject.revision, "{sentence}");
+                self.report(
+                    target,
+                    subject,
+                    EventKind::DegradedOutsideWindow,
+                    sentence,
+                    results,
+                    now,
+                );
+            }
         }
         if report_unverified {
             let note = format!(
@@ -580,6 +889,99 @@ impl Daemon {
     pub fn status(&self) -> StatusReport {
         self.admin.snapshot()
     }
+}
+
+impl Daemon {
+    /// Tells the sinks about a decision that is not a rollback (blind,
+    /// degraded, escalation). Only while allowed to write, like Events.
+    fn report(
+        &self,
+        target: &WatchedDeployment,
+        subject: &Subject,
+        kind: EventKind,
+        reason: String,
+        results: &[SignalResult],
+        now: Timestamp,
+    ) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        if !(self.may_write)() {
+            return;
+        }
+        let memory = self.memory.get(&target.uid());
+        sink.emit(&Incident {
+            id: format!(
+                "{}/{}/r{}/{}/{}",
+                target.namespace,
+                target.name,
+                subject.revision,
+                kind.as_str(),
+                now.as_millisecond()
+            ),
+            kind,
+            cluster: self.config.watchdog.cluster_name.clone(),
+            namespace: target.namespace.clone(),
+            deployment: target.name.clone(),
+            trigger: Trigger::Report,
+            reason,
+            from: Some(RevisionRef {
+                revision: subject.revision,
+                pod_template_hash: subject.pod_template_hash.clone(),
+                images: subject.images.clone(),
+                known_good: false,
+            }),
+            to: None,
+            signals: results
+                .iter()
+                .filter(|r| !r.outcome.is_pass())
+                .cloned()
+                .collect(),
+            rollout_started_at: Some(subject.rollout_started.to_string()),
+            detected_at: memory.and_then(|m| m.detected_at).map(|t| t.to_string()),
+            at: now.to_string(),
+            finished_at: None,
+            failed_step: None,
+            error: None,
+            dry_run: target.policy.dry_run,
+            backup: None,
+            blocklisted_redeploy: false,
+            changes: Vec::new(),
+            dashboard_url: None,
+            runbook_url: None,
+        });
+    }
+}
+
+/// What a tick decided to do for one target.
+enum Action {
+    None,
+    Resume,
+    Annotation(Result<Box<RollbackRequest>, String>),
+    RollBack(Box<RollbackRequest>),
+    Escalate,
+    Degraded,
+}
+
+enum PipelineWork {
+    Run(Box<RollbackRequest>),
+    Resume(Box<Deployment>),
+}
+
+fn outcome_word(result: RollbackResult) -> &'static str {
+    match result {
+        RollbackResult::Succeeded => "succeeded",
+        RollbackResult::Refused => "refused",
+        RollbackResult::WouldRollBack => "dry_run",
+        RollbackResult::Conflict => "conflict",
+        RollbackResult::Failed => "failed",
+        RollbackResult::Escalated => "escalated",
+    }
+}
+
+/// The decisive reason of a Bad verdict, for the incident.
+fn judgement_reason(reasons: &[String]) -> Option<String> {
+    reasons.first().cloned()
 }
 
 trait ObjectRefFor {

@@ -125,6 +125,9 @@ pub struct RollbackRequest {
     /// The target's effective policy (the run loop has it); None: resolved
     /// from the config like the run loop would.
     pub policy: Option<Policy>,
+    /// The bad revision re-deploys a blocklisted template (flagged in the
+    /// notifications).
+    pub blocklisted_redeploy: bool,
 }
 
 impl RollbackRequest {
@@ -141,6 +144,7 @@ impl RollbackRequest {
             rollout_started_at: None,
             detected_at: None,
             policy: None,
+            blocklisted_redeploy: false,
         }
     }
 
@@ -1942,7 +1946,7 @@ impl Pipeline {
             error: None,
             dry_run: request.dry_run,
             backup: None,
-            blocklisted_redeploy: false,
+            blocklisted_redeploy: request.blocklisted_redeploy,
             changes: Vec::new(),
             dashboard_url: None,
             runbook_url: None,

@@ -270,7 +270,7 @@ impl Ctx {
     async fn latency(&self, namespace: &str) -> SignalResult {
         let policy = &self.config.defaults.latency;
         self.source
-            .latency(policy, &self.subject(namespace), "test", self.now())
+            .latency(policy, None, &self.subject(namespace), "test", self.now())
             .await
     }
 
@@ -486,7 +486,7 @@ async fn an_unreachable_prometheus_is_inconclusive_for_every_prometheus_signal(c
     let subject = c.subject("errors30");
     let r = bounded(source.error_rate(&config.defaults.error_rate, &subject, "t", c.now())).await?;
     expect_inconclusive(&r, "unreachable")?;
-    let r = bounded(source.latency(&config.defaults.latency, &subject, "t", c.now())).await?;
+    let r = bounded(source.latency(&config.defaults.latency, None, &subject, "t", c.now())).await?;
     expect_inconclusive(&r, "unreachable")?;
     let rule = &config.defaults.rules[0];
     expect_inconclusive(

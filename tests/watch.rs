@@ -291,9 +291,11 @@ async fn traffic_below_the_minimum_rate_is_inconclusive_not_bad() {
     let v = verdicts(&seen);
     assert!(!v.iter().any(|v| v == "bad" || v == "suspect"), "{v:?}");
     let last = seen.last().expect("ticks");
-    match result_of(last, &SignalId::ErrorRate) {
-        Some(Outcome::Inconclusive { why }) => assert!(why.contains("request"), "{why}"),
-        other => panic!("expected inconclusive for low traffic, got {other:?}"),
+    for id in [SignalId::ErrorRate, SignalId::Latency] {
+        match result_of(last, &id) {
+            Some(Outcome::Inconclusive { why }) => assert!(why.contains("req"), "{why}"),
+            other => panic!("expected {id:?} inconclusive for low traffic, got {other:?}"),
+        }
     }
 }
 

@@ -134,8 +134,13 @@ impl Signals {
                 SignalId::Latency,
                 prom,
                 now,
-                self.prometheus
-                    .latency(&policy.latency, subject, cluster, now),
+                self.prometheus.latency(
+                    &policy.latency,
+                    policy.error_rate.enabled.then_some(&policy.error_rate),
+                    subject,
+                    cluster,
+                    now,
+                ),
             )));
         }
         for rule in &policy.rules {

@@ -424,9 +424,15 @@ impl PrometheusSource {
     }
 
     /// The latency figure of the revision, against `max` and the baseline.
+    ///
+    /// With `traffic` (the error-rate policy: its `total_query` and
+    /// `min_request_rate`), a quantile over too few requests is not a
+    /// latency figure: below the minimum rate the signal is Inconclusive,
+    /// and a baseline measured over too few requests is not used.
     pub async fn latency(
         &self,
         policy: &LatencyPolicy,
+        traffic: Option<&ErrorRatePolicy>,
         subject: &Subject,
         cluster: &str,
         now: Timestamp,
@@ -435,8 +441,19 @@ impl PrometheusSource {
         let current = Fill::current(subject, policy.window, cluster);
         let query = policy.query.fill(&current.placeholders());
         let baseline_fill = Fill::baseline(subject, policy.baseline_lookback, cluster);
-        let (measured, baseline) =
-            tokio::join!(self.query(&signal, CURRENT.single, &query, now), async {
+        let rate_of = |fill: &Fill, role: &'static str, at: Timestamp| {
+            let q = traffic.map(|t| t.total_query.fill(&fill.placeholders()));
+            let signal = signal.clone();
+            async move {
+                match q {
+                    Some(q) => Some(self.query(&signal, role, &q, at).await),
+                    None => None,
+                }
+            }
+        };
+        let (measured, baseline, current_rate, baseline_rate) = tokio::join!(
+            self.query(&signal, CURRENT.single, &query, now),
+            async {
                 match &baseline_fill {
                     Some(fill) => {
                         let q = policy.query.fill(&fill.placeholders());
@@ -447,14 +464,46 @@ impl PrometheusSource {
                     }
                     None => None,
                 }
-            });
-        let outcome = match measured {
-            Err(QueryError::NotFinite { value }) => Outcome::inconclusive(format!(
-                "revision {}: the latency query returned {value} (no requests in the window?)",
+            },
+            rate_of(&current, CURRENT.total, now),
+            async {
+                match &baseline_fill {
+                    Some(fill) => rate_of(fill, BASELINE.total, subject.rollout_started).await,
+                    None => None,
+                }
+            }
+        );
+        let min_rate = traffic.map(|t| t.min_request_rate).unwrap_or(0.0);
+        let too_quiet = |rate: &Option<Result<f64, QueryError>>| {
+            matches!(rate, Some(Ok(r)) if *r < min_rate)
+                || matches!(rate, Some(Err(QueryError::Empty)))
+        };
+        // A baseline over too few requests is noise: compare with max only.
+        let baseline = if too_quiet(&baseline_rate) {
+            None
+        } else {
+            baseline
+        };
+        let outcome = if too_quiet(&current_rate) {
+            let rate = match &current_rate {
+                Some(Ok(r)) => format!("{r:.2} req/s"),
+                _ => "no requests".to_string(),
+            };
+            Outcome::inconclusive(format!(
+                "revision {}: {rate} is below min_request_rate {min_rate} req/s: too few requests for a latency figure",
                 subject.revision
-            )),
-            Err(e) => Outcome::inconclusive(format!("revision {}: query: {e}", subject.revision)),
-            Ok(v) => judge_latency(policy, subject, v, baseline),
+            ))
+        } else {
+            match measured {
+                Err(QueryError::NotFinite { value }) => Outcome::inconclusive(format!(
+                    "revision {}: the latency query returned {value} (no requests in the window?)",
+                    subject.revision
+                )),
+                Err(e) => {
+                    Outcome::inconclusive(format!("revision {}: query: {e}", subject.revision))
+                }
+                Ok(v) => judge_latency(policy, subject, v, baseline),
+            }
         };
         SignalResult::new(signal, outcome, now)
     }

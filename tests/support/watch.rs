@@ -200,7 +200,9 @@ impl Scenario {
         }
     }
 
-    /// Waits until Prometheus has a request rate for the namespace's pods.
+    /// Waits until Prometheus has had a request rate for the namespace's
+    /// pods for a few seconds, so a baseline taken at a rollout that starts
+    /// now (timestamps are whole seconds) finds data.
     pub async fn wait_scraped(&self) {
         let client = prometheus_http_query::Client::try_from(self.prometheus_url.as_str())
             .expect("prom client");
@@ -210,7 +212,13 @@ impl Scenario {
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(result) = client.query(query.as_str()).get().await {
+            let three_seconds_ago = jiff::Timestamp::now().as_second() - 3;
+            if let Ok(result) = client
+                .query(query.as_str())
+                .at(three_seconds_ago)
+                .get()
+                .await
+            {
                 if let Some(v) = result.data().as_vector() {
                     if v.first().is_some_and(|s| s.sample().value() > 0.0) {
                         return;
