@@ -658,7 +658,16 @@ pub async fn run(
     let server = tokio::spawn(admin::serve(listener, admin_state.clone(), async move {
         let _ = admin_stopped.await;
     }));
-    let daemon = match Daemon::new(config, client, metrics, admin_state.clone()) {
+    let notifier = match notifier(&config, &metrics) {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let daemon = match Daemon::new(config.clone(), client, metrics, admin_state.clone())
+        .and_then(|d| d.with_pipeline(notifier.clone()))
+    {
         Ok(d) => d,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -667,6 +676,8 @@ pub async fn run(
     };
     let result = daemon.run(shutdown).await;
     admin_state.set_shutting_down();
+    // Deliver what is queued, within the shutdown grace.
+    notifier.shutdown(config.watchdog.shutdown_grace).await;
     let _ = stop_admin.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     match result {
@@ -676,6 +687,57 @@ pub async fn run(
             EXIT_FAILURE
         }
     }
+}
+
+/// The notifiers of `[[notify]]`: deliveries recorded in a ledger next to
+/// the audit log (a restart never resends a decision), outcomes counted in
+/// the metrics and written to the audit log.
+pub fn notifier(config: &Config, metrics: &Metrics) -> Result<crate::notify::Notifier, String> {
+    use crate::notify::{DeliveryOutcome, FileLedger, MetricsObserver};
+    let audit =
+        crate::audit::AuditLog::open(&config.watchdog.audit_log).map_err(|e| e.to_string())?;
+    let ledger_path = config
+        .watchdog
+        .audit_log
+        .parent()
+        .map(|dir| dir.join("notified.jsonl"))
+        .unwrap_or_else(|| std::path::PathBuf::from("notified.jsonl"));
+    let ledger = FileLedger::open(&ledger_path).map_err(|e| {
+        format!(
+            "{e} (the delivery ledger lives next to watchdog.audit_log: {})",
+            ledger_path.display()
+        )
+    })?;
+    crate::notify::Notifier::builder(&config.notify)
+        .ledger(Arc::new(ledger))
+        .observer(MetricsObserver(metrics.clone()))
+        .observer(move |o: &DeliveryOutcome| {
+            let target = o
+                .incident_id
+                .split('/')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("/");
+            let outcome = serde_json::to_value(o).unwrap_or_default();
+            let word = outcome
+                .get("result")
+                .and_then(|r| r.as_str())
+                .unwrap_or("delivery")
+                .to_string();
+            let line = crate::audit::AuditLine {
+                time: jiff::Timestamp::now().to_string(),
+                target,
+                rollback: o.incident_id.clone(),
+                step: "notify".into(),
+                outcome: word,
+                details: outcome,
+            };
+            if let Err(e) = audit.append(&line) {
+                tracing::warn!(error = %e, "cannot write a delivery outcome to the audit log");
+            }
+        })
+        .start()
+        .map_err(|e| e.to_string())
 }
 
 /// `rollback-watchdog status`: asks a running watchdog, or (`--once`)

@@ -603,6 +603,11 @@ struct SinkHandle {
     tx: Mutex<Option<mpsc::Sender<Queued>>>,
 }
 
+/// What the ledger records for an incident: its id and its kind.
+pub fn decision_key(incident: &Incident) -> String {
+    format!("{}#{}", incident.id, incident.kind.as_str())
+}
+
 /// Tells every configured sink about each decision, in the background.
 /// Build it with [`Notifier::builder`] inside a Tokio runtime, hand it to
 /// the pipeline as an [`IncidentSink`], and call [`Notifier::shutdown`]
@@ -714,7 +719,10 @@ async fn worker(
     cutoff: watch::Receiver<Option<Instant>>,
 ) {
     while let Some(Queued { incident, deadline }) = rx.recv().await {
-        let report = if ledger.already_delivered(&incident.id, &sink.name) {
+        // One decision is one incident in one state: `rollback_started` and
+        // `rollback_succeeded` of the same rollback are two messages.
+        let decision = decision_key(&incident);
+        let report = if ledger.already_delivered(&decision, &sink.name) {
             DeliveryReport {
                 attempts: 0,
                 failures: Vec::new(),
@@ -733,7 +741,7 @@ async fn worker(
         };
         match &report.result {
             DeliveryResult::Delivered => {
-                if let Err(e) = ledger.mark_delivered(&incident.id, &sink.name) {
+                if let Err(e) = ledger.mark_delivered(&decision, &sink.name) {
                     tracing::warn!(sink = %sink.name, incident = %incident.id, error = %e,
                         "delivered, but could not record it: a restart may send it again");
                 }

@@ -29,6 +29,7 @@ pub enum Prom<'a> {
 
 pub struct Scenario {
     pub sim: SimCluster,
+    pub config: Arc<Config>,
     pub own_prometheus: Option<PrometheusServer>,
     pub prometheus_url: String,
     pub ns: String,
@@ -133,22 +134,23 @@ impl Scenario {
         let prometheus_url = prometheus_url.as_str();
         let audit_dir = tempfile::tempdir().expect("tempdir");
         let audit = audit_dir.path().join("audit.jsonl");
-        let config = load(&config_toml(
+        let config = Arc::new(load(&config_toml(
             ns,
             prometheus_url,
             &audit.display().to_string(),
             extra,
-        ));
+        )));
         let (metrics, registry) = Metrics::new();
         let admin = AdminState::new(registry, Duration::from_secs(5));
         let daemon =
-            Daemon::new(Arc::new(config), client.clone(), metrics, admin.clone()).expect("daemon");
+            Daemon::new(config.clone(), client.clone(), metrics, admin.clone()).expect("daemon");
         daemon
             .wait_synced(Duration::from_secs(30))
             .await
             .expect("caches sync");
         let scenario = Scenario {
             sim,
+            config,
             prometheus_url: prometheus_url.to_string(),
             own_prometheus,
             ns: ns.to_string(),
@@ -159,6 +161,43 @@ impl Scenario {
         };
         scenario.wait_rolled_out("web:v1").await;
         scenario
+    }
+
+    /// Rebuilds the daemon so that it acts: the rollback pipeline (polling
+    /// fast) with the real notifiers of the config.
+    pub async fn with_pipeline(&mut self) {
+        let (metrics, registry) = Metrics::new();
+        self.admin = AdminState::new(registry, Duration::from_secs(5));
+        let notifier = Arc::new(
+            rollback_watchdog::commands::notifier(&self.config, &metrics).expect("notifiers"),
+        );
+        let ctx = rollback_watchdog::rollback::Context::new(
+            self.client.clone(),
+            self.config.clone(),
+            notifier.clone(),
+        )
+        .expect("pipeline context")
+        .with_poll_interval(Duration::from_millis(250));
+        self.daemon = Daemon::new(
+            self.config.clone(),
+            self.client.clone(),
+            metrics,
+            self.admin.clone(),
+        )
+        .expect("daemon")
+        .with_pipeline_context(ctx, notifier);
+        self.daemon
+            .wait_synced(Duration::from_secs(30))
+            .await
+            .expect("caches sync");
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.audit_dir.path().join("audit.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn deployments(&self) -> Api<Deployment> {

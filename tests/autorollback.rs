@@ -1,0 +1,335 @@
+//! The runbook run by itself: the real loop judges a bad deploy, runs the
+//! pipeline, and on-call hears about it through a real webhook receiver.
+//! A bad deploy is rolled back to the last known-good revision exactly
+//! once; a restored revision that turns bad escalates instead of looping.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use rollback_watchdog::judge::Verdict;
+use rollback_watchdog::rollback::RollbackResult;
+use rollback_watchdog::sim::{Behaviour, Behaviours, Crash};
+
+mod support;
+use support::prom::shared;
+use support::watch::{verdicts, Prom, Scenario, NAME};
+
+/// A webhook receiver on loopback: every JSON body it got.
+async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().expect("lock").push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
+fn events_received(got: &Arc<Mutex<Vec<serde_json::Value>>>) -> Vec<String> {
+    got.lock()
+        .expect("lock")
+        .iter()
+        .map(|b| b["event"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn extra(hook: &str) -> String {
+    format!(
+        "verify_window = \"4s\"\nrollout_timeout = \"60s\"\n\n[[notify]]\nkind = \"webhook\"\nname = \"oncall\"\nurl = \"{hook}\"\ndeadline = \"10s\"\n"
+    )
+}
+
+/// Template patches (`/spec/template`) sent to the Deployment.
+fn template_patches(s: &Scenario) -> usize {
+    s.sim
+        .request_log()
+        .entries()
+        .iter()
+        .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
+        .filter(|e| e.content_type.contains("json-patch"))
+        .count()
+}
+
+fn image_of(d: &k8s_openapi::api::apps::v1::Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_told_why() {
+    let prom = shared();
+    let (hook, got) = receiver().await;
+    // The [[notify]] table must follow the target's keys: a window short
+    // enough for v1 to become known-good first.
+    let extra = format!("watch_window = \"12s\"\n{}", extra(&hook));
+    let mut s = Scenario::start(
+        "auto-errors",
+        Prom::Url(&prom.url),
+        Behaviours::builtin(),
+        &extra,
+    )
+    .await;
+    prom.register(s.sim.scrape_target_handle());
+    s.with_pipeline().await;
+    s.wait_scraped().await;
+    // v1 survives its window: known-good.
+    let seen = s
+        .tick_until(40, |e| {
+            e.state.known_good.as_ref().is_some_and(|k| k.revision == 1)
+        })
+        .await;
+    assert!(
+        seen.last()
+            .and_then(|e| e.state.known_good.as_ref())
+            .is_some(),
+        "v1 never became known-good: {:?}",
+        verdicts(&seen)
+    );
+
+    s.deploy("web:v2-errors").await;
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    assert_eq!(
+        seen.last().and_then(|e| e.verdict()),
+        Some(Verdict::Bad),
+        "{:?}",
+        verdicts(&seen)
+    );
+    // The pipeline runs in the background while the loop goes on.
+    for _ in 0..60 {
+        s.tick().await;
+        if !s.daemon.pipelines_running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
+    s.tick().await;
+    let outcomes = s.daemon.take_outcomes();
+    assert_eq!(outcomes.len(), 1, "one rollback: {outcomes:?}");
+    let outcome = &outcomes[0];
+    assert_eq!(
+        outcome.result,
+        RollbackResult::Succeeded,
+        "{}",
+        outcome.why()
+    );
+
+    // The Deployment's template is v1's again.
+    let d = s.deployments().get(NAME).await.expect("get");
+    assert_eq!(image_of(&d), "web:v1");
+    let annotations = d.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        annotations
+            .get("rollback-watchdog.io/blocklist")
+            .is_some_and(|b| b.contains("web:v2-errors")),
+        "v2 is blocklisted: {annotations:?}"
+    );
+    assert!(
+        annotations
+            .get("kubernetes.io/change-cause")
+            .is_some_and(|c| c.contains("error ratio")),
+        "{annotations:?}"
+    );
+
+    // The backup holds the whole v2 Deployment.
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "rollback-watchdog");
+    let backups = cms
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=rollback-watchdog"))
+        .await
+        .expect("list backups");
+    assert_eq!(backups.items.len(), 1);
+    let data = backups.items[0].data.clone().unwrap_or_default();
+    let saved: serde_json::Value =
+        serde_json::from_str(data.get("deployment.json").expect("deployment.json")).expect("JSON");
+    assert_eq!(
+        saved["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:v2-errors"
+    );
+    assert_eq!(saved["metadata"]["name"], NAME);
+
+    // An audit line for every step; Events on the Deployment.
+    let steps: Vec<String> = s
+        .audit_lines()
+        .iter()
+        .filter(|l| l["rollback"] == serde_json::json!(outcome.incident.id))
+        .map(|l| l["step"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for step in ["validate", "backup", "update", "wait", "verify", "report"] {
+        assert!(
+            steps.iter().any(|s| s == step),
+            "no {step} line in {steps:?}"
+        );
+    }
+    let events = s.events();
+    for reason in ["RevisionBad", "RolledBack"] {
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "no {reason} Event: {events:?}"
+        );
+    }
+
+    // On-call was told: started, then succeeded, once each, with the why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !events_received(&got).contains(&"rollback_succeeded".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received {:?}",
+            events_received(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let received = events_received(&got);
+    assert_eq!(
+        received.iter().filter(|e| *e == "rollback_started").count(),
+        1,
+        "{received:?}"
+    );
+    assert_eq!(
+        received
+            .iter()
+            .filter(|e| *e == "rollback_succeeded")
+            .count(),
+        1,
+        "{received:?}"
+    );
+    let succeeded = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|b| b["event"] == "rollback_succeeded")
+        .cloned()
+        .expect("the message");
+    assert!(
+        succeeded["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error ratio")),
+        "{succeeded}"
+    );
+    assert_eq!(succeeded["to"]["images"][0], "web:v1");
+
+    // The restored revision is verified, not judged for another rollback.
+    let seen = s.tick_until(8, |_| false).await;
+    assert!(
+        !verdicts(&seen).iter().any(|v| v == "bad"),
+        "{:?}",
+        verdicts(&seen)
+    );
+    assert_eq!(template_patches(&s), 1, "exactly one rollback patch");
+}
+
+#[tokio::test]
+async fn a_crash_looping_deploy_is_rolled_back_without_prometheus_and_a_restored_revision_that_turns_bad_escalates(
+) {
+    let (hook, got) = receiver().await;
+    let behaviours = Behaviours::builtin();
+    let mut s = Scenario::start(
+        "auto-crash",
+        Prom::Url("http://127.0.0.1:1"),
+        behaviours.clone(),
+        &extra(&hook),
+    )
+    .await;
+    s.with_pipeline().await;
+    s.tick().await;
+    s.deploy("web:v2-crash").await;
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    assert_eq!(
+        seen.last().and_then(|e| e.verdict()),
+        Some(Verdict::Bad),
+        "{:?}",
+        verdicts(&seen)
+    );
+    for _ in 0..60 {
+        s.tick().await;
+        if !s.daemon.pipelines_running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
+    let outcomes = s.daemon.take_outcomes();
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(
+        outcomes[0].result,
+        RollbackResult::Succeeded,
+        "{}",
+        outcomes[0].why()
+    );
+    assert_eq!(
+        image_of(&s.deployments().get(NAME).await.expect("get")),
+        "web:v1"
+    );
+
+    // Now v1 itself starts crashing: no second automatic rollback, an
+    // escalation instead.
+    behaviours.set(
+        "web:v1",
+        Behaviour {
+            crash: Crash::CrashLoop,
+            ..Behaviour::default()
+        },
+    );
+    // Replace v1's pods so they pick up the new behaviour.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(s.client.clone(), "auto-crash");
+    pods.delete_collection(
+        &Default::default(),
+        &ListParams::default().labels("app=web"),
+    )
+    .await
+    .expect("delete pods");
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    assert_eq!(
+        seen.last().and_then(|e| e.verdict()),
+        Some(Verdict::Bad),
+        "{:?}",
+        verdicts(&seen)
+    );
+    s.tick_until(5, |_| false).await;
+    assert!(!s.daemon.pipelines_running());
+    assert!(s.daemon.take_outcomes().is_empty(), "no second pipeline");
+    assert_eq!(
+        template_patches(&s),
+        1,
+        "exactly one rollback patch, no loop"
+    );
+    assert!(
+        s.events().iter().any(|(r, _)| r == "RollbackEscalated"),
+        "{:?}",
+        s.events()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !events_received(&got).contains(&"escalation".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received {:?}",
+            events_received(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
