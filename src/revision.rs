@@ -175,10 +175,13 @@ pub enum Rollout {
     Pending { why: String },
 }
 
-/// Finds the current and previous revision among the ReplicaSets the
-/// Deployment controls (others are ignored).
-pub fn rollout(deployment: &Deployment, replicasets: &[Arc<ReplicaSet>]) -> Rollout {
-    let uid = deployment.uid().unwrap_or_default();
+/// The revisions of the ReplicaSets `d` controls (by owner uid; others are
+/// ignored), with their ReplicaSets, oldest first.
+pub fn owned_revisions<'a>(
+    d: &Deployment,
+    replicasets: &'a [Arc<ReplicaSet>],
+) -> Vec<(Revision, &'a ReplicaSet)> {
+    let uid = d.uid().unwrap_or_default();
     let mut owned: Vec<(Revision, &ReplicaSet)> = replicasets
         .iter()
         .filter(|rs| {
@@ -188,12 +191,19 @@ pub fn rollout(deployment: &Deployment, replicasets: &[Arc<ReplicaSet>]) -> Roll
         })
         .filter_map(|rs| Revision::of(rs).map(|r| (r, rs.as_ref())))
         .collect();
+    owned.sort_by_key(|(r, _)| r.number);
+    owned
+}
+
+/// Finds the current and previous revision among the ReplicaSets the
+/// Deployment controls (others are ignored).
+pub fn rollout(deployment: &Deployment, replicasets: &[Arc<ReplicaSet>]) -> Rollout {
+    let owned = owned_revisions(deployment, replicasets);
     if owned.is_empty() {
         return Rollout::Pending {
             why: "the Deployment has no ReplicaSet yet".into(),
         };
     }
-    owned.sort_by_key(|(r, _)| r.number);
     let wanted = deployment
         .spec
         .as_ref()

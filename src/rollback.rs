@@ -1150,7 +1150,7 @@ impl Pipeline {
                 .cloned()
         };
         let known_good = revision::known_good_of(&d).ok().flatten();
-        let owned = owned_revisions(&d, &replicasets);
+        let owned = revision::owned_revisions(&d, &replicasets);
         let current_template = d
             .spec
             .as_ref()
@@ -2403,25 +2403,6 @@ fn revision_ref(r: &Revision, known_good: bool) -> RevisionRef {
         images: r.images.clone(),
         known_good,
     }
-}
-
-/// The owned revisions of a Deployment with their ReplicaSets, oldest first.
-fn owned_revisions<'a>(
-    d: &Deployment,
-    replicasets: &'a [Arc<ReplicaSet>],
-) -> Vec<(Revision, &'a ReplicaSet)> {
-    let uid = d.uid().unwrap_or_default();
-    let mut owned: Vec<(Revision, &ReplicaSet)> = replicasets
-        .iter()
-        .filter(|rs| {
-            rs.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-        })
-        .filter_map(|rs| Revision::of(rs).map(|r| (r, rs.as_ref())))
-        .collect();
-    owned.sort_by_key(|(r, _)| r.number);
-    owned
 }
 
 fn template_value(t: &PodTemplateSpec) -> Value {
