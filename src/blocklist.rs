@@ -48,12 +48,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether this entry names the template with `hash` or exactly these
-    /// `images` (a template edited elsewhere but running the same images is
-    /// still the release that was rolled back).
-    pub fn matches(&self, hash: &str, images: &[String]) -> bool {
-        (!hash.is_empty() && self.pod_template_hash == hash)
-            || (!images.is_empty() && !self.images.is_empty() && self.images == images)
+    /// The same pod template: by `pod-template-hash` only. The images are
+    /// kept for people; matching on them would also condemn a fix that only
+    /// changed an env var or a config of the same image.
+    pub fn matches(&self, hash: &str, _images: &[String]) -> bool {
+        !hash.is_empty() && self.pod_template_hash == hash
     }
 }
 
@@ -123,11 +122,13 @@ mod tests {
     }
 
     #[test]
-    fn a_rolled_back_template_is_found_by_hash_or_by_images() {
+    fn a_rolled_back_template_is_found_by_its_hash_not_by_its_images() {
         let list = serde_json::to_string(&vec![entry("abc", "web:v2")]).unwrap();
         let d = deployment(&list);
         assert!(is_blocklisted(&d, "abc", &[]).is_some());
-        assert!(is_blocklisted(&d, "zzz", &["web:v2".into()]).is_some());
+        // The same images in another template (a config fix) is not the
+        // release that was rolled back.
+        assert!(is_blocklisted(&d, "zzz", &["web:v2".into()]).is_none());
         assert!(is_blocklisted(&d, "zzz", &["web:v3".into()]).is_none());
     }
 

@@ -253,7 +253,17 @@ impl Daemon {
             match task.await {
                 Ok(None) => {}
                 Ok(Some(outcome)) => {
-                    self.completed.insert(outcome.incident.id.clone());
+                    // Only a pipeline that went through Wait cleared its
+                    // in-flight record. One that failed at Update may still
+                    // have been applied (a timeout): its record, if any, is
+                    // resumed on a later tick.
+                    if outcome
+                        .steps
+                        .iter()
+                        .any(|st| st.step == rollback::Step::Wait)
+                    {
+                        self.completed.insert(outcome.incident.id.clone());
+                    }
                     let result = outcome_word(outcome.result);
                     self.metrics
                         .rollbacks
@@ -585,15 +595,29 @@ impl Daemon {
         if report_unverified {
             memory.unverified_reported = true;
         }
+        // Recorded only on a tick that is Healthy now, never while a
+        // rollback of this Deployment is in flight or after this revision
+        // was Bad or escalated: a known-good record is a rollback target.
+        let in_flight = matches!(rollback::in_flight_of(&target.deployment), Ok(Some(_)));
         let write_known_good = known_good.filter(|_| {
-            (adopted || verified) && !memory.known_good_reported && verdict_now != Verdict::Bad
+            (adopted || verified)
+                && verdict_now == Verdict::Healthy
+                && !memory.bad_in_window
+                && !memory.acted
+                && !in_flight
+                && !memory.known_good_reported
         });
 
         // What to do about the verdict: one decision per revision.
         let d = &target.deployment;
-        let own_rollback = rollback::rollbacks_of(d)
+        // Restored by the watchdog: its rollout started with one of our
+        // rollbacks, or it is the known-good revision a rollback restored
+        // (a restart can misjudge when a reused ReplicaSet took over).
+        let rollbacks = rollback::rollbacks_of(d);
+        let own_rollback = rollbacks
             .iter()
-            .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK);
+            .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
+            || (!rollbacks.is_empty() && state.current_is_known_good());
         let mut action = Action::None;
         if !self.running.contains_key(&target.uid()) && self.pipeline.is_some() {
             let memory = self.memory.entry(target.uid()).or_default();
@@ -603,6 +627,11 @@ impl Daemon {
             } else if let Some(request) = rollback::annotation_request(d).filter(|_| {
                 self.triggered_by.get(&target.uid()) != d.metadata.resource_version.as_ref()
             }) {
+                // Seen once per object version, valid or not: a malformed
+                // value is reported once and never blocks the verdict.
+                if let Some(rv) = d.metadata.resource_version.clone() {
+                    self.triggered_by.insert(target.uid(), rv);
+                }
                 action = Action::Annotation(request.map(Box::new));
             } else if verdict_now == Verdict::Bad && !memory.acted {
                 memory.acted = true;
@@ -620,6 +649,7 @@ impl Daemon {
                         detected_at: memory.detected_at,
                         policy: Some(target.policy.clone()),
                         blocklisted_redeploy: blocklisted.is_some(),
+                        judged_hash: Some(subject.pod_template_hash.clone()),
                         ..RollbackRequest::new(
                             &target.namespace,
                             &target.name,
@@ -667,8 +697,11 @@ impl Daemon {
             self.report(
                 target,
                 subject,
-                EventKind::Blind,
-                blind.sentence.clone(),
+                Report {
+                    kind: EventKind::Blind,
+                    reason: blind.sentence.clone(),
+                    episode: Some(blind.since),
+                },
                 results,
                 now,
             );
@@ -731,8 +764,11 @@ impl Daemon {
                 self.report(
                     target,
                     subject,
-                    EventKind::Escalation,
-                    sentence,
+                    Report {
+                        kind: EventKind::Escalation,
+                        reason: sentence,
+                        episode: None,
+                    },
                     results,
                     now,
                 );
@@ -747,8 +783,11 @@ impl Daemon {
                 self.report(
                     target,
                     subject,
-                    EventKind::DegradedOutsideWindow,
-                    sentence,
+                    Report {
+                        kind: EventKind::DegradedOutsideWindow,
+                        reason: sentence,
+                        episode: None,
+                    },
                     results,
                     now,
                 );
@@ -898,11 +937,15 @@ impl Daemon {
         &self,
         target: &WatchedDeployment,
         subject: &Subject,
-        kind: EventKind,
-        reason: String,
+        report: Report,
         results: &[SignalResult],
         now: Timestamp,
     ) {
+        let Report {
+            kind,
+            reason,
+            episode,
+        } = report;
         let Some(sink) = &self.sink else {
             return;
         };
@@ -911,13 +954,17 @@ impl Daemon {
         }
         let memory = self.memory.get(&target.uid());
         sink.emit(&Incident {
+            // Stable per revision and kind (per episode for blind), so the
+            // delivery ledger drops a repeat after a restart.
             id: format!(
-                "{}/{}/r{}/{}/{}",
+                "{}/{}/r{}/{}{}",
                 target.namespace,
                 target.name,
                 subject.revision,
                 kind.as_str(),
-                now.as_millisecond()
+                episode
+                    .map(|t| format!("/{}", t.as_second()))
+                    .unwrap_or_default()
             ),
             kind,
             cluster: self.config.watchdog.cluster_name.clone(),
@@ -951,6 +998,14 @@ impl Daemon {
             runbook_url: None,
         });
     }
+}
+
+/// A notice that is not a rollback: what, why, and for a blind report the
+/// episode it belongs to.
+struct Report {
+    kind: EventKind,
+    reason: String,
+    episode: Option<Timestamp>,
 }
 
 /// What a tick decided to do for one target.

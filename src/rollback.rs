@@ -128,6 +128,11 @@ pub struct RollbackRequest {
     /// The bad revision re-deploys a blocklisted template (flagged in the
     /// notifications).
     pub blocklisted_redeploy: bool,
+    /// The `pod-template-hash` the verdict was about. When the Deployment's
+    /// current revision is another one by the time Validate reads it (a
+    /// person deployed or undid meanwhile), the rollback is refused: a
+    /// verdict on one revision never rolls back another.
+    pub judged_hash: Option<String>,
 }
 
 impl RollbackRequest {
@@ -145,6 +150,7 @@ impl RollbackRequest {
             detected_at: None,
             policy: None,
             blocklisted_redeploy: false,
+            judged_hash: None,
         }
     }
 
@@ -752,8 +758,14 @@ impl Pipeline {
                             ));
                         }
                     };
+                    // Only the status may differ: annotations and labels
+                    // (a pause, a GitOps label, a rollback-to) do not move
+                    // the generation, so compare them too.
                     let same_spec = fresh.metadata.generation
                         == plan.deployment.metadata.generation
+                        && fresh.spec == plan.deployment.spec
+                        && fresh.metadata.labels == plan.deployment.metadata.labels
+                        && fresh.metadata.annotations == plan.deployment.metadata.annotations
                         && fresh.annotations().get(IN_FLIGHT).is_none();
                     if same_spec && attempt < STATUS_RACE_RETRIES {
                         attempt += 1;
@@ -1111,6 +1123,14 @@ impl Pipeline {
             Rollout::Known { current, previous } => (current, previous),
             Rollout::Pending { why } => return refuse(format!("{target}: the current revision is not known yet ({why}); try again when the rollout has started")),
         };
+        if let Some(judged) = &request.judged_hash {
+            if *judged != current.pod_template_hash {
+                return refuse(format!(
+                    "{target} changed since the verdict: the bad revision was {judged}, the current one is revision {} ({}); someone deployed meanwhile, so nothing is rolled back",
+                    current.number, current.pod_template_hash
+                ));
+            }
+        }
         let current_rs = replicasets
             .iter()
             .find(|rs| rs.name_any() == current.replica_set);

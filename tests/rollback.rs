@@ -281,9 +281,18 @@ async fn a_bad_revision_is_rolled_back_to_the_one_before_backed_up_audited_and_t
         serde_json::from_str(&annotation(&d, "rollback-watchdog.io/blocklist").unwrap()).unwrap();
     assert_eq!(blocklist[0]["images"], json!([V2]));
     assert_eq!(blocklist[0]["revision"], 2);
+    let hash = blocklist[0]["podTemplateHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        rollback_watchdog::blocklist::is_blocklisted(&d, "", &[V2.to_string()]).map(|e| e.revision),
+        rollback_watchdog::blocklist::is_blocklisted(&d, &hash, &[V2.to_string()])
+            .map(|e| e.revision),
         Some(2)
+    );
+    assert!(
+        rollback_watchdog::blocklist::is_blocklisted(&d, "other", &[V2.to_string()]).is_none(),
+        "the same image in another template is not blocklisted"
     );
     let history: Vec<String> = serde_json::from_str(&annotation(&d, ROLLBACKS).unwrap()).unwrap();
     assert_eq!(history.len(), 1);

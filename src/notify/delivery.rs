@@ -275,14 +275,17 @@ pub fn http_client() -> Result<reqwest::Client, NotifyError> {
 /// `Retry-After`: delay-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
     let value = value.trim();
+    // Clamped to a day: a receiver's absurd value must not overflow the
+    // deadline arithmetic (the deadline gives up long before anyway).
+    const MAX_SECS: u64 = 86_400;
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs.min(MAX_SECS)));
     }
     let at = jiff::fmt::rfc2822::DateTimeParser::new()
         .parse_timestamp(value)
         .ok()?;
     let secs = (at - now).total(jiff::Unit::Second).ok()?;
-    Some(Duration::from_secs_f64(secs.max(0.0)))
+    Some(Duration::from_secs_f64(secs.clamp(0.0, MAX_SECS as f64)))
 }
 
 struct Failure {
@@ -882,6 +885,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(86_400))
+        );
     }
 
     #[test]

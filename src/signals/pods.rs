@@ -44,7 +44,10 @@ struct PodProblem {
 /// Judges the revision's pods. One result, always.
 pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) -> SignalResult {
     let pods = &subject.pods;
-    let problems: Vec<PodProblem> = pods.iter().filter_map(|pod| problem(policy, pod)).collect();
+    let problems: Vec<PodProblem> = pods
+        .iter()
+        .filter_map(|pod| problem(policy, pod, subject.rollout_started))
+        .collect();
     let reasons: Vec<String> = problems
         .iter()
         .flat_map(|p| p.reasons.iter().cloned())
@@ -104,8 +107,10 @@ pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) ->
     SignalResult::new(SignalId::Pods, outcome, now).with_pods(finding)
 }
 
-/// Why `pod` is crashing, or None when it is not.
-fn problem(policy: &PodsPolicy, pod: &Pod) -> Option<PodProblem> {
+/// Why `pod` is crashing, or None when it is not. A last-terminated state
+/// that ended before the revision's rollout started (an old pod of a
+/// restored revision, OOM-killed days ago) is history, not evidence.
+fn problem(policy: &PodsPolicy, pod: &Pod, since: jiff::Timestamp) -> Option<PodProblem> {
     let status = pod.status.as_ref()?;
     let containers = status
         .container_statuses
@@ -116,7 +121,7 @@ fn problem(policy: &PodsPolicy, pod: &Pod) -> Option<PodProblem> {
     let mut restarts = 0;
     for c in containers {
         restarts = restarts.max(c.restart_count);
-        for reason in container_reasons(c) {
+        for reason in container_reasons(c, since) {
             if policy.crash_reasons.iter().any(|r| r == reason) {
                 reasons.insert(reason.to_owned());
             }
@@ -135,7 +140,7 @@ fn problem(policy: &PodsPolicy, pod: &Pod) -> Option<PodProblem> {
 }
 
 /// Waiting, terminated and last-terminated reasons of one container.
-fn container_reasons(c: &ContainerStatus) -> impl Iterator<Item = &str> {
+fn container_reasons(c: &ContainerStatus, since: jiff::Timestamp) -> impl Iterator<Item = &str> {
     let state = c.state.as_ref();
     let waiting = state
         .and_then(|s| s.waiting.as_ref())
@@ -147,6 +152,7 @@ fn container_reasons(c: &ContainerStatus) -> impl Iterator<Item = &str> {
         .last_state
         .as_ref()
         .and_then(|s| s.terminated.as_ref())
+        .filter(|t| t.finished_at.as_ref().is_none_or(|f| f.0 >= since))
         .and_then(|t| t.reason.as_deref());
     [waiting, terminated, last].into_iter().flatten()
 }
