@@ -611,8 +611,9 @@ async fn summary(
     row(
         "backed up",
         format!(
-            "ConfigMap {backup}: the full Deployment as it was before the rollback ({saved_image}, resourceVersion {}, status included) and the rollback record",
-            saved.metadata.resource_version.unwrap_or_default()
+            "ConfigMap {backup}: the full Deployment as it was before the rollback ({saved_image}, resourceVersion {}{}) and the rollback record",
+            saved.metadata.resource_version.clone().unwrap_or_default(),
+            if saved.status.is_some() { ", status included" } else { "" }
         ),
     );
     row(
