@@ -1,7 +1,6 @@
 //! The command line: every subcommand with its arguments and help, and the
-//! commands that need nothing but the config (`check-config`). Commands
-//! whose behaviour arrives with a later issue say so and exit with
-//! [`EXIT_NOT_AVAILABLE`]; they never pretend to work.
+//! commands that need nothing but the config (`check-config`,
+//! `notify-test`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,8 +18,6 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// The config (or the command line) is wrong: fix it and run again.
 pub const EXIT_CONFIG: u8 = 2;
-/// The subcommand exists but its behaviour has not been built yet.
-pub const EXIT_NOT_AVAILABLE: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,8 +27,7 @@ pub const EXIT_NOT_AVAILABLE: u8 = 3;
     long_about = "Watches Kubernetes Deployments after each rollout, judges the new revision from \
                   Prometheus metrics, health probes and pod states, and when it is bad runs the \
                   rollback runbook: validate, back up, roll back, wait, verify, audit, notify.",
-    after_help = "Exit codes: 0 success, 1 runtime failure, 2 invalid config or command line, \
-                  3 subcommand not available yet."
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 invalid config or command line."
 )]
 pub struct Cli {
     /// Config file (TOML). Keys can also be set with ROLLBACK_WATCHDOG_<SECTION>__<KEY>.
@@ -86,7 +82,7 @@ pub enum Command {
         sink: Option<usize>,
     },
     /// The whole story on the simulated cluster: a bad deploy detected and rolled back, in under a minute.
-    Demo,
+    Demo(DemoArgs),
     /// Run the simulated cluster on its own, for kubectl and for `run`, until Ctrl-C.
     Sim(SimArgs),
 }
@@ -155,6 +151,22 @@ pub struct RestoreArgs {
     /// Validate and print the patch, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Act as if Prometheus were not installed: judge from the pod and health signals only
+    /// (the bad v2 then crash-loops instead of answering errors). The variable takes 1/0, true/false.
+    #[arg(long, env = "ROLLBACK_WATCHDOG_DEMO_NO_PROMETHEUS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_prometheus: bool,
+}
+
+impl DemoArgs {
+    pub fn options(&self) -> crate::demo::DemoOptions {
+        crate::demo::DemoOptions {
+            no_prometheus: self.no_prometheus,
+        }
+    }
 }
 
 /// Arguments of `rollback-watchdog sim`, handed as they are to the
@@ -314,38 +326,10 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::Validate { .. } => "validate",
             Command::NotifyTest { .. } => "notify-test",
-            Command::Demo => "demo",
+            Command::Demo(_) => "demo",
             Command::Sim(_) => "sim",
         }
     }
-
-    /// For a subcommand not built yet, the issue that brings it.
-    pub fn arrives_with(&self) -> Option<&'static str> {
-        match self {
-            Command::CheckConfig(_)
-            | Command::Sim(_)
-            | Command::Run
-            | Command::Status(_)
-            | Command::History { .. }
-            | Command::Rollback(_)
-            | Command::Restore(_)
-            | Command::Validate { .. }
-            | Command::NotifyTest { .. } => None,
-            Command::Demo => Some("issue 4 (the rollback pipeline)"),
-        }
-    }
-}
-
-/// Says plainly that `command` is not built yet; returns [`EXIT_NOT_AVAILABLE`].
-pub fn not_available(command: &Command, err: &mut dyn Write) -> u8 {
-    let when = command.arrives_with().unwrap_or("a later issue");
-    // Nothing useful can be done if stderr is gone; the exit code still says it.
-    let _ = writeln!(
-        err,
-        "rollback-watchdog {} is not available yet: it arrives with {when}",
-        command.name()
-    );
-    EXIT_NOT_AVAILABLE
 }
 
 /// `check-config`: the effective config, redacted, on `out`; warnings and
@@ -489,17 +473,6 @@ mod tests {
                 .parse::<DeploymentRef>()
                 .map(|r| r.to_string()),
             Ok("production/kailash-kaizen".to_string())
-        );
-    }
-
-    #[test]
-    fn every_subcommand_but_check_config_says_when_it_arrives() {
-        let cli = Cli::try_parse_from(["rollback-watchdog", "demo"]).unwrap();
-        let mut err = Vec::new();
-        assert_eq!(not_available(&cli.command, &mut err), EXIT_NOT_AVAILABLE);
-        assert_eq!(
-            String::from_utf8(err).unwrap(),
-            "rollback-watchdog demo is not available yet: it arrives with issue 4 (the rollback pipeline)\n"
         );
     }
 }

@@ -1,5 +1,5 @@
 //! The binary: parse the command line, start logging, hand over to the
-//! library. Exit codes are documented in `cli` (0, 1, 2 config, 3 not yet).
+//! library. Exit codes are documented in `cli` (0, 1, 2 config).
 
 use std::process::ExitCode;
 
@@ -10,7 +10,14 @@ use rollback_watchdog::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = telemetry::init(cli.log_format, cli.log.as_deref()) {
+    // The demo's story is its stdout; unless asked, stderr only carries trouble.
+    let demo_quiet = matches!(cli.command, Command::Demo(_))
+        && std::env::var("RUST_LOG").map_or(true, |v| v.trim().is_empty());
+    let filter = cli
+        .log
+        .as_deref()
+        .or(demo_quiet.then_some(rollback_watchdog::demo::LOG_FILTER));
+    if let Err(e) = telemetry::init(cli.log_format, filter) {
         eprintln!("rollback-watchdog: {e}");
         return ExitCode::from(cli::EXIT_CONFIG);
     }
@@ -92,6 +99,20 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             ))
         }
         Command::NotifyTest { sink } => cli::notify_test(&cli.config, *sink, &mut out, &mut err),
-        other => cli::not_available(other, &mut err),
+        Command::Demo(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(rollback_watchdog::demo::run(
+                args.options(),
+                Box::new(std::io::stdout()),
+            ));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            match result {
+                Ok(_) => cli::EXIT_OK,
+                Err(e) => {
+                    eprintln!("rollback-watchdog demo failed: {e}");
+                    cli::EXIT_FAILURE
+                }
+            }
+        }
     })
 }
