@@ -540,7 +540,12 @@ async fn summary(
             "the backup ConfigMap {backup} holds a Deployment running {saved_image}, not {bad}"
         )));
     }
-    let blocklisted = crate::blocklist::is_blocklisted(&d, "", &[bad.to_string()]);
+    let bad_hash = incident
+        .from
+        .as_ref()
+        .map(|f| f.pod_template_hash.clone())
+        .unwrap_or_default();
+    let blocklisted = crate::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
 
     let detect = incident.time_to_detect().or_else(|| {
         watch
@@ -885,7 +890,7 @@ impl Watcher {
             let state = match &r.outcome {
                 Outcome::Pass { .. } => "pass",
                 Outcome::Fail { .. } => "FAIL",
-                Outcome::Inconclusive { .. } => "????",
+                Outcome::Inconclusive { .. } => "n/a ",
             };
             let ticks = judge_state.map_or(0, |s| s.failing_ticks(&r.signal));
             let id = r.signal.id();

@@ -487,10 +487,10 @@ impl PrometheusSource {
         let outcome = if too_quiet(&current_rate) {
             let rate = match &current_rate {
                 Some(Ok(r)) => format!("{r:.2} req/s"),
-                _ => "no requests".to_string(),
+                _ => "no requests yet".to_string(),
             };
             Outcome::inconclusive(format!(
-                "revision {}: {rate} is below min_request_rate {min_rate} req/s: too few requests for a latency figure",
+                "revision {}: {rate}, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
                 subject.revision
             ))
         } else {
