@@ -227,6 +227,23 @@ async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_t
         "{succeeded}"
     );
     assert_eq!(succeeded["to"]["images"][0], "web:v1");
+    // Delivery outcomes are in the audit log too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let delivered = s
+            .audit_lines()
+            .iter()
+            .filter(|l| l["step"] == "notify" && l["outcome"] == "delivered")
+            .count();
+        if delivered >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery lines: {delivered}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The restored revision is verified, not judged for another rollback.
     let seen = s.tick_until(8, |_| false).await;
