@@ -761,9 +761,7 @@ impl Pipeline {
                     // Only the status may differ: annotations and labels
                     // (a pause, a GitOps label, a rollback-to) do not move
                     // the generation, so compare them too.
-                    let same_spec = fresh.metadata.generation
-                        == plan.deployment.metadata.generation
-                        && fresh.spec == plan.deployment.spec
+                    let same_spec = without_replicas(&fresh) == without_replicas(&plan.deployment)
                         && fresh.metadata.labels == plan.deployment.metadata.labels
                         && fresh.metadata.annotations == plan.deployment.metadata.annotations
                         && fresh.annotations().get(IN_FLIGHT).is_none();
@@ -1387,7 +1385,7 @@ impl Pipeline {
         loop {
             match self.get(ns, name).await {
                 Ok(Some(d)) => {
-                    if d.metadata.generation.unwrap_or(0) > in_flight.generation {
+                    if self.changed_by_someone(&d, &in_flight).await {
                         return Waited::Superseded(format!(
                             "{target} was changed by someone else during the rollout (generation {} > {}); the watchdog stops and does not touch it",
                             d.metadata.generation.unwrap_or(0), in_flight.generation
@@ -1488,7 +1486,7 @@ impl Pipeline {
                     rolled_out.clone()
                 }
             };
-            if d.metadata.generation.unwrap_or(0) > in_flight.generation {
+            if self.changed_by_someone(&d, &in_flight).await {
                 return Verified::Superseded(format!(
                     "{target} was changed by someone else during verification; the watchdog stops and does not touch it"), Box::new(d));
             }
@@ -2032,6 +2030,34 @@ impl Pipeline {
     async fn replicasets(&self, d: &Deployment) -> Result<Vec<Arc<ReplicaSet>>, RollbackError> {
         self.reader().replicasets(d).await
     }
+
+    /// Whether someone changed what the rollback put in place. A higher
+    /// generation alone is not enough: a HorizontalPodAutoscaler scaling
+    /// the Deployment moves it too. Someone deployed when the template is
+    /// no longer the restored revision's, or the rollout was paused; when
+    /// that cannot be read, assume someone did (and stop, touching nothing).
+    async fn changed_by_someone(&self, d: &Deployment, in_flight: &InFlight) -> bool {
+        if d.metadata.generation.unwrap_or(0) <= in_flight.generation {
+            return false;
+        }
+        let Some(spec) = d.spec.as_ref() else {
+            return true;
+        };
+        if spec.paused == Some(true) {
+            return true;
+        }
+        let Ok(replicasets) = self.replicasets(d).await else {
+            return true;
+        };
+        let restored = revision::owned_revisions(d, &replicasets)
+            .into_iter()
+            .find(|(r, _)| r.pod_template_hash == in_flight.to.pod_template_hash)
+            .and_then(|(_, rs)| rs.spec.as_ref().and_then(|s| s.template.clone()));
+        match restored {
+            Some(template) => template_value(&template) != template_value(&spec.template),
+            None => true,
+        }
+    }
 }
 
 /// The pipeline's reads of the cluster, each bounded by a timeout. Also
@@ -2423,6 +2449,14 @@ fn revision_ref(r: &Revision, known_good: bool) -> RevisionRef {
         images: r.images.clone(),
         known_good,
     }
+}
+
+/// The spec without `replicas`: an autoscaler's change, not a deploy.
+fn without_replicas(d: &Deployment) -> Option<k8s_openapi::api::apps::v1::DeploymentSpec> {
+    d.spec.clone().map(|mut s| {
+        s.replicas = None;
+        s
+    })
 }
 
 fn template_value(t: &PodTemplateSpec) -> Value {

@@ -861,3 +861,43 @@ async fn the_cli_rolls_back_restores_and_shows_history_like_kubectl() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn an_autoscaler_scaling_during_the_rollout_is_not_a_human_deploy() {
+    let w = world("").await;
+    let sink = Collected::default();
+    let pipeline = w.pipeline(&sink);
+    let mut plan = pipeline.plan(verdict("pods crash")).await.expect("valid");
+    pipeline.backup(&mut plan).await.expect("backed up");
+    pipeline.update(&mut plan).await.expect("patched");
+    // An HPA scales the Deployment right after the patch: the generation
+    // moves, the template does not.
+    let d = w.deployment().await;
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(
+        w.sim.client().await.expect("client"),
+        &d.metadata.namespace.clone().unwrap_or_default(),
+    );
+    api.patch_scale(
+        &d.metadata.name.clone().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 4}})),
+    )
+    .await
+    .expect("scaled");
+    let d = w.deployment().await;
+    let outcome = pipeline.resume(&d).await.expect("resumed");
+    assert_eq!(
+        outcome.result,
+        RollbackResult::Succeeded,
+        "{:#?}",
+        outcome.steps
+    );
+    let d = w.deployment().await;
+    assert_eq!(image(&d), V1);
+    assert_eq!(
+        d.spec.as_ref().and_then(|s| s.replicas),
+        Some(4),
+        "the autoscaler's count is kept"
+    );
+    assert_eq!(w.json_patches(), [200], "exactly one template patch");
+}
