@@ -1385,7 +1385,7 @@ impl Pipeline {
         loop {
             match self.get(ns, name).await {
                 Ok(Some(d)) => {
-                    if self.changed_by_someone(&d, &in_flight).await {
+                    if self.changed_by_someone(&d, in_flight).await {
                         return Waited::Superseded(format!(
                             "{target} was changed by someone else during the rollout (generation {} > {}); the watchdog stops and does not touch it",
                             d.metadata.generation.unwrap_or(0), in_flight.generation
