@@ -1486,7 +1486,7 @@ impl Pipeline {
                     rolled_out.clone()
                 }
             };
-            if self.changed_by_someone(&d, &in_flight).await {
+            if self.changed_by_someone(&d, in_flight).await {
                 return Verified::Superseded(format!(
                     "{target} was changed by someone else during verification; the watchdog stops and does not touch it"), Box::new(d));
             }
