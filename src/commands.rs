@@ -95,6 +95,18 @@ pub fn load_config(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
     }
 }
 
+/// The config and a client, each failure printed; the exit code on failure.
+async fn setup(config_path: &Path, err: &mut dyn Write) -> Result<(Config, Client), u8> {
+    let config = load_config(config_path, err)?;
+    match connect().await {
+        Ok(client) => Ok((config, client)),
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            Err(EXIT_FAILURE)
+        }
+    }
+}
+
 /// `kube::Client::try_default()` (KUBECONFIG or in-cluster), bounded.
 pub async fn connect() -> Result<Client, CommandError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, Client::try_default()).await {
@@ -372,16 +384,9 @@ pub async fn history(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let config = match load_config(config_path, err) {
-        Ok(c) => c,
+    let (config, client) = match setup(config_path, err).await {
+        Ok(v) => v,
         Err(code) => return code,
-    };
-    let client = match connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
     };
     let reader = Reader::new(client.clone(), API_TIMEOUT);
     let d = match reader.deployment(&target.namespace, &target.name).await {
@@ -535,16 +540,9 @@ pub async fn validate(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let config = match load_config(config_path, err) {
-        Ok(c) => c,
+    let (config, client) = match setup(config_path, err).await {
+        Ok(v) => v,
         Err(code) => return code,
-    };
-    let client = match connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
     };
     let reader = Reader::new(client, API_TIMEOUT);
     let d = match reader.deployment(&target.namespace, &target.name).await {
@@ -634,16 +632,9 @@ pub async fn run(
     err: &mut (dyn Write + Send),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> u8 {
-    let config = match load_config(config_path, err) {
-        Ok(c) => Arc::new(c),
+    let (config, client) = match setup(config_path, err).await {
+        Ok((config, client)) => (Arc::new(config), client),
         Err(code) => return code,
-    };
-    let client = match connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
     };
     let (metrics, registry) = Metrics::new();
     let admin_state = AdminState::new(registry, config.admin.request_timeout);
@@ -806,11 +797,8 @@ async fn fetch(url: &str) -> Result<StatusReport, reqwest::Error> {
 }
 
 async fn evaluate_once(config_path: &Path, err: &mut dyn Write) -> Result<StatusReport, u8> {
-    let config = Arc::new(load_config(config_path, err)?);
-    let client = connect().await.map_err(|e| {
-        let _ = writeln!(err, "error: {e}");
-        EXIT_FAILURE
-    })?;
+    let (config, client) = setup(config_path, err).await?;
+    let config = Arc::new(config);
     let (metrics, registry) = Metrics::new();
     let admin_state = AdminState::new(registry, config.admin.request_timeout);
     // One evaluation acts on nothing: no Events, no known-good writes.

@@ -74,6 +74,32 @@ fn image_of(d: &k8s_openapi::api::apps::v1::Deployment) -> String {
         .unwrap_or_default()
 }
 
+/// Ticks until the verdict is Bad, then goes on ticking while the pipeline
+/// runs in the background; returns the finished pipelines.
+async fn judged_bad_and_rolled_back(
+    s: &mut Scenario,
+) -> Vec<rollback_watchdog::rollback::RollbackOutcome> {
+    let seen = s
+        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
+        .await;
+    assert_eq!(
+        seen.last().and_then(|e| e.verdict()),
+        Some(Verdict::Bad),
+        "{:?}",
+        verdicts(&seen)
+    );
+    for _ in 0..60 {
+        s.tick().await;
+        if !s.daemon.pipelines_running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
+    s.tick().await;
+    s.daemon.take_outcomes()
+}
+
 #[tokio::test]
 async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_told_why() {
     let prom = shared();
@@ -106,26 +132,7 @@ async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_t
     );
 
     s.deploy("web:v2-errors").await;
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
-    assert_eq!(
-        seen.last().and_then(|e| e.verdict()),
-        Some(Verdict::Bad),
-        "{:?}",
-        verdicts(&seen)
-    );
-    // The pipeline runs in the background while the loop goes on.
-    for _ in 0..60 {
-        s.tick().await;
-        if !s.daemon.pipelines_running() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
-    s.tick().await;
-    let outcomes = s.daemon.take_outcomes();
+    let outcomes = judged_bad_and_rolled_back(&mut s).await;
     assert_eq!(outcomes.len(), 1, "one rollback: {outcomes:?}");
     let outcome = &outcomes[0];
     assert_eq!(
@@ -270,24 +277,7 @@ async fn a_crash_looping_deploy_is_rolled_back_without_prometheus_and_a_restored
     s.with_pipeline().await;
     s.tick().await;
     s.deploy("web:v2-crash").await;
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
-    assert_eq!(
-        seen.last().and_then(|e| e.verdict()),
-        Some(Verdict::Bad),
-        "{:?}",
-        verdicts(&seen)
-    );
-    for _ in 0..60 {
-        s.tick().await;
-        if !s.daemon.pipelines_running() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
-    let outcomes = s.daemon.take_outcomes();
+    let outcomes = judged_bad_and_rolled_back(&mut s).await;
     assert_eq!(outcomes.len(), 1, "{outcomes:?}");
     assert_eq!(
         outcomes[0].result,
