@@ -107,6 +107,29 @@ async fn setup(config_path: &Path, err: &mut dyn Write) -> Result<(Config, Clien
     }
 }
 
+/// The Deployment `target`, or the exit code after saying why it cannot
+/// be read (not found names the object and what to check).
+async fn fetch_deployment(
+    reader: &Reader,
+    target: &DeploymentRef,
+    err: &mut dyn Write,
+) -> Result<k8s_openapi::api::apps::v1::Deployment, u8> {
+    match reader.deployment(&target.namespace, &target.name).await {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => {
+            let _ = writeln!(
+                err,
+                "error: {target}: Deployment not found; check the namespace and name"
+            );
+            Err(EXIT_FAILURE)
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            Err(EXIT_FAILURE)
+        }
+    }
+}
+
 /// `kube::Client::try_default()` (KUBECONFIG or in-cluster), bounded.
 pub async fn connect() -> Result<Client, CommandError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, Client::try_default()).await {
@@ -389,19 +412,9 @@ pub async fn history(
         Err(code) => return code,
     };
     let reader = Reader::new(client.clone(), API_TIMEOUT);
-    let d = match reader.deployment(&target.namespace, &target.name).await {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            let _ = writeln!(
-                err,
-                "error: {target}: Deployment not found; check the namespace and name"
-            );
-            return EXIT_FAILURE;
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
+    let d = match fetch_deployment(&reader, target, err).await {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let replicasets = match reader.replicasets(&d).await {
         Ok(r) => r,
@@ -545,19 +558,9 @@ pub async fn validate(
         Err(code) => return code,
     };
     let reader = Reader::new(client, API_TIMEOUT);
-    let d = match reader.deployment(&target.namespace, &target.name).await {
-        Ok(Some(d)) => d,
-        Ok(None) => {
-            let _ = writeln!(
-                err,
-                "error: {target}: Deployment not found; check the namespace and name"
-            );
-            return EXIT_FAILURE;
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
+    let d = match fetch_deployment(&reader, target, err).await {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let signals = match crate::signals::Signals::from_config(&config) {
         Ok(s) => Some(s),

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
-use rollback_watchdog::judge::Verdict;
 use rollback_watchdog::rollback::RollbackResult;
 use rollback_watchdog::sim::{Behaviour, Behaviours, Crash};
 
@@ -79,15 +78,7 @@ fn image_of(d: &k8s_openapi::api::apps::v1::Deployment) -> String {
 async fn judged_bad_and_rolled_back(
     s: &mut Scenario,
 ) -> Vec<rollback_watchdog::rollback::RollbackOutcome> {
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
-    assert_eq!(
-        seen.last().and_then(|e| e.verdict()),
-        Some(Verdict::Bad),
-        "{:?}",
-        verdicts(&seen)
-    );
+    s.tick_until_bad(40).await;
     for _ in 0..60 {
         s.tick().await;
         if !s.daemon.pipelines_running() {
@@ -308,15 +299,7 @@ async fn a_crash_looping_deploy_is_rolled_back_without_prometheus_and_a_restored
     )
     .await
     .expect("delete pods");
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
-    assert_eq!(
-        seen.last().and_then(|e| e.verdict()),
-        Some(Verdict::Bad),
-        "{:?}",
-        verdicts(&seen)
-    );
+    s.tick_until_bad(40).await;
     s.tick_until(5, |_| false).await;
     assert!(!s.daemon.pipelines_running());
     assert!(s.daemon.take_outcomes().is_empty(), "no second pipeline");

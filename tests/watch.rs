@@ -69,16 +69,8 @@ async fn a_revision_with_critical_errors_is_judged_bad_naming_the_error_ratio() 
     prom.register(s.sim.scrape_target_handle());
     s.wait_scraped().await;
     s.deploy("web:v2-errors").await;
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
+    let seen = s.tick_until_bad(40).await;
     let last = seen.last().expect("ticks");
-    assert_eq!(
-        last.verdict(),
-        Some(Verdict::Bad),
-        "verdicts: {:?}",
-        verdicts(&seen)
-    );
     // Three consecutive failing ticks of the error ratio, not fewer.
     let failing: Vec<bool> = seen
         .iter()
@@ -125,16 +117,8 @@ async fn a_revision_more_than_50_percent_slower_than_its_baseline_is_bad() {
     prom.register(s.sim.scrape_target_handle());
     s.wait_scraped().await;
     s.deploy("web:v2-slow").await;
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
+    let seen = s.tick_until_bad(40).await;
     let last = seen.last().expect("ticks");
-    assert_eq!(
-        last.verdict(),
-        Some(Verdict::Bad),
-        "verdicts: {:?}",
-        verdicts(&seen)
-    );
     let Some(Outcome::Fail {
         measured, baseline, ..
     }) = result_of(last, &SignalId::Latency)
@@ -211,16 +195,8 @@ async fn a_crash_looping_revision_is_bad_from_the_pod_signal_with_prometheus_sto
     )
     .await;
     s.deploy("web:v2-crash").await;
-    let seen = s
-        .tick_until(40, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
+    let seen = s.tick_until_bad(40).await;
     let last = seen.last().expect("ticks");
-    assert_eq!(
-        last.verdict(),
-        Some(Verdict::Bad),
-        "verdicts: {:?}",
-        verdicts(&seen)
-    );
     assert!(matches!(
         result_of(last, &SignalId::Pods),
         Some(Outcome::Fail { .. })
@@ -341,16 +317,8 @@ async fn failing_health_on_the_new_pods_only_is_bad_through_per_pod_probes() {
         first.results
     );
     s.deploy("web:v2-sick").await;
-    let seen = s
-        .tick_until(30, |e| e.verdict() == Some(Verdict::Bad))
-        .await;
+    let seen = s.tick_until_bad(30).await;
     let last = seen.last().expect("ticks");
-    assert_eq!(
-        last.verdict(),
-        Some(Verdict::Bad),
-        "verdicts: {:?}",
-        verdicts(&seen)
-    );
     assert!(matches!(
         result_of(last, &per_pod),
         Some(Outcome::Fail { .. })

@@ -302,6 +302,23 @@ impl Scenario {
         seen
     }
 
+    /// Ticks (at most `max`) until the verdict is Bad, asserting it got
+    /// there; every evaluation made.
+    pub async fn tick_until_bad(&mut self, max: usize) -> Vec<Evaluation> {
+        let seen = self
+            .tick_until(max, |e| {
+                e.verdict() == Some(rollback_watchdog::judge::Verdict::Bad)
+            })
+            .await;
+        assert_eq!(
+            seen.last().and_then(|e| e.verdict()),
+            Some(rollback_watchdog::judge::Verdict::Bad),
+            "never Bad; verdicts: {:?}",
+            verdicts(&seen)
+        );
+        seen
+    }
+
     /// The Events recorded on `web`, as (reason, note).
     pub fn events(&self) -> Vec<(String, String)> {
         let (items, _) = self
