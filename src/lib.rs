@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod incident;
 pub mod judge;
+pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod revision;
