@@ -24,6 +24,7 @@ use crate::cli::{
 use crate::config::{Config, ConfigError, Loader};
 use crate::daemon::Daemon;
 use crate::incident::{IncidentSink, Trigger};
+use crate::lease::{Elector, Leadership, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::revision::{self, Revision};
 use crate::rollback::{
@@ -358,6 +359,9 @@ fn result_word(r: RollbackResult) -> &'static str {
         RollbackResult::Conflict => "stopped on a conflict",
         RollbackResult::Failed => "failed",
         RollbackResult::Escalated => "ESCALATED",
+        RollbackResult::HandedOver => {
+            "stopped before its next write (not the leader, or shutting down)"
+        }
     }
 }
 
@@ -659,7 +663,20 @@ pub async fn run(
             return EXIT_FAILURE;
         }
     };
-    let daemon = match Daemon::new(config.clone(), client, metrics, admin_state.clone())
+    // Leader election: only the Lease holder acts; the others evaluate.
+    let (stop_elector, elector_stop) = tokio::sync::watch::channel(false);
+    let (leadership, elector) = if config.leader_election.enabled {
+        let elector = Elector::new(client.clone(), LeaseSettings::from_config(&config))
+            .with_gauge(metrics.leader.clone());
+        tracing::info!(identity = %elector.identity(), "leader election on: this replica acts only while it holds the Lease");
+        let leadership = elector.leadership();
+        (leadership, Some(tokio::spawn(elector.run(elector_stop))))
+    } else {
+        metrics.leader.set(1);
+        (Leadership::standalone(), None)
+    };
+    let daemon = match Daemon::new(config.clone(), client, metrics.clone(), admin_state.clone())
+        .map(|d| d.with_leadership(leadership.clone()))
         .and_then(|d| d.with_pipeline(notifier.clone()))
     {
         Ok(d) => d,
@@ -668,12 +685,64 @@ pub async fn run(
             return EXIT_FAILURE;
         }
     };
-    let result = daemon.run(shutdown).await;
+    // The loop stops on SIGTERM, or when the lease machinery dies: a
+    // replica that cannot take part in the election must not go on.
+    let mut elector = elector;
+    let mut lease_failure: Option<String> = None;
+    let result = {
+        let died = async {
+            match elector.as_mut() {
+                Some(task) => Some(task.await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(shutdown);
+        tokio::pin!(died);
+        let mut stopped = false;
+        let run = daemon.run(async {
+            tokio::select! {
+                _ = &mut shutdown => {}
+                ended = &mut died => {
+                    stopped = true;
+                    lease_failure = Some(match ended {
+                        Some(Ok(Ok(()))) => "the leader election stopped unexpectedly".to_owned(),
+                        Some(Ok(Err(e))) => e.to_string(),
+                        Some(Err(e)) => format!("the leader election task failed: {e}"),
+                        None => String::new(),
+                    });
+                }
+            }
+        });
+        let result = run.await;
+        if stopped {
+            elector = None;
+        }
+        result
+    };
+    // No write after this point: release the Lease so the other replica
+    // takes over at once, not after lease_duration.
+    leadership.revoke();
+    if let Some(task) = elector {
+        let _ = stop_elector.send(true);
+        let limit = config.leader_election.renew_deadline * 2 + Duration::from_secs(1);
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => lease_failure = Some(e.to_string()),
+            Ok(Err(e)) => lease_failure = Some(format!("the leader election task failed: {e}")),
+            Err(_) => tracing::warn!(
+                "releasing the Lease took longer than {limit:?}; it expires by itself"
+            ),
+        }
+    }
     admin_state.set_shutting_down();
     // Deliver what is queued, within the shutdown grace.
     notifier.shutdown(config.watchdog.shutdown_grace).await;
     let _ = stop_admin.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(why) = lease_failure {
+        let _ = writeln!(err, "error: leader election: {why}");
+        return EXIT_FAILURE;
+    }
     match result {
         Ok(()) => EXIT_OK,
         Err(e) => {

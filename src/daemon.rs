@@ -24,6 +24,7 @@ use crate::config::EventKind;
 use crate::config::{Config, Policy};
 use crate::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
+use crate::lease::Leadership;
 use crate::metrics::TargetOutcome;
 use crate::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
 use crate::revision::{self, TargetState, Tracker};
@@ -120,6 +121,9 @@ pub struct Daemon {
     memory: HashMap<String, Memory>,
     reported_warnings: BTreeSet<TargetWarning>,
     role: Role,
+    /// The leader election (or standalone) state: the role in `/status`
+    /// follows it, and shutdown revokes it.
+    leadership: Option<Leadership>,
     /// Writes (Events, known-good) happen only while this says so: the
     /// leader election sets it; standalone it is always true.
     may_write: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -186,6 +190,7 @@ impl Daemon {
             memory: HashMap::new(),
             reported_warnings: BTreeSet::new(),
             role: Role::Standalone,
+            leadership: None,
             may_write: Arc::new(|| true),
             pipeline: None,
             sink: None,
@@ -257,10 +262,11 @@ impl Daemon {
                     // in-flight record. One that failed at Update may still
                     // have been applied (a timeout): its record, if any, is
                     // resumed on a later tick.
-                    if outcome
-                        .steps
-                        .iter()
-                        .any(|st| st.step == rollback::Step::Wait)
+                    if outcome.result != RollbackResult::HandedOver
+                        && outcome
+                            .steps
+                            .iter()
+                            .any(|st| st.step == rollback::Step::Wait)
                     {
                         self.completed.insert(outcome.incident.id.clone());
                     }
@@ -324,6 +330,17 @@ impl Daemon {
         self.running.insert(uid, (target, task));
     }
 
+    /// Acts only while `leadership` allows: followers evaluate and report
+    /// in `/status` but start no pipeline, write no Event and tell no
+    /// sink. Call before [`Self::with_pipeline`] so the pipeline shares
+    /// the guard.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.may_write = leadership.guard();
+        self.role = leadership.role();
+        self.leadership = Some(leadership);
+        self
+    }
+
     /// Sets the role shown in `/status` and the guard for every write.
     pub fn with_role(mut self, role: Role, may_write: Arc<dyn Fn() -> bool + Send + Sync>) -> Self {
         self.role = role;
@@ -360,11 +377,21 @@ impl Daemon {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
-        self.wait_synced(Duration::from_secs(120)).await?;
+        tokio::pin!(shutdown);
+        let synced = tokio::select! {
+            r = self.wait_synced(Duration::from_secs(120)) => Some(r),
+            _ = &mut shutdown => None,
+        };
+        match synced {
+            None => {
+                self.drain().await;
+                return Ok(());
+            }
+            Some(r) => r?,
+        }
         tracing::info!(interval = ?self.config.watchdog.interval, "caches synced; watching");
         let mut ticker = tokio::time::interval(self.config.watchdog.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -373,8 +400,33 @@ impl Daemon {
                 }
             }
         }
-        self.admin.set_shutting_down();
+        self.drain().await;
         Ok(())
+    }
+
+    /// Shutdown: unready at once, no new work, no write after the one in
+    /// progress. A pipeline past its patch stops before its next write and
+    /// leaves its in-flight record for the next leader (or the next
+    /// start); whatever is still running after `watchdog.shutdown_grace`
+    /// is cut off, which is safe for the same reason.
+    pub async fn drain(&mut self) {
+        self.admin.set_shutting_down();
+        if let Some(l) = &self.leadership {
+            l.revoke();
+        }
+        if !self.running.is_empty() {
+            tracing::info!(
+                pipelines = self.running.len(),
+                grace = %humantime::format_duration(self.config.watchdog.shutdown_grace),
+                "shutting down: letting the running rollback step finish"
+            );
+        }
+        self.wait_pipelines(self.config.watchdog.shutdown_grace)
+            .await;
+        for (uid, (target, task)) in self.running.drain() {
+            tracing::warn!(target = %target, uid = %uid, "shutting down: a rollback step did not finish within shutdown_grace; cut off (its in-flight record, if patched, is resumed by the next leader)");
+            task.abort();
+        }
     }
 
     /// One evaluation of every target at `now`. Returns what it concluded;
@@ -619,7 +671,12 @@ impl Daemon {
             .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
             || (!rollbacks.is_empty() && state.current_is_known_good());
         let mut action = Action::None;
-        if !self.running.contains_key(&target.uid()) && self.pipeline.is_some() {
+        // Only the leader decides: a follower keeps judging, so it can act
+        // at once when it takes over, but marks nothing as done.
+        if !self.running.contains_key(&target.uid())
+            && self.pipeline.is_some()
+            && (self.may_write)()
+        {
             let memory = self.memory.entry(target.uid()).or_default();
             let in_flight = rollback::in_flight_of(d).ok().flatten();
             if in_flight.is_some_and(|f| !self.completed.contains(&f.id)) {
@@ -916,7 +973,7 @@ impl Daemon {
         targets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.admin.publish(StatusReport {
             cluster: self.config.watchdog.cluster_name.clone(),
-            role: self.role,
+            role: self.leadership.as_ref().map_or(self.role, Leadership::role),
             ready: self.admin.is_ready(),
             generated_at: now.to_string(),
             targets,
@@ -1031,6 +1088,7 @@ fn outcome_word(result: RollbackResult) -> &'static str {
         RollbackResult::Conflict => "conflict",
         RollbackResult::Failed => "failed",
         RollbackResult::Escalated => "escalated",
+        RollbackResult::HandedOver => "handed_over",
     }
 }
 

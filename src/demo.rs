@@ -679,6 +679,7 @@ fn result_word(result: RollbackResult) -> &'static str {
         RollbackResult::Conflict => "in a conflict",
         RollbackResult::Failed => "failed",
         RollbackResult::Escalated => "escalated",
+        RollbackResult::HandedOver => "handed over to the next leader",
     }
 }
 

@@ -237,6 +237,11 @@ pub enum RollbackResult {
     /// Patched, but the restored revision did not come up healthy: a
     /// person must act. Never followed by another automatic rollback.
     Escalated,
+    /// This process lost the right to write (leadership lost, or shutting
+    /// down) and stopped before its next write. If the patch was sent, the
+    /// in-flight record on the Deployment stays, and the next leader (or
+    /// the next start) resumes at Wait/Verify; nothing was notified here.
+    HandedOver,
 }
 
 /// What the pipeline did.
@@ -873,6 +878,9 @@ impl Pipeline {
                     json!({"revision": revision_annotation(&d)}),
                 );
                 match self.verify(&d, &in_flight, &policy).await {
+                    Verified::HandedOver => {
+                        return self.handed_over(&in_flight, steps, patch, Step::Verify)
+                    }
                     Verified::Passed { summary, details } => {
                         self.record(
                             &mut steps,
@@ -921,6 +929,7 @@ impl Pipeline {
                     }
                 }
             }
+            Waited::HandedOver => return self.handed_over(&in_flight, steps, patch, Step::Wait),
             Waited::Failed(why, d) => {
                 self.record(
                     &mut steps,
@@ -952,6 +961,11 @@ impl Pipeline {
             }
         };
 
+        // Leadership may have gone while verifying: the closing write, the
+        // report and the notification belong to whoever leads now.
+        if !(self.ctx.may_write)() {
+            return self.handed_over(&in_flight, steps, patch, Step::Verify);
+        }
         // Close the record; keep known-good on the restored template.
         if let Some(d) = &final_deployment {
             if let Err(why) = self
@@ -1383,6 +1397,9 @@ impl Pipeline {
         let mut last_progress: Option<Progress> = None;
         let mut last_seen: Option<Deployment> = None;
         loop {
+            if !(self.ctx.may_write)() {
+                return Waited::HandedOver;
+            }
             match self.get(ns, name).await {
                 Ok(Some(d)) => {
                     if self.changed_by_someone(&d, in_flight).await {
@@ -1472,6 +1489,9 @@ impl Pipeline {
         let mut consecutive: BTreeMap<String, u32> = BTreeMap::new();
         let mut inconclusive: BTreeMap<String, String> = BTreeMap::new();
         loop {
+            if !(self.ctx.may_write)() {
+                return Verified::HandedOver;
+            }
             ticks += 1;
             let d = match self.get(&ns, &name).await {
                 Ok(Some(d)) => d,
@@ -1889,6 +1909,40 @@ impl Pipeline {
         }
     }
 
+    /// Stopped after the patch because this process may no longer write:
+    /// the in-flight record stays for the next leader, which resumes it.
+    fn handed_over(
+        &self,
+        in_flight: &InFlight,
+        mut steps: Vec<StepRecord>,
+        patch: Vec<Value>,
+        step: Step,
+    ) -> RollbackOutcome {
+        let (ns, name) = split_target(&in_flight.id);
+        let target = format!("{ns}/{name}");
+        let why = format!(
+            "{target}: this watchdog is no longer the leader (or is shutting down); it stopped before its next write, and the next leader resumes this rollback from its in-flight record at Wait/Verify"
+        );
+        self.record(
+            &mut steps,
+            &in_flight.id,
+            &target,
+            step,
+            StepOutcome::Failed,
+            why.clone(),
+            json!({"handed_over": true}),
+        );
+        let mut incident = self.incident_from(in_flight, EventKind::RollbackFailed, &[]);
+        incident.failed_step = Some(step.as_str().to_owned());
+        incident.error = Some(why);
+        RollbackOutcome {
+            result: RollbackResult::HandedOver,
+            incident,
+            steps,
+            patch,
+        }
+    }
+
     async fn not_leader(&self, plan: Plan, step: Step) -> RollbackOutcome {
         let mut plan = plan;
         let target = plan.target();
@@ -1911,7 +1965,7 @@ impl Pipeline {
         incident.failed_step = Some(step.as_str().to_owned());
         incident.error = Some(why);
         RollbackOutcome {
-            result: RollbackResult::Failed,
+            result: RollbackResult::HandedOver,
             incident,
             steps: plan.steps,
             patch: Vec::new(),
@@ -2217,12 +2271,15 @@ impl Checks {
 
 enum Waited {
     Done(Deployment),
+    /// No longer allowed to write: stop, the next leader resumes.
+    HandedOver,
     Failed(String, Option<Deployment>),
     Superseded(String, Deployment),
 }
 
 enum Verified {
     Passed { summary: String, details: Value },
+    HandedOver,
     Failed { summary: String, details: Value },
     Superseded(String, Box<Deployment>),
 }

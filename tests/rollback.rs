@@ -654,7 +654,7 @@ async fn a_follower_writes_nothing_and_a_marked_security_issue_is_rolled_back_an
     .expect("context")
     .with_may_write(Arc::new(|| false));
     let outcome = Pipeline::new(ctx).run(verdict("bad")).await;
-    assert_eq!(outcome.result, RollbackResult::Failed);
+    assert_eq!(outcome.result, RollbackResult::HandedOver);
     assert!(
         outcome.why().contains("not the leader"),
         "{}",
