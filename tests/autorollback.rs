@@ -3,7 +3,6 @@
 //! A bad deploy is rolled back to the last known-good revision exactly
 //! once; a restored revision that turns bad escalates instead of looping.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -12,40 +11,9 @@ use rollback_watchdog::rollback::RollbackResult;
 use rollback_watchdog::sim::{Behaviour, Behaviours, Crash};
 
 mod support;
+use support::binary::{events_received, receiver};
 use support::prom::shared;
 use support::watch::{verdicts, Prom, Scenario, NAME};
-
-/// A webhook receiver on loopback: every JSON body it got.
-async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let store = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let store = store.clone();
-            async move {
-                store.lock().expect("lock").push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, got)
-}
-
-fn events_received(got: &Arc<Mutex<Vec<serde_json::Value>>>) -> Vec<String> {
-    got.lock()
-        .expect("lock")
-        .iter()
-        .map(|b| b["event"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
 
 fn extra(hook: &str) -> String {
     format!(

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod handmade;
 pub mod kubectl;
 pub mod prom;

@@ -1,0 +1,464 @@
+//! Two replicas, as `deploy/` runs them: real `rollback-watchdog run`
+//! processes against one simulated cluster, electing a leader through a
+//! Lease. Only the leader acts; a killed leader's rollback is resumed by
+//! the other replica, not repeated; SIGTERM hands the Lease back at once.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use rollback_watchdog::rollback::IN_FLIGHT;
+use rollback_watchdog::sim::{self, Behaviour, Behaviours, SimClock, SimCluster, SimOptions};
+use rollback_watchdog::status::Role;
+use serde_json::json;
+
+mod support;
+use support::binary::{events_received, free_port, receiver, status, Running};
+
+const NS: &str = "prod";
+const NAME: &str = "web";
+/// The Lease timings of every replica here.
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+
+struct Cluster {
+    sim: SimCluster,
+    client: Client,
+    hook: String,
+    got: Arc<Mutex<Vec<serde_json::Value>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `prod/web` rolled out with 3 × `web:v1`, and the watchdog's namespace.
+    async fn start() -> Cluster {
+        let sim = SimCluster::start(SimOptions {
+            clock: SimClock::new(20.0),
+            behaviours: Behaviours::builtin(),
+            ..Default::default()
+        })
+        .await
+        .expect("sim starts");
+        let client = sim.client().await.expect("client");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for name in [NS, "rollback-watchdog"] {
+            let body: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
+            namespaces
+                .create(&PostParams::default(), &body)
+                .await
+                .expect("create namespace");
+        }
+        let body: Deployment =
+            serde_json::from_value(sim::seed_deployment(NAME, "web:v1", 3)).expect("deployment");
+        Api::<Deployment>::namespaced(client.clone(), NS)
+            .create(&PostParams::default(), &body)
+            .await
+            .expect("create web");
+        let (hook, got) = receiver().await;
+        let cluster = Cluster {
+            sim,
+            client,
+            hook,
+            got,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        cluster
+            .wait_deployment("v1 rolled out", |d| {
+                image(d) == "web:v1"
+                    && d.status.as_ref().and_then(|s| s.available_replicas) == Some(3)
+            })
+            .await;
+        cluster
+    }
+
+    /// A replica's config: its own admin port and audit log, the shared
+    /// Lease, a webhook to on-call. Prometheus is a closed port: the pod
+    /// signal alone judges a crash-looping revision.
+    fn replica(&self, name: &str, admin_port: u16) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("replica dir");
+        let path = dir.join("watchdog.toml");
+        let text = format!(
+            r#"
+[watchdog]
+cluster_name = "sim"
+interval = "1s"
+namespace = "rollback-watchdog"
+audit_log = "{audit}"
+shutdown_grace = "5s"
+
+[prometheus]
+url = "http://127.0.0.1:{closed}"
+timeout = "1s"
+
+[leader_election]
+enabled = true
+lease_name = "rollback-watchdog"
+lease_duration = "{lease}s"
+renew_deadline = "3s"
+retry_period = "500ms"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[defaults]
+watch_window = "10m"
+failure_threshold = 3
+verify_window = "3s"
+rollout_timeout = "90s"
+blind_alert_after = "10m"
+
+[[targets]]
+namespace = "{NS}"
+name = "{NAME}"
+
+[[notify]]
+kind = "webhook"
+name = "oncall"
+url = "{hook}"
+deadline = "10s"
+"#,
+            audit = dir.join("audit.jsonl").display(),
+            closed = free_port(),
+            lease = LEASE_DURATION.as_secs(),
+            hook = self.hook,
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn run(&self, name: &str, admin_port: u16) -> Running {
+        let config = self.replica(name, admin_port);
+        Running::run(self.sim.kubeconfig_path(), &config, &[("POD_NAME", name)])
+    }
+
+    fn audit(&self, name: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join(name).join("audit.jsonl"))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn deploy(&self, image: &str) {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+        self.deployments()
+            .patch(NAME, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .expect("set image");
+    }
+
+    async fn wait_deployment(&self, what: &str, done: impl Fn(&Deployment) -> bool) -> Deployment {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let d = self.deployments().get(NAME).await.expect("get web");
+            if done(&d) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {:?}", d.status);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The watchdog's template patches of `web` (the Update step).
+    fn template_patches(&self) -> usize {
+        self.sim
+            .request_log()
+            .entries()
+            .iter()
+            .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
+            .filter(|e| e.content_type.contains("json-patch"))
+            .count()
+    }
+
+    async fn lease(&self) -> Option<Lease> {
+        Api::<Lease>::namespaced(self.client.clone(), "rollback-watchdog")
+            .get_opt("rollback-watchdog")
+            .await
+            .expect("read the Lease")
+    }
+
+    async fn holder(&self) -> Option<String> {
+        self.lease()
+            .await
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// Waits until every event in `kinds` was received (each at least once).
+    async fn wait_notified(&self, kinds: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !kinds
+            .iter()
+            .all(|k| events_received(&self.got).iter().any(|e| e == k))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "on-call never heard {kinds:?}; received {:?}",
+                events_received(&self.got)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn image(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+fn in_flight(d: &Deployment) -> bool {
+    d.annotations().contains_key(IN_FLIGHT)
+}
+
+/// The role each replica's `/status` shows once both are ready.
+async fn roles(ports: &[u16]) -> Vec<Role> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut roles = Vec::new();
+        for port in ports {
+            match status(*port).await {
+                Some(r) if r.ready && !r.targets.is_empty() => roles.push(r.role),
+                _ => break,
+            }
+        }
+        if roles.len() == ports.len() && roles.contains(&Role::Leader) {
+            return roles;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader among {ports:?}: {roles:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn count(events: &[String], kind: &str) -> usize {
+    events.iter().filter(|e| *e == kind).count()
+}
+
+fn pipeline_lines(audit: &[serde_json::Value]) -> Vec<String> {
+    audit
+        .iter()
+        .map(|l| format!("{} {}", l["step"], l["outcome"]))
+        .collect()
+}
+
+/// Makes the restored `web:v1` pods slow to become ready, so the rollback's
+/// Wait lasts long enough to interrupt.
+fn slow_v1(sim: &SimCluster) {
+    sim.behaviours().set(
+        "web:v1",
+        Behaviour {
+            ready_after: Duration::from_secs(100),
+            ..Behaviour::default()
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_which_alone_rolls_back_and_tells_on_call_once() {
+    let c = Cluster::start().await;
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = c.run("replica-a", pa);
+    let mut b = c.run("replica-b", pb);
+
+    let roles = roles(&[pa, pb]).await;
+    assert_eq!(
+        roles.iter().filter(|r| **r == Role::Leader).count(),
+        1,
+        "exactly one leader: {roles:?}"
+    );
+    assert!(roles.contains(&Role::Follower), "{roles:?}");
+    let leader = if roles[0] == Role::Leader {
+        "replica-a"
+    } else {
+        "replica-b"
+    };
+    let follower = if leader == "replica-a" {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
+    assert_eq!(
+        c.holder().await.as_deref(),
+        Some(leader),
+        "the Lease names the leader"
+    );
+
+    c.deploy("web:v2-crash").await;
+    c.wait_deployment("rolled back to web:v1", |d| {
+        image(d) == "web:v1" && !in_flight(d)
+    })
+    .await;
+    c.wait_notified(&["rollback_started", "rollback_succeeded"])
+        .await;
+    // Both replicas judged the revision Bad; give a duplicate time to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.assert_alive();
+    b.assert_alive();
+
+    assert_eq!(c.template_patches(), 1, "one patch in the request log");
+    let events = events_received(&c.got);
+    assert_eq!(count(&events, "rollback_started"), 1, "{events:?}");
+    assert_eq!(count(&events, "rollback_succeeded"), 1, "{events:?}");
+    let leader_audit = pipeline_lines(&c.audit(leader));
+    assert!(
+        leader_audit.iter().any(|l| l == "\"update\" \"ok\""),
+        "the leader patched: {leader_audit:?}"
+    );
+    assert!(
+        c.audit(follower).is_empty(),
+        "the follower acted: {:?}",
+        pipeline_lines(&c.audit(follower))
+    );
+    let follower_status = status(if follower == "replica-a" { pa } else { pb })
+        .await
+        .expect("follower /status");
+    assert_eq!(follower_status.role, Role::Follower);
+    assert!(
+        follower_status.targets.iter().any(|t| t.name == NAME),
+        "a follower still evaluates: {follower_status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_hands_over_within_the_lease_duration_and_its_rollback_is_resumed_not_repeated(
+) {
+    let c = Cluster::start().await;
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = c.run("replica-a", pa);
+    // The first replica up takes the Lease.
+    roles(&[pa]).await;
+    let mut b = c.run("replica-b", pb);
+    assert_eq!(roles(&[pa, pb]).await, vec![Role::Leader, Role::Follower]);
+
+    slow_v1(&c.sim);
+    c.deploy("web:v2-crash").await;
+    // The leader patched: kill it while it waits for the rollout.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.template_patches() == 0 {
+        assert!(Instant::now() < deadline, "never patched: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.signal("KILL");
+    let killed = Instant::now();
+    a.wait_exit(Duration::from_secs(5)).await;
+    let d = c.deployments().get(NAME).await.expect("get web");
+    assert!(
+        in_flight(&d),
+        "the killed leader's record is on the Deployment"
+    );
+
+    // The follower takes over once the Lease expires.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.holder().await.as_deref() != Some("replica-b") {
+        assert!(
+            Instant::now() < deadline,
+            "replica-b never took the Lease: {}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let handover = killed.elapsed();
+    // Expiry is judged from the last renewal replica-b saw (at most one
+    // retry period, jittered, before the kill) plus its own retry period.
+    assert!(
+        handover <= LEASE_DURATION + Duration::from_millis(1300),
+        "handed over after {handover:?}, lease_duration is {LEASE_DURATION:?}"
+    );
+
+    c.wait_deployment("restored and verified by replica-b", |d| {
+        image(d) == "web:v1" && !in_flight(d)
+    })
+    .await;
+    c.wait_notified(&["rollback_succeeded"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.assert_alive();
+    assert_eq!(c.template_patches(), 1, "resumed, not repeated");
+    // rollback_started was queued by the killed leader and may have died
+    // with it; the result is told once, by the replica that finished.
+    let events = events_received(&c.got);
+    assert!(count(&events, "rollback_started") <= 1, "{events:?}");
+    assert_eq!(count(&events, "rollback_succeeded"), 1, "{events:?}");
+    let resumed = c.audit("replica-b");
+    assert!(
+        resumed.iter().any(|l| l["details"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("resuming the rollback"))),
+        "replica-b resumed: {:?}",
+        pipeline_lines(&resumed)
+    );
+    assert!(
+        !pipeline_lines(&resumed)
+            .iter()
+            .any(|l| l.starts_with("\"update\"")),
+        "replica-b did not patch again: {:?}",
+        pipeline_lines(&resumed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_wait_exits_zero_releases_the_lease_and_the_next_start_resumes() {
+    let c = Cluster::start().await;
+    let port = free_port();
+    let mut a = c.run("replica-a", port);
+    assert_eq!(roles(&[port]).await, vec![Role::Leader]);
+    assert_eq!(c.holder().await.as_deref(), Some("replica-a"));
+
+    slow_v1(&c.sim);
+    c.deploy("web:v2-crash").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.template_patches() == 0 {
+        assert!(Instant::now() < deadline, "never patched: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("TERM");
+    // shutdown_grace is 5 s.
+    let (exit, took) = a.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit {exit}: {}", a.log());
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert_eq!(c.holder().await, None, "the Lease was released");
+    let audit = c.audit("replica-a");
+    let stopped = audit
+        .iter()
+        .find(|l| l["details"]["details"]["handed_over"] == json!(true))
+        .unwrap_or_else(|| panic!("no hand-over line: {:?}", pipeline_lines(&audit)));
+    assert_eq!(stopped["step"], "wait", "stopped during Wait");
+    let d = c.deployments().get(NAME).await.expect("get web");
+    assert!(in_flight(&d), "the record stays for the next leader");
+    assert_eq!(
+        count(&events_received(&c.got), "rollback_succeeded"),
+        0,
+        "nothing claimed success"
+    );
+
+    // The next start (a new pod) resumes at Wait; no second patch.
+    let mut again = c.run("replica-c", free_port());
+    c.wait_deployment("restored after the restart", |d| {
+        image(d) == "web:v1" && !in_flight(d)
+    })
+    .await;
+    c.wait_notified(&["rollback_succeeded"]).await;
+    again.assert_alive();
+    assert_eq!(c.template_patches(), 1);
+    again.signal("TERM");
+    let (exit, _) = again.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit {exit}: {}", again.log());
+    assert_eq!(c.holder().await, None);
+}
