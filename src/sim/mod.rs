@@ -14,6 +14,7 @@ pub mod kubelet;
 pub mod objects;
 pub mod patch;
 pub mod prometheus;
+pub mod rbac;
 pub mod protobuf;
 pub mod replicaset;
 pub mod reqlog;
