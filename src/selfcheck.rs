@@ -31,8 +31,8 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 
 use crate::cache::Scope;
-use crate::cli::{EXIT_FAILURE, EXIT_OK};
-use crate::config::{Config, PrometheusSettings};
+use crate::cli::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
+use crate::config::{Config, ConfigError, Loader, MissingSecrets, PrometheusSettings};
 use crate::signals::prometheus::PrometheusSource;
 
 /// How long one SelfSubjectAccessReview may take.
@@ -263,9 +263,11 @@ pub struct Check {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelfCheckError {
-    #[error("cannot create a SelfSubjectAccessReview to ask whether the watchdog may {permission}: {source}")]
+    #[error("cannot create a SelfSubjectAccessReview to ask whether the watchdog may {permission}: {cause}")]
     Review {
         permission: String,
+        /// The error with its causes.
+        cause: String,
         #[source]
         source: kube::Error,
     },
@@ -276,15 +278,22 @@ pub enum SelfCheckError {
     },
 }
 
-/// Asks the API server about each requirement, a few at a time, each
-/// within `timeout`. The answers keep the order of `requirements`.
+/// Asks the API server about each requirement, each within `timeout`:
+/// the first alone (an unreachable server fails once, not once per
+/// permission), then the rest a few at a time. The answers keep the order
+/// of `requirements`.
 pub async fn check_access(
     client: &Client,
     requirements: Vec<Requirement>,
     timeout: Duration,
 ) -> Result<Vec<Check>, SelfCheckError> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let answers: Vec<Result<Check, SelfCheckError>> = futures::stream::iter(requirements)
+    let mut rest = requirements.into_iter();
+    let Some(first) = rest.next() else {
+        return Ok(Vec::new());
+    };
+    let mut checks = vec![review(&api, first, timeout).await?];
+    let answers: Vec<Result<Check, SelfCheckError>> = futures::stream::iter(rest)
         .map(|requirement| {
             let api = api.clone();
             async move { review(&api, requirement, timeout).await }
@@ -292,7 +301,26 @@ pub async fn check_access(
         .buffered(CONCURRENT_REVIEWS)
         .collect()
         .await;
-    answers.into_iter().collect()
+    for answer in answers {
+        checks.push(answer?);
+    }
+    Ok(checks)
+}
+
+/// An error and its causes, each once: kube's own message stops at
+/// "client error (Connect)", the cause says "Connection refused".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 async fn review(
@@ -314,23 +342,23 @@ async fn review(
         },
         ..Default::default()
     };
-    let answer = match tokio::time::timeout(timeout, api.create(&PostParams::default(), &body))
-        .await
-    {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(source)) => {
-            return Err(SelfCheckError::Review {
-                permission: p.to_string(),
-                source,
-            })
-        }
-        Err(_) => {
-            return Err(SelfCheckError::Timeout {
-                permission: p.to_string(),
-                timeout,
-            })
-        }
-    };
+    let answer =
+        match tokio::time::timeout(timeout, api.create(&PostParams::default(), &body)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(source)) => {
+                return Err(SelfCheckError::Review {
+                    permission: p.to_string(),
+                    cause: with_causes(&source),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(SelfCheckError::Timeout {
+                    permission: p.to_string(),
+                    timeout,
+                })
+            }
+        };
     let status = answer.status.unwrap_or_default();
     let detail = [status.reason, status.evaluation_error]
         .into_iter()
@@ -347,8 +375,9 @@ async fn review(
 /// The RBAC rules that grant `missing`, as YAML under a comment saying
 /// which kind of role in which namespace they belong to.
 pub fn rules_to_add<'a>(missing: impl IntoIterator<Item = &'a Permission>) -> String {
-    let mut by_scope: BTreeMap<&Option<String>, BTreeMap<(&str, &str), Vec<&str>>> =
-        BTreeMap::new();
+    /// Verbs by (group, resource): one rule each.
+    type Rules<'p> = BTreeMap<(&'p str, &'p str), Vec<&'p str>>;
+    let mut by_scope: BTreeMap<&Option<String>, Rules> = BTreeMap::new();
     for p in missing {
         by_scope
             .entry(&p.namespace)
@@ -416,7 +445,7 @@ pub fn describe_missing(missing: &[&Check]) -> String {
 pub async fn check_prometheus(settings: &PrometheusSettings) -> Result<(), String> {
     let mut settings = settings.clone();
     settings.timeout = settings.timeout.min(PROMETHEUS_TIMEOUT);
-    let consequence = "signals that need it (error rate, latency, rules) stay Inconclusive until it answers; starting anyway";
+    let consequence = "signals that need it (error rate, latency, rules) stay Inconclusive until it answers; this does not stop the watchdog";
     let source = PrometheusSource::new(&settings)
         .map_err(|e| format!("cannot query Prometheus ({e}); {consequence}"))?;
     match tokio::time::timeout(settings.timeout + Duration::from_secs(1), source.ping()).await {
@@ -488,7 +517,7 @@ pub async fn command(
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
 ) -> u8 {
-    let config = match crate::commands::load_config(config_path, err) {
+    let config = match load_config(config_path, err) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -540,10 +569,37 @@ pub async fn command(
     }
 }
 
+/// The config as `run` would load it, except that absent secret files
+/// are warnings: the check needs none of them, and an operator may run it
+/// away from the pod where the Secret is mounted.
+fn load_config(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
+    match Loader::from_file(path)
+        .missing_secrets(MissingSecrets::Warn)
+        .load()
+    {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                let _ = writeln!(err, "warning: {w}");
+            }
+            Ok(loaded.config)
+        }
+        Err(ConfigError::Invalid { problems, .. }) => {
+            let _ = writeln!(err, "error: {} is not a valid config:", path.display());
+            for p in &problems {
+                let _ = writeln!(err, "{p}");
+            }
+            Err(EXIT_CONFIG)
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Loader;
 
     fn config(extra: &str) -> Config {
         let toml = format!(
@@ -574,8 +630,9 @@ name = "web"
         assert!(all.contains(&"patch deployments.apps in namespace \"shop\"".to_owned()));
         assert!(all.contains(&"watch pods in namespace \"team-a\"".to_owned()));
         assert!(all.contains(&"create events.events.k8s.io in namespace \"team-a\"".to_owned()));
-        assert!(all
-            .contains(&"update leases.coordination.k8s.io in namespace \"rollback-watchdog\"".to_owned()));
+        assert!(all.contains(
+            &"update leases.coordination.k8s.io in namespace \"rollback-watchdog\"".to_owned()
+        ));
         assert!(reqs.iter().all(|r| r.permission.namespace.is_some()));
         // Only what the code uses: no get on ReplicaSets or pods, no
         // configmap get, nothing on secrets.
@@ -589,7 +646,10 @@ name = "web"
             .find(|r| r.permission == Permission::new("list", "", "pods", Some("shop")))
             .map(Requirement::why)
             .unwrap_or_default();
-        assert!(list_pods.contains("watch cache") && list_pods.contains("Wait"), "{list_pods}");
+        assert!(
+            list_pods.contains("watch cache") && list_pods.contains("Wait"),
+            "{list_pods}"
+        );
     }
 
     #[test]
@@ -604,11 +664,12 @@ name = "web"
             .collect();
         assert!(cluster.contains(&"watch deployments.apps in every namespace".to_owned()));
         assert!(cluster.contains(&"patch events.events.k8s.io in every namespace".to_owned()));
-        assert!(!reqs.iter().any(|r| r.permission.namespace.as_deref() == Some("shop")));
-        assert!(!reqs.iter().any(|r| r.permission.resource == "leases"));
-        assert!(reqs
+        assert!(!reqs
             .iter()
-            .any(|r| r.permission == Permission::new("delete", "", "configmaps", Some("rollback-watchdog"))));
+            .any(|r| r.permission.namespace.as_deref() == Some("shop")));
+        assert!(!reqs.iter().any(|r| r.permission.resource == "leases"));
+        assert!(reqs.iter().any(|r| r.permission
+            == Permission::new("delete", "", "configmaps", Some("rollback-watchdog"))));
     }
 
     #[test]
