@@ -25,7 +25,9 @@ pub enum RbacError {
     },
     #[error("{binding} refers to {role}, which is not among the objects")]
     MissingRole { binding: String, role: String },
-    #[error("{role} has a rule the sim cannot enforce ({what}); it would allow more or less than RBAC")]
+    #[error(
+        "{role} has a rule the sim cannot enforce ({what}); it would allow more or less than RBAC"
+    )]
     Unsupported { role: String, what: String },
     #[error("{binding}: subject {subject} has no namespace; the API server rejects that")]
     SubjectNamespace { binding: String, subject: String },
@@ -177,7 +179,9 @@ pub fn service_account_rules(
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.namespace.clone().unwrap_or_else(|| "default".to_owned())
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 /// Whether a subject list names the ServiceAccount, directly, as its user
