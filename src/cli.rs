@@ -57,6 +57,8 @@ pub enum Command {
     Run,
     /// Check a config file and print the effective config with secrets redacted.
     CheckConfig(CheckConfigArgs),
+    /// Check against the cluster what `run` checks at start-up: every RBAC permission the config needs, and Prometheus.
+    SelfCheck,
     /// Show each target's revision, observation window, signals and verdict.
     Status(StatusArgs),
     /// Show a Deployment's revisions (known-good, blocklisted, rolled back) and its incident records.
@@ -320,6 +322,7 @@ impl Command {
         match self {
             Command::Run => "run",
             Command::CheckConfig(_) => "check-config",
+            Command::SelfCheck => "self-check",
             Command::Status(_) => "status",
             Command::History { .. } => "history",
             Command::Rollback(_) => "rollback",

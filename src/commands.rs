@@ -643,6 +643,9 @@ pub async fn run(
         Ok((config, client)) => (Arc::new(config), client),
         Err(code) => return code,
     };
+    if let Err(code) = crate::selfcheck::at_startup(&config, &client, err).await {
+        return code;
+    }
     let (metrics, registry) = Metrics::new();
     let admin_state = AdminState::new(registry, config.admin.request_timeout);
     let listener = match admin::bind(config.admin.listen).await {

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod revision;
 pub mod rollback;
 pub mod selector;
+pub mod selfcheck;
 pub mod signals;
 pub mod sim;
 pub mod status;

@@ -52,6 +52,15 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let mut err = std::io::stderr();
             runtime.block_on(commands::run(&cli.config, &mut err, cli::termination()))
         }
+        Command::SelfCheck => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            runtime.block_on(rollback_watchdog::selfcheck::command(
+                &cli.config,
+                &mut out,
+                &mut err,
+            ))
+        }
         Command::Status(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(commands::status(&cli.config, args, &mut out, &mut err))

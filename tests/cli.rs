@@ -223,6 +223,7 @@ fn help_lists_every_subcommand() {
     for sub in [
         "run",
         "check-config",
+        "self-check",
         "status",
         "history",
         "rollback",
@@ -249,9 +250,10 @@ fn help_lists_every_subcommand() {
 /// `sim` need no config; `tests/demo.rs` runs the demo whole.
 #[test]
 fn no_subcommand_says_it_is_not_available_yet() {
-    let cases: [&[&str]; 8] = [
+    let cases: [&[&str]; 9] = [
         &["run"],
         &["check-config"],
+        &["self-check"],
         &["status", "--once"],
         &["history", "production/kailash-kaizen"],
         &["rollback", "production/kailash-kaizen", "previous", "--yes"],

@@ -290,6 +290,17 @@ impl PrometheusSource {
         result
     }
 
+    /// Whether Prometheus answers a trivial query (`1`) with the configured
+    /// token, headers and CA: the start-up check, which only warns.
+    pub async fn ping(&self) -> Result<(), QueryError> {
+        self.query_inner("1", Timestamp::now()).await.map(|_| ())
+    }
+
+    /// The URL queries go to, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     async fn query_inner(&self, promql: &str, at: Timestamp) -> Result<f64, QueryError> {
         let time = format!("{:.3}", at.as_millisecond() as f64 / 1000.0);
         let timeout_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);

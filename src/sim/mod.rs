@@ -15,6 +15,7 @@ pub mod objects;
 pub mod patch;
 pub mod prometheus;
 pub mod protobuf;
+pub mod rbac;
 pub mod replicaset;
 pub mod reqlog;
 pub mod runtime;
