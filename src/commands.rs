@@ -692,6 +692,9 @@ pub async fn run(
     // replica that cannot take part in the election must not go on.
     let mut elector = elector;
     let mut lease_failure: Option<String> = None;
+    // One shutdown_grace for the whole stop: the running step, then the
+    // queued notifications get what is left (at least a moment).
+    let mut stop_began: Option<tokio::time::Instant> = None;
     let result = {
         let died = async {
             match elector.as_mut() {
@@ -715,6 +718,7 @@ pub async fn run(
                     });
                 }
             }
+            stop_began = Some(tokio::time::Instant::now());
         });
         let result = run.await;
         if stopped {
@@ -739,7 +743,16 @@ pub async fn run(
     }
     admin_state.set_shutting_down();
     // Deliver what is queued, within the shutdown grace.
-    notifier.shutdown(config.watchdog.shutdown_grace).await;
+    let spent = stop_began.map(|t| t.elapsed()).unwrap_or_default();
+    notifier
+        .shutdown(
+            config
+                .watchdog
+                .shutdown_grace
+                .saturating_sub(spent)
+                .max(Duration::from_secs(2)),
+        )
+        .await;
     let _ = stop_admin.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     if let Some(why) = lease_failure {
