@@ -462,3 +462,94 @@ async fn sigterm_during_wait_exits_zero_releases_the_lease_and_the_next_start_re
     assert!(exit.success(), "exit {exit}: {}", again.log());
     assert_eq!(c.holder().await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_mid_rollback_stops_before_its_next_write() {
+    let c = Cluster::start().await;
+    let port = free_port();
+    let mut a = c.run("replica-a", port);
+    assert_eq!(roles(&[port]).await, vec![Role::Leader]);
+
+    slow_v1(&c.sim);
+    c.deploy("web:v2-crash").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.template_patches() == 0 {
+        assert!(Instant::now() < deadline, "never patched: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Someone else takes the Lease (as after a long network partition).
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "rollback-watchdog");
+    let mut lease = c.lease().await.expect("the Lease exists");
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some("intruder".into());
+    spec.lease_duration_seconds = Some(600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        jiff::Timestamp::now(),
+    ));
+    leases
+        .replace("rollback-watchdog", &PostParams::default(), &lease)
+        .await
+        .expect("steal the Lease");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stopped = loop {
+        let audit = c.audit("replica-a");
+        if let Some(line) = audit
+            .iter()
+            .find(|l| l["details"]["details"]["handed_over"] == json!(true))
+        {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never stopped: {:?}\n{}",
+            pipeline_lines(&audit),
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        matches!(stopped["step"].as_str(), Some("wait" | "verify")),
+        "{stopped}"
+    );
+    a.assert_alive();
+    assert_eq!(status(port).await.map(|s| s.role), Some(Role::Follower));
+    assert_eq!(c.holder().await.as_deref(), Some("intruder"));
+    // Nothing written after losing the Lease: the record stays for the
+    // leader, nobody was told the rollback finished.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = c.deployments().get(NAME).await.expect("get web");
+    assert!(
+        in_flight(&d),
+        "the in-flight record was left for the leader"
+    );
+    assert_eq!(c.template_patches(), 1);
+    assert_eq!(
+        count(&events_received(&c.got), "rollback_succeeded"),
+        0,
+        "{:?}",
+        events_received(&c.got)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_non_zero_when_the_lease_can_no_longer_be_used() {
+    let c = Cluster::start().await;
+    let port = free_port();
+    let mut a = c.run("replica-a", port);
+    assert_eq!(roles(&[port]).await, vec![Role::Leader]);
+    // RBAC changed under a running watchdog: renewing is now refused.
+    c.sim.access().deny(rollback_watchdog::sim::AccessRule::new(
+        "update",
+        "coordination.k8s.io",
+        "leases",
+        None,
+    ));
+    let (exit, _) = a.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(1), "{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains("leader election") && log.contains("403"),
+        "{log}"
+    );
+}
