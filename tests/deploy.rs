@@ -941,3 +941,33 @@ fn alerts_and_dashboard_use_only_metrics_the_watchdog_exports() {
         out.stdout, out.stderr
     );
 }
+
+#[test]
+fn the_image_runs_the_static_build_as_the_uid_the_pod_requires() {
+    let dockerfile =
+        std::fs::read_to_string(repo().join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    let last_stage = dockerfile.rsplit("\nFROM ").next().expect("a FROM line");
+    assert!(
+        last_stage.starts_with("gcr.io/distroless/static") || last_stage.starts_with("scratch"),
+        "the image is not distroless/static or scratch: FROM {}",
+        last_stage.lines().next().unwrap_or_default()
+    );
+    let user = last_stage
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the final stage sets USER");
+    let uid = user.split(':').next().unwrap_or_default();
+    assert_eq!(
+        pod_spec()["securityContext"]["runAsUser"].to_string(),
+        uid,
+        "the pod's runAsUser is not the image's USER"
+    );
+    // The image is built by the script deploy/check-static.sh checks.
+    assert!(dockerfile.contains("sh deploy/build-static.sh"));
+    let check =
+        std::fs::read_to_string(repo().join("deploy/check-static.sh")).expect("check-static.sh");
+    assert!(check.contains("sh deploy/build-static.sh"));
+    let build =
+        std::fs::read_to_string(repo().join("deploy/build-static.sh")).expect("build-static.sh");
+    assert!(build.contains("+crt-static") && build.contains("--locked"));
+}
