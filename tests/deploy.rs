@@ -378,9 +378,8 @@ fn two_replicas_run_non_root_on_a_read_only_root_with_nothing_to_escalate() {
         resources["requests"]["cpu"].is_string() && resources["requests"]["memory"].is_string()
     );
     assert!(resources["limits"]["memory"].is_string());
-    // The Service of the same name would otherwise inject
-    // ROLLBACK_WATCHDOG_SERVICE_HOST and friends, which the config loader
-    // reads as (unknown) config keys and refuses to start on.
+    // No service-link variables in the watchdog's environment (the loader
+    // skips them, see config::is_service_link, but nothing needs them).
     assert_eq!(pod_spec()["enableServiceLinks"], false);
 }
 
@@ -515,13 +514,22 @@ fn sigterm_leaves_time_for_the_configured_shutdown_grace() {
             .expect("shutdown_grace"),
     )
     .expect("a duration");
+    let renew_deadline = humantime::parse_duration(
+        config()["leader_election"]["renew_deadline"]
+            .as_str()
+            .expect("renew_deadline"),
+    )
+    .expect("a duration");
     let termination = pod_spec()["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("terminationGracePeriodSeconds");
-    // The in-flight step's grace, then releasing the Lease and flushing.
+    // The running step and the queued notifications share shutdown_grace;
+    // releasing the Lease is a read and a write, each bounded by
+    // renew_deadline (the README's sizing rule).
+    let needed = grace + renew_deadline * 2 + Duration::from_secs(5);
     assert!(
-        Duration::from_secs(termination) >= grace + Duration::from_secs(10),
-        "terminationGracePeriodSeconds {termination} is not well above shutdown_grace {grace:?}"
+        Duration::from_secs(termination) >= needed,
+        "terminationGracePeriodSeconds {termination} is less than shutdown_grace {grace:?} + 2 × renew_deadline {renew_deadline:?} + 5 s"
     );
 }
 

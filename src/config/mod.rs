@@ -287,6 +287,24 @@ fn regex_indices() -> &'static regex::Regex {
     RE.get_or_init(|| regex::Regex::new(r"\[([0-9]+)\]").expect("static regex"))
 }
 
+/// A variable the kubelet injects for a Service whose name starts with
+/// `rollback-watchdog` (`ROLLBACK_WATCHDOG_SERVICE_HOST`,
+/// `ROLLBACK_WATCHDOG_METRICS_PORT_8080_TCP_ADDR`...), unless the pod sets
+/// `enableServiceLinks: false`. Config keys always nest with `__`, so
+/// these can never be one and are not reported as mistakes.
+fn is_service_link(name: &str) -> bool {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    !name.contains("__")
+        && RE
+            .get_or_init(|| {
+                regex::Regex::new(
+                    r"^ROLLBACK_WATCHDOG(_[A-Z0-9_]+?)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$",
+                )
+                .expect("static regex")
+            })
+            .is_match(name)
+}
+
 /// The `ROLLBACK_WATCHDOG_` layer. `ROLLBACK_WATCHDOG_WATCHDOG__DRY_RUN=true`
 /// sets `watchdog.dry_run`; values parse like figment's `Env` (bool,
 /// number, array, else string). Returns the layer, which key each variable
@@ -301,7 +319,7 @@ fn env_layer(vars: &[(String, String)]) -> (Figment, Vec<(String, String)>, Vec<
         .collect();
     sorted.sort();
     for (name, value) in sorted {
-        if CLI_ENV_VARS.contains(&name.as_str()) {
+        if CLI_ENV_VARS.contains(&name.as_str()) || is_service_link(name) {
             continue;
         }
         let key = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
@@ -479,6 +497,12 @@ mod tests {
         let env = [
             ("ROLLBACK_WATCHDOG_CONFIG", "/etc/x.toml"),
             ("ROLLBACK_WATCHDOG_LOG_FORMAT", "json"),
+            // What the kubelet injects for Services named rollback-watchdog*.
+            ("ROLLBACK_WATCHDOG_SERVICE_HOST", "10.0.0.7"),
+            ("ROLLBACK_WATCHDOG_SERVICE_PORT_ADMIN", "8080"),
+            ("ROLLBACK_WATCHDOG_PORT", "tcp://10.0.0.7:8080"),
+            ("ROLLBACK_WATCHDOG_PORT_8080_TCP_ADDR", "10.0.0.7"),
+            ("ROLLBACK_WATCHDOG_METRICS_SERVICE_PORT", "8080"),
             ("ROLLBACK_WATCHDOG_WATCHDOG__DRY_RN", "true"),
         ];
         let err = Loader::from_toml("").env(env).load().unwrap_err();
