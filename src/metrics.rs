@@ -48,6 +48,21 @@ pub struct TargetVerdict {
     pub verdict: String,
 }
 
+/// The `outcome` of `rollbacks_total`: every word the run loop counts a
+/// finished pipeline under (`daemon::outcome_word`).
+pub const ROLLBACK_OUTCOMES: [&str; 6] = [
+    "succeeded",
+    "refused",
+    "dry_run",
+    "conflict",
+    "failed",
+    "escalated",
+];
+
+/// The `outcome` of `notifications_total`: every `DeliveryResult::label`.
+pub const NOTIFICATION_OUTCOMES: [&str; 4] =
+    ["delivered", "gave_up", "dropped", "already_delivered"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn query_histogram() -> Histogram {
@@ -157,6 +172,37 @@ impl Metrics {
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         (metrics, registry)
+    }
+
+    /// Sets `targets` to the Deployments watched now, and creates their
+    /// `rollbacks_total` series at 0: a series that first appears at 1
+    /// shows no `increase()`, so the first failed rollback of a target
+    /// would not fire an alert on it.
+    pub fn set_targets<I: IntoIterator<Item = String>>(&self, targets: I) {
+        let mut count = 0;
+        for target in targets {
+            count += 1;
+            for outcome in ROLLBACK_OUTCOMES {
+                let _ = self.rollbacks.get_or_create(&TargetOutcome {
+                    target: target.clone(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        self.targets.set(count);
+    }
+
+    /// Creates the `notifications_total` series of each configured sink
+    /// at 0 (see [`Self::set_targets`]).
+    pub fn set_sinks(&self, sinks: &[String]) {
+        for sink in sinks {
+            for outcome in NOTIFICATION_OUTCOMES {
+                let _ = self.notifications.get_or_create(&SinkOutcome {
+                    sink: sink.clone(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
     }
 
     /// Records one tick's verdict for a target, keeping exactly one verdict
@@ -459,6 +505,38 @@ mod tests {
         ];
         for (accept, want) in cases {
             assert_eq!(Format::negotiate(accept), want, "Accept: {accept:?}");
+        }
+    }
+
+    #[test]
+    fn every_notification_outcome_is_created_at_zero_for_each_sink() {
+        use crate::notify::DeliveryResult;
+        let reason = String::new;
+        let labels: Vec<&str> = [
+            DeliveryResult::Delivered,
+            DeliveryResult::GaveUp { reason: reason() },
+            DeliveryResult::Dropped { reason: reason() },
+            DeliveryResult::AlreadyDelivered,
+        ]
+        .iter()
+        .map(DeliveryResult::label)
+        .collect();
+        assert_eq!(labels, NOTIFICATION_OUTCOMES);
+
+        let (metrics, registry) = Metrics::new();
+        metrics.set_sinks(&["oncall".to_string()]);
+        metrics.set_targets(["production/web".to_string(), "production/api".to_string()]);
+        let text = render(&registry, Format::Prometheus);
+        assert!(text.contains("rollback_watchdog_targets 2\n"), "{text}");
+        for line in [
+            "rollback_watchdog_notifications_total{sink=\"oncall\",outcome=\"gave_up\"} 0",
+            "rollback_watchdog_rollbacks_total{target=\"production/api\",outcome=\"failed\"} 0",
+            "rollback_watchdog_rollbacks_total{target=\"production/web\",outcome=\"succeeded\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
     }
 }
