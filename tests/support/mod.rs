@@ -4,5 +4,6 @@
 
 pub mod handmade;
 pub mod kubectl;
+pub mod metrics;
 pub mod prom;
 pub mod watch;
