@@ -9,12 +9,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::Format;
 use crate::status::StatusReport;
 
 /// Errors starting the admin server.
@@ -108,15 +113,47 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AdminErro
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, then lets requests in progress
+/// finish. HTTP/1.1 only (kubelet probes and Prometheus speak it). A
+/// connection that has not sent a whole request head within the request
+/// timeout (a slow or stuck client, or one idle between requests) is
+/// closed, so no client can hold a connection open for good.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let timeout = state.request_timeout;
+    let service = TowerToHyperService::new(router(state));
+    let connections = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "the admin server cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .serve_connection(TokioIo::new(stream), service.clone());
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            // A client that goes away or times out is not the server's error.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    // Idle connections close now; one mid-request within its timeout.
+    connections.shutdown().await;
+    Ok(())
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -137,13 +174,15 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = crate::metrics::render(&state.registry);
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let body = crate::metrics::render(&state.registry, format);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
         body,
     )
         .into_response()

@@ -816,6 +816,7 @@ pub fn notifier(config: &Config, metrics: &Metrics) -> Result<crate::notify::Not
             }
         })
         .start()
+        .inspect(|notifier| metrics.set_sinks(&notifier.sink_names()))
         .map_err(|e| e.to_string())
 }
 

@@ -448,7 +448,8 @@ impl Daemon {
         let live: HashSet<String> = observed.iter().map(|(t, _, _)| t.uid()).collect();
         self.tracker.retain(&live);
         self.memory.retain(|uid, _| live.contains(uid));
-        self.metrics.targets.set(observed.len() as i64);
+        self.metrics
+            .set_targets(observed.iter().map(|(t, _, _)| t.display_name()));
 
         let signals = &self.signals;
         let limit = (self.config.watchdog.max_concurrent_targets as usize).max(1);

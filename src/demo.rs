@@ -1,8 +1,8 @@
 //! `rollback-watchdog demo`: the whole story on the embedded simulated
 //! cluster, in under a minute. It runs the real run loop, judge, rollback
-//! pipeline and notifier (nothing is faked for the show) against the sim,
-//! a real Prometheus when one is installed, and a loopback Slack receiver,
-//! and prints what happens as a timeline. It must never reach beyond
+//! pipeline, notifier and admin server (nothing is faked for the show)
+//! against the sim, a real Prometheus when one is installed, and a loopback
+//! Slack receiver, and prints what happens as a timeline. It must never reach beyond
 //! 127.0.0.1, and must leave nothing running when it returns, whatever the
 //! outcome: every wait is bounded.
 
@@ -20,13 +20,13 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::admin::AdminState;
+use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Loader, MissingSecrets};
 use crate::daemon::{Daemon, DaemonError, Evaluation};
 use crate::incident::{Collected, Incident, IncidentSink};
 use crate::judge::Verdict;
 use crate::metrics::Metrics;
-use crate::notify::{DeliveryOutcome, DeliveryResult, Notifier, NotifyError};
+use crate::notify::{DeliveryOutcome, DeliveryResult, MetricsObserver, Notifier, NotifyError};
 use crate::rollback::{self, RollbackError, RollbackOutcome, RollbackResult};
 use crate::signals::Outcome;
 use crate::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
@@ -84,6 +84,8 @@ pub enum DemoError {
     Sim(#[from] SimError),
     #[error("cannot start the local Slack receiver on 127.0.0.1: {0}")]
     Receiver(#[source] std::io::Error),
+    #[error("cannot start the watchdog's admin server on 127.0.0.1: {0}")]
+    Admin(#[source] std::io::Error),
     #[error("cannot create the demo's temporary directory: {0}")]
     TempDir(#[source] std::io::Error),
     #[error("the demo's own config does not load (a bug in the demo): {0}")]
@@ -132,6 +134,10 @@ pub struct DemoReport {
     pub audit_log: PathBuf,
     pub final_image: String,
     pub slack_messages: usize,
+    /// The rollback counter's line as `/metrics` served it at the end.
+    pub rollbacks_metric: String,
+    /// The whole `/metrics` scrape, kept next to the audit log.
+    pub metrics_file: PathBuf,
 }
 
 /// Runs the demo, printing the timeline on `out`. Ok only when the bad
@@ -168,12 +174,16 @@ struct Parts {
     prometheus: Option<PrometheusServer>,
     receiver: Option<Receiver>,
     notifier: Option<Arc<Notifier>>,
+    admin: Option<AdminServer>,
 }
 
 impl Parts {
     async fn shutdown(&mut self) {
         if let Some(n) = self.notifier.take() {
             n.shutdown(Duration::from_secs(2)).await;
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop().await;
         }
         if let Some(mut p) = self.prometheus.take() {
             p.stop().await;
@@ -262,22 +272,30 @@ async fn story(
         .map_err(DemoError::Config)?
         .config;
     let config = Arc::new(config);
+    let (metrics, registry) = Metrics::new();
     let deliveries: Arc<Mutex<Vec<DeliveryOutcome>>> = Arc::default();
     let observed = deliveries.clone();
     let notifier = Arc::new(
         Notifier::builder(&config.notify)
+            .observer(MetricsObserver(metrics.clone()))
             .observer(move |o: &DeliveryOutcome| {
                 lock(&observed).push(o.clone());
             })
             .start()
             .map_err(DemoError::Notify)?,
     );
+    metrics.set_sinks(&notifier.sink_names());
     parts.notifier = Some(notifier.clone());
     let collected = Collected::default();
     let sink: Arc<dyn IncidentSink> =
         Arc::new(Fanout(vec![Arc::new(collected.clone()), notifier.clone()]));
-    let (metrics, registry) = Metrics::new();
     let admin = AdminState::new(registry, Duration::from_secs(5));
+    let admin_server = parts.admin.insert(AdminServer::start(admin.clone()).await?);
+    let metrics_url = format!("{}/metrics", admin_server.url);
+    tl.say(format!(
+        "the watchdog's admin endpoints at {} (/readyz, /status, /metrics) while the demo runs",
+        admin_server.url
+    ));
     let progress_tl = tl.clone();
     let last_progress = Mutex::new(String::new());
     let ctx = rollback::Context::new(client.clone(), config.clone(), sink.clone())
@@ -416,18 +434,108 @@ async fn story(
     }
 
     // 6. Read back what a user would check, and the summary.
+    let scrape = scrape_metrics(&metrics_url, &dir).await?;
     summary(
         tl,
         &client,
         &outcome,
         &emitted,
         &feeds,
+        &scrape,
         bad,
         with_prometheus,
         deployed,
         &watch,
     )
     .await
+}
+
+/// What `/metrics` said at the end of the story.
+struct Scrape {
+    url: String,
+    /// The rollback counter's line.
+    rollbacks: String,
+    file: PathBuf,
+}
+
+/// Scrapes the watchdog's own `/metrics` as `curl` would (the Prometheus
+/// text format), keeps it in `dir`, and checks that it counts exactly the
+/// one rollback the demo made.
+async fn scrape_metrics(url: &str, dir: &Path) -> Result<Scrape, DemoError> {
+    let scrape_failed = |e: &dyn Display| DemoError::NotVerified(format!("GET {url} failed: {e}"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| scrape_failed(&e))?;
+    let text = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| scrape_failed(&e))?
+        .text()
+        .await
+        .map_err(|e| scrape_failed(&e))?;
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, &text).map_err(|e| {
+        DemoError::NotVerified(format!("cannot keep the scrape in {}: {e}", file.display()))
+    })?;
+    let series = format!(
+        "rollback_watchdog_rollbacks_total{{target=\"{SEED_NAMESPACE}/{SEED_DEPLOYMENT}\",outcome=\"succeeded\"}}"
+    );
+    let rollbacks = text
+        .lines()
+        .find(|l| l.split_once(' ').is_some_and(|(name, _)| name == series))
+        .ok_or_else(|| DemoError::NotVerified(format!("{url} has no {series}")))?
+        .to_string();
+    if !rollbacks.ends_with(" 1") {
+        return Err(DemoError::NotVerified(format!(
+            "{url} counts other than one rollback: {rollbacks}"
+        )));
+    }
+    Ok(Scrape {
+        url: url.to_string(),
+        rollbacks,
+        file,
+    })
+}
+
+/// The watchdog's admin server on a free loopback port, for the demo's
+/// duration.
+struct AdminServer {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    async fn start(state: AdminState) -> Result<AdminServer, DemoError> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(DemoError::Admin)?;
+        let addr = listener.local_addr().map_err(DemoError::Admin)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(admin::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Ok(AdminServer {
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
 }
 
 async fn tick(daemon: &mut Daemon) -> Result<Evaluation, DemoError> {
@@ -492,6 +600,7 @@ async fn summary(
     outcome: &RollbackOutcome,
     emitted: &[Incident],
     feeds: &Feeds,
+    scrape: &Scrape,
     bad: &str,
     with_prometheus: bool,
     deployed: Instant,
@@ -647,6 +756,15 @@ async fn summary(
         ),
     );
     row(
+        "metrics",
+        format!(
+            "{} (from {}; the whole scrape is in {})",
+            scrape.rollbacks,
+            scrape.url,
+            scrape.file.display()
+        ),
+    );
+    row(
         "final image",
         format!("{final_image} (the Deployment's template, read back from the cluster)"),
     );
@@ -659,6 +777,8 @@ async fn summary(
         audit_log: audit.path.clone(),
         final_image,
         slack_messages,
+        rollbacks_metric: scrape.rollbacks.clone(),
+        metrics_file: scrape.file.clone(),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The watchdog's own metrics, served on the admin port's `/metrics` in the
-//! OpenMetrics text format, so its users can alert on it like on any other
+//! OpenMetrics text format or the Prometheus text format 0.0.4 (what the
+//! scraper asks for), so its users can alert on it like on any other
 //! production service. Nothing here decides anything; it only counts.
 
 use std::sync::atomic::AtomicU64;
@@ -46,6 +47,21 @@ pub struct TargetVerdict {
     pub target: String,
     pub verdict: String,
 }
+
+/// The `outcome` of `rollbacks_total`: every word the run loop counts a
+/// finished pipeline under (`daemon::outcome_word`).
+pub const ROLLBACK_OUTCOMES: [&str; 6] = [
+    "succeeded",
+    "refused",
+    "dry_run",
+    "conflict",
+    "failed",
+    "escalated",
+];
+
+/// The `outcome` of `notifications_total`: every `DeliveryResult::label`.
+pub const NOTIFICATION_OUTCOMES: [&str; 4] =
+    ["delivered", "gave_up", "dropped", "already_delivered"];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -158,6 +174,37 @@ impl Metrics {
         (metrics, registry)
     }
 
+    /// Sets `targets` to the Deployments watched now, and creates their
+    /// `rollbacks_total` series at 0: a series that first appears at 1
+    /// shows no `increase()`, so the first failed rollback of a target
+    /// would not fire an alert on it.
+    pub fn set_targets<I: IntoIterator<Item = String>>(&self, targets: I) {
+        let mut count = 0;
+        for target in targets {
+            count += 1;
+            for outcome in ROLLBACK_OUTCOMES {
+                let _ = self.rollbacks.get_or_create(&TargetOutcome {
+                    target: target.clone(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        self.targets.set(count);
+    }
+
+    /// Creates the `notifications_total` series of each configured sink
+    /// at 0 (see [`Self::set_targets`]).
+    pub fn set_sinks(&self, sinks: &[String]) {
+        for sink in sinks {
+            for outcome in NOTIFICATION_OUTCOMES {
+                let _ = self.notifications.get_or_create(&SinkOutcome {
+                    sink: sink.clone(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+    }
+
     /// Records one tick's verdict for a target, keeping exactly one verdict
     /// series at 1.
     pub fn set_verdict(&self, target: &str, verdict: &str, all_verdicts: &[&str]) {
@@ -172,12 +219,169 @@ impl Metrics {
     }
 }
 
-/// The registry in the OpenMetrics text format.
-pub fn render(registry: &Registry) -> String {
+/// The exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 text, what Prometheus asks for first.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4, for everything else: `curl`,
+    /// `promtool check metrics`, older scrapers.
+    Prometheus,
+}
+
+impl Format {
+    /// The `Content-Type` of a body in this format (Prometheus 3 refuses a
+    /// scrape whose content type it cannot tell).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// The format for a request's `Accept` header, like the Go client's
+    /// `expfmt.Negotiate`: OpenMetrics only when the client names
+    /// `application/openmetrics-text` and weighs it at least as much as
+    /// `text/plain`; the Prometheus text format otherwise (no header,
+    /// `*/*`, a browser).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Prometheus;
+        };
+        let mut openmetrics: Option<f32> = None;
+        let mut text: Option<(u8, f32)> = None;
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => {
+                    openmetrics = Some(openmetrics.map_or(q, |o| o.max(q)));
+                }
+                // The most specific range that matches text/plain decides.
+                "text/plain" | "text/*" | "*/*" => {
+                    let rank = match media.as_str() {
+                        "text/plain" => 2,
+                        "text/*" => 1,
+                        _ => 0,
+                    };
+                    if text.is_none_or(|(r, _)| rank > r) {
+                        text = Some((rank, q));
+                    }
+                }
+                _ => {}
+            }
+        }
+        match openmetrics {
+            Some(q) if q > 0.0 && q >= text.map_or(0.0, |(_, t)| t) => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+}
+
+/// The registry in `format`.
+pub fn render(registry: &Registry, format: Format) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    match format {
+        Format::OpenMetrics => out,
+        Format::Prometheus => openmetrics_to_prometheus(&out),
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics text (it encodes nothing else)
+/// in the Prometheus text format 0.0.4, as the Go client writes it:
+/// a counter's family is named with its `_total`; an info metric is a
+/// gauge named `..._info`; `unknown` is `untyped`; there is no `# UNIT`,
+/// no `_created` series, no exemplar and no `# EOF`; timestamps are in
+/// milliseconds.
+fn openmetrics_to_prometheus(openmetrics: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    let mut family_type = "";
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (classic_name, classic_kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "stateset" => (name.to_string(), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some((_, text)) = help.take().filter(|(n, _)| *n == name) {
+                // OpenMetrics may escape a quote in HELP; 0.0.4 does not.
+                let _ = writeln!(out, "# HELP {classic_name} {}", text.replace("\\\"", "\""));
+            }
+            let _ = writeln!(out, "# TYPE {classic_name} {classic_kind}");
+            family_type = kind;
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, rest) = split_series(line);
+        let name = series.split('{').next().unwrap_or(series);
+        if name.ends_with("_created") && matches!(family_type, "counter" | "histogram" | "summary")
+        {
+            continue;
+        }
+        // "value [timestamp] [# exemplar]"
+        let mut fields = rest.split('#').next().unwrap_or("").split_whitespace();
+        let Some(value) = fields.next() else {
+            continue;
+        };
+        let _ = write!(out, "{series} {value}");
+        if let Some(ms) = fields
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
+            .map(|seconds| (seconds * 1000.0).round() as i64)
+        {
+            let _ = write!(out, " {ms}");
+        }
+        out.push('\n');
+    }
     out
+}
+
+/// Splits a sample line into `name{labels}` and the rest, minding quoted
+/// label values (which may hold spaces, braces and `#`).
+fn split_series(line: &str) -> (&str, &str) {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut in_labels = false;
+    for (i, c) in line.char_indices() {
+        if in_quotes {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' if in_labels => in_quotes = true,
+            '{' => in_labels = true,
+            '}' if in_labels => return (&line[..=i], &line[i + 1..]),
+            ' ' if !in_labels => return (&line[..i], &line[i..]),
+            _ => {}
+        }
+    }
+    (line, "")
 }
 
 #[cfg(test)]
@@ -196,7 +400,7 @@ mod tests {
             })
             .inc();
         metrics.set_verdict("production/web", "bad", &["healthy", "bad"]);
-        let text = render(&registry);
+        let text = render(&registry, Format::OpenMetrics);
         for name in [
             "rollback_watchdog_targets 2",
             "rollback_watchdog_rollbacks_total{target=\"production/web\",outcome=\"succeeded\"} 1",
@@ -208,6 +412,131 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counter_and_info_families_as_their_samples() {
+        let (metrics, registry) = Metrics::new();
+        metrics
+            .rollbacks
+            .get_or_create(&TargetOutcome {
+                target: "production/web".into(),
+                outcome: "succeeded".into(),
+            })
+            .inc();
+        let text = render(&registry, Format::Prometheus);
+        for line in [
+            "# HELP rollback_watchdog_rollbacks_total Rollbacks, by target and outcome.",
+            "# TYPE rollback_watchdog_rollbacks_total counter",
+            "rollback_watchdog_rollbacks_total{target=\"production/web\",outcome=\"succeeded\"} 1",
+            "# TYPE rollback_watchdog_build_info gauge",
+            "# TYPE rollback_watchdog_detection_seconds histogram",
+            "rollback_watchdog_detection_seconds_bucket{le=\"+Inf\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains(" info\n"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_features_the_prometheus_text_lacks_are_rewritten_or_dropped() {
+        let openmetrics = concat!(
+            "# HELP jobs Jobs \\\"done\\\".\n",
+            "# TYPE jobs counter\n",
+            "# UNIT jobs jobs\n",
+            "jobs_total{queue=\"a b} # {\"} 3 1700000000.5 # {trace_id=\"x\"} 1.0 1.0\n",
+            "jobs_created{queue=\"a b} # {\"} 1700000000.0\n",
+            "# HELP up Up.\n",
+            "# TYPE up unknown\n",
+            "up 1\n",
+            "# HELP build Build.\n",
+            "# TYPE build info\n",
+            "build_info{version=\"1\"} 1\n",
+            "# EOF\n",
+        );
+        assert_eq!(
+            openmetrics_to_prometheus(openmetrics),
+            concat!(
+                "# HELP jobs_total Jobs \"done\".\n",
+                "# TYPE jobs_total counter\n",
+                "jobs_total{queue=\"a b} # {\"} 3 1700000000500\n",
+                "# HELP up Up.\n",
+                "# TYPE up untyped\n",
+                "up 1\n",
+                "# HELP build_info Build.\n",
+                "# TYPE build_info gauge\n",
+                "build_info{version=\"1\"} 1\n",
+            )
+        );
+    }
+
+    #[test]
+    fn openmetrics_is_served_only_to_a_client_that_asks_for_it() {
+        let cases = [
+            (None, Format::Prometheus),
+            (Some("*/*"), Format::Prometheus),
+            (Some("text/plain"), Format::Prometheus),
+            // Prometheus 2.x.
+            (
+                Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                Format::OpenMetrics,
+            ),
+            // Prometheus 3.x.
+            (
+                Some("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
+                Format::OpenMetrics,
+            ),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (Some("application/openmetrics-text;q=0"), Format::Prometheus),
+            (
+                Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"),
+                Format::Prometheus,
+            ),
+            // A browser.
+            (
+                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+                Format::Prometheus,
+            ),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::negotiate(accept), want, "Accept: {accept:?}");
+        }
+    }
+
+    #[test]
+    fn every_notification_outcome_is_created_at_zero_for_each_sink() {
+        use crate::notify::DeliveryResult;
+        let reason = String::new;
+        let labels: Vec<&str> = [
+            DeliveryResult::Delivered,
+            DeliveryResult::GaveUp { reason: reason() },
+            DeliveryResult::Dropped { reason: reason() },
+            DeliveryResult::AlreadyDelivered,
+        ]
+        .iter()
+        .map(DeliveryResult::label)
+        .collect();
+        assert_eq!(labels, NOTIFICATION_OUTCOMES);
+
+        let (metrics, registry) = Metrics::new();
+        metrics.set_sinks(&["oncall".to_string()]);
+        metrics.set_targets(["production/web".to_string(), "production/api".to_string()]);
+        let text = render(&registry, Format::Prometheus);
+        assert!(text.contains("rollback_watchdog_targets 2\n"), "{text}");
+        for line in [
+            "rollback_watchdog_notifications_total{sink=\"oncall\",outcome=\"gave_up\"} 0",
+            "rollback_watchdog_rollbacks_total{target=\"production/api\",outcome=\"failed\"} 0",
+            "rollback_watchdog_rollbacks_total{target=\"production/web\",outcome=\"succeeded\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
     }
 }

@@ -3,13 +3,18 @@
 //! exit 0 having told the whole story on stdout (a signal failing with its
 //! value, the Bad verdict, every pipeline step, the Slack message as
 //! received, the summary) and leave the Deployment on v1; with Prometheus,
-//! and as if Prometheus were not installed.
+//! and as if Prometheus were not installed. Its own `/metrics`, scraped at
+//! the end, counts the one rollback and passes promtool and the Prometheus
+//! Python client's parser.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use rollback_watchdog::sim::prometheus;
+use support::metrics::{assert_promtool_accepts, assert_required_families, python_parse, value};
 
 /// The two runs share two cores with the rest of the suite: one at a time,
 /// so neither is slowed past its window.
@@ -128,6 +133,74 @@ fn assert_the_whole_story(out: &Output, bad_image: &str, failing: &str) -> PathB
         .expect("the audit log's path")
 }
 
+/// The summary shows the rollback counter as the watchdog's `/metrics`
+/// served it, and the whole scrape it kept is what Prometheus tooling
+/// accepts: one succeeded rollback, one detection and one recovery timed,
+/// the Slack delivery counted.
+fn assert_metrics(out: &Output) {
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("metrics  "))
+        .unwrap_or_else(|| panic!("no metrics line in the summary:\n{stdout}"));
+    assert!(
+        line.contains(
+            "rollback_watchdog_rollbacks_total{target=\"production/kailash-kaizen\",outcome=\"succeeded\"} 1 (from http://127.0.0.1:"
+        ),
+        "{line}"
+    );
+    let path = line
+        .split_once("the whole scrape is in ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no scrape file in {line:?}"));
+    let body = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_promtool_accepts(&body);
+    let families = python_parse(&body, "text");
+    assert_required_families(&families, false);
+    let target = ("target", "production/kailash-kaizen");
+    let rollbacks = |outcome| {
+        value(
+            &families,
+            "rollback_watchdog_rollbacks_total",
+            &[target, ("outcome", outcome)],
+        )
+    };
+    assert_eq!(rollbacks("succeeded"), Some(1.0), "{body}");
+    for outcome in ["failed", "escalated", "conflict", "refused", "dry_run"] {
+        assert_eq!(rollbacks(outcome), Some(0.0), "{outcome}: {body}");
+    }
+    for histogram in ["detection_seconds", "recovery_seconds"] {
+        assert_eq!(
+            value(
+                &families,
+                &format!("rollback_watchdog_{histogram}_count"),
+                &[]
+            ),
+            Some(1.0),
+            "{body}"
+        );
+    }
+    let delivered: f64 = families
+        .iter()
+        .flat_map(|f| &f.samples)
+        .filter(|s| {
+            s.name == "rollback_watchdog_notifications_total"
+                && s.labels.get("outcome").map(String::as_str) == Some("delivered")
+        })
+        .map(|s| s.value())
+        .sum();
+    assert!(delivered >= 1.0, "{body}");
+    assert!(
+        value(
+            &families,
+            "rollback_watchdog_evaluations_total",
+            &[target, ("result", "bad")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+}
+
 /// The audit log the summary names holds one line per step, the incident
 /// report included; then the demo's directory is cleaned up.
 fn assert_audit_log(path: &Path) {
@@ -169,6 +242,7 @@ fn the_demo_rolls_a_deploy_with_errors_back_and_tells_the_whole_story() {
             .any(|l| l.contains("FAIL  error ratio ") && l.contains(" % > max 5.0 %")),
         "the measured ratio against its threshold:\n{stdout}"
     );
+    assert_metrics(&out);
     assert_audit_log(&path);
 }
 
@@ -183,5 +257,6 @@ fn without_prometheus_the_demo_rolls_a_crash_looping_deploy_back_from_the_pod_si
     );
     assert!(!stdout.contains("Prometheus at http"), "{stdout}");
     assert!(stdout.contains("CrashLoopBackOff"), "{stdout}");
+    assert_metrics(&out);
     assert_audit_log(&path);
 }

@@ -600,3 +600,34 @@ async fn access_reviews_answer_from_the_policy_that_every_request_is_held_to() {
     assert_eq!(denied[0].content_type, "application/merge-patch+json");
     assert_eq!(log.patches("/deployments/web"), 1);
 }
+
+#[tokio::test]
+async fn a_held_resource_answers_its_lists_only_once_released_and_other_kinds_meanwhile() {
+    let (sim, client) = sim().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, NS);
+    let hold = sim.api_state().hold_lists("deployments");
+    let list = tokio::spawn(async move { deployments.list(&ListParams::default()).await });
+
+    // Other kinds, and reads of one object, are served meanwhile.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        configmaps.list(&ListParams::default()),
+    )
+    .await
+    .expect("a list of another kind is not held")
+    .expect("configmaps list");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!list.is_finished(), "the held list was answered");
+
+    hold.release();
+    let listed = tokio::time::timeout(Duration::from_secs(10), list)
+        .await
+        .expect("the list is answered once released")
+        .expect("task")
+        .expect("deployments list");
+    assert!(listed
+        .items
+        .iter()
+        .any(|d| d.metadata.name.as_deref() == Some("kailash-kaizen")));
+}

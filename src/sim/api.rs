@@ -5,7 +5,7 @@
 //! error with anything but a `meta/v1 Status` body, and never panic on a
 //! request, however malformed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub struct ApiState {
     bookmark_interval: Duration,
     /// Bumped to end every open watch stream.
     watch_closer: std::sync::Arc<watch::Sender<u64>>,
+    /// Resources (by plural) whose list and watch requests wait, with how
+    /// many holds each has.
+    held: std::sync::Arc<watch::Sender<BTreeMap<String, usize>>>,
 }
 
 impl ApiState {
@@ -55,6 +58,7 @@ impl ApiState {
             log: RequestLog::new(),
             bookmark_interval: Duration::from_secs(1),
             watch_closer: std::sync::Arc::new(closer),
+            held: std::sync::Arc::new(watch::channel(BTreeMap::new()).0),
         }
     }
 
@@ -91,6 +95,52 @@ impl ApiState {
     /// resourceVersion (and relist if that is gone after `compact()`).
     pub fn close_watches(&self) {
         self.watch_closer.send_modify(|n| *n += 1);
+    }
+
+    /// Holds every list and watch request of `resource` (a plural such as
+    /// `deployments`) until the returned guard is released or dropped, as
+    /// a slow or overloaded API server would: a client's caches cannot
+    /// sync meanwhile. Held requests are answered, not failed, on release.
+    pub fn hold_lists(&self, resource: &str) -> ListHold {
+        self.held
+            .send_modify(|held| *held.entry(resource.to_string()).or_default() += 1);
+        ListHold {
+            held: self.held.clone(),
+            resource: resource.to_string(),
+        }
+    }
+
+    /// Waits while a [`ListHold`] holds `resource`.
+    async fn wait_unheld(&self, resource: &str) {
+        let mut held = self.held.subscribe();
+        // The sender lives in `self`: wait_for cannot fail while it waits.
+        let _ = held.wait_for(|held| !held.contains_key(resource)).await;
+    }
+}
+
+/// Holds list and watch requests of one resource while it lives; see
+/// [`ApiState::hold_lists`].
+#[must_use = "the requests are released as soon as the hold is dropped"]
+pub struct ListHold {
+    held: std::sync::Arc<watch::Sender<BTreeMap<String, usize>>>,
+    resource: String,
+}
+
+impl ListHold {
+    /// Lets the held requests (and later ones) through.
+    pub fn release(self) {}
+}
+
+impl Drop for ListHold {
+    fn drop(&mut self) {
+        self.held.send_modify(|held| {
+            if let Some(n) = held.get_mut(&self.resource) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&self.resource);
+                }
+            }
+        });
     }
 }
 
@@ -436,6 +486,9 @@ async fn dispatch(
         if let Err(e) = authorize(state, verb, &target) {
             return (verb, Err(e));
         }
+    }
+    if matches!(verb, "list" | "watch") {
+        state.wait_unheld(target.kind.plural).await;
     }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use access::{AccessPolicy, AccessRequest, AccessRule, Decision};
-pub use api::{ApiError, ApiState};
+pub use api::{ApiError, ApiState, ListHold};
 pub use app::{ScrapeTarget, ScrapeTargets};
 pub use behaviour::{Behaviour, Behaviours, Crash};
 pub use clock::SimClock;

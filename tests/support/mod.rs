@@ -5,5 +5,6 @@
 pub mod binary;
 pub mod handmade;
 pub mod kubectl;
+pub mod metrics;
 pub mod prom;
 pub mod watch;
