@@ -864,7 +864,10 @@ fn exported_metric_names() -> BTreeSet<String> {
         })
         .inc();
     metrics.set_verdict(&target, "bad", &["healthy", "bad"]);
-    let text = rollback_watchdog::metrics::render(&registry);
+    let text = rollback_watchdog::metrics::render(
+        &registry,
+        rollback_watchdog::metrics::Format::OpenMetrics,
+    );
     let mut names = BTreeSet::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
