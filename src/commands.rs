@@ -75,7 +75,13 @@ impl Io<'_> {
 
 /// Loads the config, printing every problem; the exit code on failure.
 pub fn load_config(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
-    match Loader::from_file(path).load() {
+    load_with(Loader::from_file(path), path, err)
+}
+
+/// Like [`load_config`] with a loader the caller set up (the self-check
+/// only warns about absent secret files).
+pub fn load_with(loader: Loader, path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
+    match loader.load() {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 let _ = writeln!(err, "warning: {w}");
@@ -719,6 +725,8 @@ pub async fn run(
                 }
             }
             stop_began = Some(tokio::time::Instant::now());
+            // No write from here on, even by a tick still running.
+            leadership.revoke();
         });
         let result = run.await;
         if stopped {

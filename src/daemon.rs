@@ -258,6 +258,18 @@ impl Daemon {
             match task.await {
                 Ok(None) => {}
                 Ok(Some(outcome)) => {
+                    // Stopped before its patch (the Lease blinked, or a
+                    // shutdown): nothing happened, so the decision is not
+                    // spent. The next tick as leader decides again.
+                    let patched = outcome.steps.iter().any(|st| {
+                        st.step == rollback::Step::Update && st.outcome == rollback::StepOutcome::Ok
+                    });
+                    if outcome.result == RollbackResult::HandedOver && !patched {
+                        if let Some(m) = self.memory.get_mut(&uid) {
+                            m.acted = false;
+                        }
+                        self.triggered_by.remove(&uid);
+                    }
                     // Only a pipeline that went through Wait cleared its
                     // in-flight record. One that failed at Update may still
                     // have been applied (a timeout): its record, if any, is

@@ -205,14 +205,16 @@ impl Leadership {
     }
 
     fn renewed(&self, sent: Instant) {
-        if self.is_revoked() {
-            return;
-        }
         *self
             .inner
             .renewed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sent);
+        // Revoked: renewing keeps the Lease from others, but is_leader()
+        // stays false and nobody is told this replica leads.
+        if self.is_revoked() {
+            return;
+        }
         self.inner.changes.send_if_modified(|leading| {
             let was = *leading;
             *leading = true;
@@ -310,7 +312,10 @@ impl Elector {
             "leader election: started"
         );
         loop {
-            if *stop.borrow() || self.leadership.is_revoked() {
+            // Revoked (shutdown began) is not stopped: the Lease is held,
+            // and renewed, until the drain is over and the caller says
+            // stop, so no other replica acts while writes may still land.
+            if *stop.borrow() {
                 break;
             }
             let sent = Instant::now();
@@ -433,17 +438,9 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self
+            return won(self
                 .bounded("create", self.api.create(&PostParams::default(), &lease))
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(LeaseError::Api {
-                    source: kube::Error::Api(status),
-                    ..
-                }) if status.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
+                .await);
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
@@ -495,20 +492,16 @@ impl Elector {
             ..spec
         });
         // The resourceVersion read above makes this a compare-and-swap.
-        match self
-            .bounded(
-                "update",
-                self.api.replace(&s.name, &PostParams::default(), &next),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(LeaseError::Api {
-                source: kube::Error::Api(status),
-                ..
-            }) if status.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        }
+        won(self.replace(&next).await)
+    }
+
+    async fn replace(&self, next: &Lease) -> Result<Lease, LeaseError> {
+        self.bounded(
+            "update",
+            self.api
+                .replace(&self.settings.name, &PostParams::default(), next),
+        )
+        .await
     }
 
     /// Clears the holder if it is this replica, so the next leader need
@@ -542,14 +535,13 @@ impl Elector {
             renew_time: Some(MicroTime(jiff::Timestamp::now())),
             ..spec
         });
-        match self
-            .bounded(
-                "update",
-                self.api.replace(&s.name, &PostParams::default(), &next),
-            )
-            .await
-        {
-            Ok(_) => tracing::info!(identity = %s.identity, "leader election: released the Lease"),
+        match won(self.replace(&next).await) {
+            Ok(true) => {
+                tracing::info!(identity = %s.identity, "leader election: released the Lease")
+            }
+            Ok(false) => {
+                tracing::info!("leader election: the Lease changed meanwhile; not released")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "leader election: cannot release the Lease; it expires by itself")
             }
@@ -557,8 +549,24 @@ impl Elector {
     }
 }
 
+/// A write to the Lease: true when it took, false when another replica
+/// wrote first (409: stale resourceVersion, or created meanwhile).
+fn won(result: Result<Lease, LeaseError>) -> Result<bool, LeaseError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(LeaseError::Api {
+            source: kube::Error::Api(status),
+            ..
+        }) if status.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whole seconds, rounded up: the Lease must not advertise less than the
+/// leader's own write window.
 fn duration_seconds(d: Duration) -> i32 {
-    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

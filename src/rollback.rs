@@ -879,7 +879,7 @@ impl Pipeline {
                 );
                 match self.verify(&d, &in_flight, &policy).await {
                     Verified::HandedOver => {
-                        return self.handed_over(&in_flight, steps, patch, Step::Verify)
+                        return self.handed_over(&in_flight, steps, patch, Step::Verify, None)
                     }
                     Verified::Passed { summary, details } => {
                         self.record(
@@ -929,7 +929,9 @@ impl Pipeline {
                     }
                 }
             }
-            Waited::HandedOver => return self.handed_over(&in_flight, steps, patch, Step::Wait),
+            Waited::HandedOver => {
+                return self.handed_over(&in_flight, steps, patch, Step::Wait, None)
+            }
             Waited::Failed(why, d) => {
                 self.record(
                     &mut steps,
@@ -964,7 +966,7 @@ impl Pipeline {
         // Leadership may have gone while verifying: the closing write, the
         // report and the notification belong to whoever leads now.
         if !(self.ctx.may_write)() {
-            return self.handed_over(&in_flight, steps, patch, Step::Verify);
+            return self.handed_over(&in_flight, steps, patch, Step::Verify, None);
         }
         // Close the record; keep known-good on the restored template.
         if let Some(d) = &final_deployment {
@@ -972,7 +974,13 @@ impl Pipeline {
                 .close(d, &in_flight, result == RollbackResult::Succeeded)
                 .await
             {
-                tracing::warn!(target = %target, "{why}");
+                // The record is still on the Deployment: telling on-call
+                // now would be told again by whoever resumes it. Leave it
+                // to the next tick (or the next leader), which resumes.
+                let why = format!(
+                    "{why}; the in-flight record stays and the rollback is resumed at Wait/Verify, then reported"
+                );
+                return self.handed_over(&in_flight, steps, patch, Step::Verify, Some(why));
             }
         }
 
@@ -1748,6 +1756,24 @@ impl Pipeline {
     }
 
     fn notify(&self, steps: &mut Vec<StepRecord>, incident: &Incident) {
+        // The leader tells on-call; a replica that lost the Lease while
+        // deciding leaves it to the leader, which decides for itself.
+        if !(self.ctx.may_write)() {
+            let target = incident.target();
+            self.record(
+                steps,
+                &incident.id,
+                &target,
+                Step::Notify,
+                StepOutcome::Refused,
+                format!(
+                    "{} not sent: this watchdog is no longer the leader",
+                    kind_name(incident.kind)
+                ),
+                json!({"kind": incident.kind}),
+            );
+            return;
+        }
         self.ctx.sink.emit(incident);
         let target = incident.target();
         self.record(
@@ -1917,12 +1943,13 @@ impl Pipeline {
         mut steps: Vec<StepRecord>,
         patch: Vec<Value>,
         step: Step,
+        why: Option<String>,
     ) -> RollbackOutcome {
         let (ns, name) = split_target(&in_flight.id);
         let target = format!("{ns}/{name}");
-        let why = format!(
+        let why = why.unwrap_or_else(|| format!(
             "{target}: this watchdog is no longer the leader (or is shutting down); it stopped before its next write, and the next leader resumes this rollback from its in-flight record at Wait/Verify"
-        );
+        ));
         self.record(
             &mut steps,
             &in_flight.id,

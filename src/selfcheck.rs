@@ -31,8 +31,8 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 
 use crate::cache::Scope;
-use crate::cli::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
-use crate::config::{Config, ConfigError, Loader, MissingSecrets, PrometheusSettings};
+use crate::cli::{EXIT_FAILURE, EXIT_OK};
+use crate::config::{Config, Loader, MissingSecrets, PrometheusSettings};
 use crate::signals::prometheus::PrometheusSource;
 
 /// How long one SelfSubjectAccessReview may take.
@@ -573,28 +573,11 @@ pub async fn command(
 /// are warnings: the check needs none of them, and an operator may run it
 /// away from the pod where the Secret is mounted.
 fn load_config(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
-    match Loader::from_file(path)
-        .missing_secrets(MissingSecrets::Warn)
-        .load()
-    {
-        Ok(loaded) => {
-            for w in &loaded.warnings {
-                let _ = writeln!(err, "warning: {w}");
-            }
-            Ok(loaded.config)
-        }
-        Err(ConfigError::Invalid { problems, .. }) => {
-            let _ = writeln!(err, "error: {} is not a valid config:", path.display());
-            for p in &problems {
-                let _ = writeln!(err, "{p}");
-            }
-            Err(EXIT_CONFIG)
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            Err(EXIT_CONFIG)
-        }
-    }
+    crate::commands::load_with(
+        Loader::from_file(path).missing_secrets(MissingSecrets::Warn),
+        path,
+        err,
+    )
 }
 
 #[cfg(test)]

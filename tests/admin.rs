@@ -7,6 +7,7 @@
 //! kubeconfig, standalone (`[leader_election] enabled = false`).
 
 mod support;
+use support::binary::free_port;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,11 +37,6 @@ impl Drop for Watchdog {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 fn write_config(dir: &Path, admin_port: u16, request_timeout: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 //! A bad deploy is rolled back to the last known-good revision exactly
 //! once; a restored revision that turns bad escalates instead of looping.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -283,6 +284,76 @@ async fn a_crash_looping_deploy_is_rolled_back_without_prometheus_and_a_restored
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !events_received(&got).contains(&"escalation".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received {:?}",
+            events_received(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_stopped_by_a_lease_blip_before_its_patch_is_decided_again() {
+    let (hook, got) = receiver().await;
+    let mut s = Scenario::start(
+        "auto-blip",
+        Prom::Url("http://127.0.0.1:1"),
+        Behaviours::builtin(),
+        &extra(&hook),
+    )
+    .await;
+    // The pipeline finds the Lease gone when it is about to write.
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = leading.clone();
+    s.with_pipeline_guarded(Arc::new(move || {
+        guard.load(std::sync::atomic::Ordering::SeqCst)
+    }))
+    .await;
+    s.tick().await;
+    s.deploy("web:v2-crash").await;
+    s.tick_until_bad(40).await;
+    let mut stopped = Vec::new();
+    for _ in 0..20 {
+        s.daemon.wait_pipelines(Duration::from_secs(10)).await;
+        stopped = s.daemon.take_outcomes();
+        if !stopped.is_empty() {
+            break;
+        }
+        s.tick().await;
+    }
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(stopped[0].result, RollbackResult::HandedOver);
+    assert_eq!(template_patches(&s), 0, "nothing was written");
+
+    // Leading again, with the revision still Bad: the decision was not
+    // spent on the attempt that wrote nothing.
+    leading.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut finished = Vec::new();
+    for _ in 0..60 {
+        s.tick().await;
+        finished.extend(s.daemon.take_outcomes());
+        if !finished.is_empty() && !s.daemon.pipelines_running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
+    finished.extend(s.daemon.take_outcomes());
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(
+        finished[0].result,
+        RollbackResult::Succeeded,
+        "{}",
+        finished[0].why()
+    );
+    assert_eq!(template_patches(&s), 1);
+    assert_eq!(
+        image_of(&s.deployments().get(NAME).await.expect("get")),
+        "web:v1"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !events_received(&got).contains(&"rollback_succeeded".to_string()) {
         assert!(
             std::time::Instant::now() < deadline,
             "received {:?}",

@@ -553,3 +553,66 @@ async fn run_exits_non_zero_when_the_lease_can_no_longer_be_used() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_over_only_after_it_has_stopped_writing() {
+    let c = Cluster::start().await;
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = c.run("replica-a", pa);
+    roles(&[pa]).await;
+    let mut b = c.run("replica-b", pb);
+    assert_eq!(roles(&[pa, pb]).await, vec![Role::Leader, Role::Follower]);
+
+    slow_v1(&c.sim);
+    c.deploy("web:v2-crash").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.template_patches() == 0 {
+        assert!(Instant::now() < deadline, "never patched: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.signal("TERM");
+    // While the old leader drains, the Lease stays with it: no second
+    // replica acts while one of its writes may still land.
+    let exited = loop {
+        if let Some(status) = a.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert_ne!(
+            c.holder().await.as_deref(),
+            Some("replica-b"),
+            "replica-b leads while replica-a still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exited.success(), "exit {exited}: {}", a.log());
+    let released = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.holder().await.as_deref() != Some("replica-b") {
+        assert!(
+            Instant::now() < deadline,
+            "replica-b never took the Lease: {}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Released, not expired: well inside lease_duration.
+    assert!(
+        released.elapsed() < LEASE_DURATION,
+        "took {:?}",
+        released.elapsed()
+    );
+    c.wait_deployment("restored by replica-b", |d| {
+        image(d) == "web:v1" && !in_flight(d)
+    })
+    .await;
+    c.wait_notified(&["rollback_succeeded"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.assert_alive();
+    assert_eq!(c.template_patches(), 1, "resumed, not repeated");
+    assert_eq!(
+        count(&events_received(&c.got), "rollback_succeeded"),
+        1,
+        "{:?}",
+        events_received(&c.got)
+    );
+}

@@ -4,25 +4,14 @@
 //! evaluation for CI pipelines.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions};
 use rollback_watchdog::status::StatusReport;
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+mod support;
+use support::binary::{free_port, watchdog, Running};
 
 fn write_config(dir: &Path, admin_port: u16) -> std::path::PathBuf {
     let closed = free_port();
@@ -58,14 +47,6 @@ name = "ghost"
     path
 }
 
-fn watchdog(kubeconfig: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollback-watchdog"));
-    cmd.env("KUBECONFIG", kubeconfig)
-        .env_remove("ROLLBACK_WATCHDOG_CONFIG")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
 // Multi-threaded: the sim serves the binaries while this test waits for
 // them synchronously.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,17 +61,8 @@ async fn run_serves_its_status_and_metrics_and_status_reads_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let config = write_config(dir.path(), port);
-    let stderr_path = dir.path().join("run.stderr");
-    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let child = watchdog(sim.kubeconfig_path())
-        .args(["--config"])
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .expect("run starts");
-    let mut run = Running(child);
+    let mut run = Running::run(sim.kubeconfig_path(), &config, &[]);
+    let stderr_path = run.stderr.clone();
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -111,7 +83,7 @@ async fn run_serves_its_status_and_metrics_and_status_reads_them() {
                 }
             }
         }
-        if let Ok(Some(status)) = run.0.try_wait() {
+        if let Ok(Some(status)) = run.child.try_wait() {
             panic!(
                 "run exited early ({status}): {}",
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
@@ -181,14 +153,14 @@ async fn run_serves_its_status_and_metrics_and_status_reads_them() {
     assert_eq!(once.targets[0].revision, Some(1));
 
     // SIGTERM: a clean stop, exit 0; the warning was logged.
-    let pid = run.0.id().to_string();
+    let pid = run.child.id().to_string();
     Command::new("sh")
         .args(["-c", &format!("kill -TERM {pid}")])
         .status()
         .expect("kill");
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = run.0.try_wait().expect("wait") {
+        if let Some(status) = run.child.try_wait().expect("wait") {
             break status;
         }
         assert!(Instant::now() < deadline, "run did not stop on SIGTERM");

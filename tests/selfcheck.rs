@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 mod support;
+use support::binary::free_port;
 use support::kubectl::KUBECTL;
 
 /// The ServiceAccount deploy/ runs the watchdog as.
@@ -146,11 +147,6 @@ fn the_rbac_in_deploy_grants_exactly_what_the_self_check_requires() {
         .iter()
         .any(|p| p.namespace.as_deref() == Some("production") && p.verb == "patch"));
     assert!(!granted.iter().any(|p| p.resource == "secrets"));
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// A config for the sim's seed: the shipped config's namespaces, with

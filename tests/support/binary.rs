@@ -87,6 +87,7 @@ pub fn free_port() -> u16 {
 pub fn watchdog(kubeconfig: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rollback-watchdog"));
     cmd.env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("ROLLBACK_WATCHDOG_CONFIG")
         .env_remove("POD_NAME")
         .env_remove("RUST_LOG");

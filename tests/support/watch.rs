@@ -166,6 +166,13 @@ impl Scenario {
     /// Rebuilds the daemon so that it acts: the rollback pipeline (polling
     /// fast) with the real notifiers of the config.
     pub async fn with_pipeline(&mut self) {
+        self.with_pipeline_guarded(Arc::new(|| true)).await;
+    }
+
+    /// Like [`Self::with_pipeline`], with the pipeline asking `may_write`
+    /// before each write (leadership as the pipeline sees it); the loop
+    /// itself still decides as leader.
+    pub async fn with_pipeline_guarded(&mut self, may_write: Arc<dyn Fn() -> bool + Send + Sync>) {
         let (metrics, registry) = Metrics::new();
         self.admin = AdminState::new(registry, Duration::from_secs(5));
         let notifier = Arc::new(
@@ -177,7 +184,8 @@ impl Scenario {
             notifier.clone(),
         )
         .expect("pipeline context")
-        .with_poll_interval(Duration::from_millis(250));
+        .with_poll_interval(Duration::from_millis(250))
+        .with_may_write(may_write);
         self.daemon = Daemon::new(
             self.config.clone(),
             self.client.clone(),
