@@ -27,6 +27,7 @@ use crate::incident::{Collected, Incident, IncidentSink};
 use crate::judge::Verdict;
 use crate::metrics::Metrics;
 use crate::notify::{DeliveryOutcome, DeliveryResult, MetricsObserver, Notifier, NotifyError};
+use crate::revision::first_image;
 use crate::rollback::{self, RollbackError, RollbackOutcome, RollbackResult};
 use crate::signals::Outcome;
 use crate::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
@@ -273,6 +274,8 @@ async fn story(
         .config;
     let config = Arc::new(config);
     let (metrics, registry) = Metrics::new();
+    // One process, no election: it acts, as `run` does standalone.
+    metrics.leader.set(1);
     let deliveries: Arc<Mutex<Vec<DeliveryOutcome>>> = Arc::default();
     let observed = deliveries.clone();
     let notifier = Arc::new(
@@ -613,7 +616,7 @@ async fn summary(
         deployments.get(SEED_DEPLOYMENT),
     )
     .await?;
-    let final_image = image_of(&d);
+    let final_image = first_image(&d);
     if final_image != SEED_IMAGE {
         return Err(DemoError::NotVerified(format!(
             "the Deployment's template runs {final_image}, not {SEED_IMAGE}"
@@ -643,7 +646,7 @@ async fn summary(
             "the backup ConfigMap {backup} holds no readable deployment.json"
         )));
     };
-    let saved_image = image_of(&saved);
+    let saved_image = first_image(&saved);
     if saved_image != bad {
         return Err(DemoError::NotVerified(format!(
             "the backup ConfigMap {backup} holds a Deployment running {saved_image}, not {bad}"
@@ -780,15 +783,6 @@ async fn summary(
         rollbacks_metric: scrape.rollbacks.clone(),
         metrics_file: scrape.file.clone(),
     })
-}
-
-fn image_of(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
 }
 
 fn result_word(result: RollbackResult) -> &'static str {

@@ -147,6 +147,17 @@ fn revision_number(obj: &impl ResourceExt) -> Option<i64> {
         .filter(|n: &i64| *n > 0)
 }
 
+/// The image of the Deployment's first container ("" when it has none):
+/// the one `kubectl set image` usually changes, for progress lines.
+pub fn first_image(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
 fn images(t: &PodTemplateSpec) -> Vec<String> {
     t.spec
         .as_ref()

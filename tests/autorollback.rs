@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
+use rollback_watchdog::revision::first_image;
 use rollback_watchdog::rollback::RollbackResult;
 use rollback_watchdog::sim::{Behaviour, Behaviours, Crash};
 
@@ -31,15 +32,6 @@ fn template_patches(s: &Scenario) -> usize {
         .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
         .filter(|e| e.content_type.contains("json-patch"))
         .count()
-}
-
-fn image_of(d: &k8s_openapi::api::apps::v1::Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
 }
 
 /// Ticks until the verdict is Bad, then goes on ticking while the pipeline
@@ -104,7 +96,7 @@ async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_t
 
     // The Deployment's template is v1's again.
     let d = s.deployments().get(NAME).await.expect("get");
-    assert_eq!(image_of(&d), "web:v1");
+    assert_eq!(first_image(&d), "web:v1");
     let annotations = d.metadata.annotations.clone().unwrap_or_default();
     assert!(
         annotations
@@ -246,7 +238,7 @@ async fn a_crash_looping_deploy_is_rolled_back_without_prometheus_and_a_restored
         outcomes[0].why()
     );
     assert_eq!(
-        image_of(&s.deployments().get(NAME).await.expect("get")),
+        first_image(&s.deployments().get(NAME).await.expect("get")),
         "web:v1"
     );
 
@@ -349,7 +341,7 @@ async fn a_rollback_stopped_by_a_lease_blip_before_its_patch_is_decided_again() 
     );
     assert_eq!(template_patches(&s), 1);
     assert_eq!(
-        image_of(&s.deployments().get(NAME).await.expect("get")),
+        first_image(&s.deployments().get(NAME).await.expect("get")),
         "web:v1"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

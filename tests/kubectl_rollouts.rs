@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::{Api, ListParams};
+use rollback_watchdog::revision::first_image;
 use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE};
 
 mod support;
@@ -32,15 +33,6 @@ async fn deployments(sim: &SimCluster) -> Api<Deployment> {
     Api::namespaced(sim.client().await.expect("client"), SEED_NAMESPACE)
 }
 
-fn image(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
-
 fn annotation(meta: &kube::api::ObjectMeta, key: &str) -> Option<String> {
     meta.annotations.as_ref().and_then(|a| a.get(key).cloned())
 }
@@ -53,7 +45,7 @@ async fn wait_rolled_out(sim: &SimCluster, want: &str) {
         let d = api.get(SEED_DEPLOYMENT).await.expect("get deployment");
         let status = d.status.clone().unwrap_or_default();
         let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        if image(&d) == want
+        if first_image(&d) == want
             && status.observed_generation >= d.metadata.generation
             && status.updated_replicas == Some(replicas)
             && status.available_replicas == Some(replicas)
@@ -168,7 +160,7 @@ async fn set_image_rolls_out_and_undo_returns_the_template_as_revision_max_plus_
         .await
         .expect("get");
     let status = d.status.clone().unwrap_or_default();
-    assert_eq!(image(&d), "kailash-kaizen:v2");
+    assert_eq!(first_image(&d), "kailash-kaizen:v2");
     assert_eq!(
         (status.updated_replicas, status.available_replicas),
         (Some(3), Some(3))

@@ -12,6 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use rollback_watchdog::revision::first_image;
 use rollback_watchdog::rollback::IN_FLIGHT;
 use rollback_watchdog::sim::{self, Behaviour, Behaviours, SimClock, SimCluster, SimOptions};
 use rollback_watchdog::status::Role;
@@ -69,7 +70,7 @@ impl Cluster {
         };
         cluster
             .wait_deployment("v1 rolled out", |d| {
-                image(d) == "web:v1"
+                first_image(d) == "web:v1"
                     && d.status.as_ref().and_then(|s| s.available_replicas) == Some(3)
             })
             .await;
@@ -180,6 +181,15 @@ deadline = "10s"
             .count()
     }
 
+    /// Waits until the leader `by` has sent its template patch.
+    async fn wait_patched(&self, by: &Running) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.template_patches() == 0 {
+            assert!(Instant::now() < deadline, "never patched: {}", by.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn lease(&self) -> Option<Lease> {
         Api::<Lease>::namespaced(self.client.clone(), "rollback-watchdog")
             .get_opt("rollback-watchdog")
@@ -210,15 +220,6 @@ deadline = "10s"
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn image(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
 }
 
 fn in_flight(d: &Deployment) -> bool {
@@ -302,7 +303,7 @@ async fn two_replicas_elect_one_leader_which_alone_rolls_back_and_tells_on_call_
 
     c.deploy("web:v2-crash").await;
     c.wait_deployment("rolled back to web:v1", |d| {
-        image(d) == "web:v1" && !in_flight(d)
+        first_image(d) == "web:v1" && !in_flight(d)
     })
     .await;
     c.wait_notified(&["rollback_started", "rollback_succeeded"])
@@ -350,11 +351,7 @@ async fn a_killed_leader_hands_over_within_the_lease_duration_and_its_rollback_i
     slow_v1(&c.sim);
     c.deploy("web:v2-crash").await;
     // The leader patched: kill it while it waits for the rollout.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.template_patches() == 0 {
-        assert!(Instant::now() < deadline, "never patched: {}", a.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_patched(&a).await;
     a.signal("KILL");
     let killed = Instant::now();
     a.wait_exit(Duration::from_secs(5)).await;
@@ -383,7 +380,7 @@ async fn a_killed_leader_hands_over_within_the_lease_duration_and_its_rollback_i
     );
 
     c.wait_deployment("restored and verified by replica-b", |d| {
-        image(d) == "web:v1" && !in_flight(d)
+        first_image(d) == "web:v1" && !in_flight(d)
     })
     .await;
     c.wait_notified(&["rollback_succeeded"]).await;
@@ -422,11 +419,7 @@ async fn sigterm_during_wait_exits_zero_releases_the_lease_and_the_next_start_re
 
     slow_v1(&c.sim);
     c.deploy("web:v2-crash").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.template_patches() == 0 {
-        assert!(Instant::now() < deadline, "never patched: {}", a.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_patched(&a).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.signal("TERM");
     // shutdown_grace is 5 s.
@@ -451,7 +444,7 @@ async fn sigterm_during_wait_exits_zero_releases_the_lease_and_the_next_start_re
     // The next start (a new pod) resumes at Wait; no second patch.
     let mut again = c.run("replica-c", free_port());
     c.wait_deployment("restored after the restart", |d| {
-        image(d) == "web:v1" && !in_flight(d)
+        first_image(d) == "web:v1" && !in_flight(d)
     })
     .await;
     c.wait_notified(&["rollback_succeeded"]).await;
@@ -472,11 +465,7 @@ async fn a_leader_that_loses_its_lease_mid_rollback_stops_before_its_next_write(
 
     slow_v1(&c.sim);
     c.deploy("web:v2-crash").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.template_patches() == 0 {
-        assert!(Instant::now() < deadline, "never patched: {}", a.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_patched(&a).await;
     // Someone else takes the Lease (as after a long network partition).
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "rollback-watchdog");
     let mut lease = c.lease().await.expect("the Lease exists");
@@ -565,11 +554,7 @@ async fn sigterm_on_the_leader_hands_over_only_after_it_has_stopped_writing() {
 
     slow_v1(&c.sim);
     c.deploy("web:v2-crash").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.template_patches() == 0 {
-        assert!(Instant::now() < deadline, "never patched: {}", a.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_patched(&a).await;
     a.signal("TERM");
     // While the old leader drains, the Lease stays with it: no second
     // replica acts while one of its writes may still land.
@@ -602,7 +587,7 @@ async fn sigterm_on_the_leader_hands_over_only_after_it_has_stopped_writing() {
         released.elapsed()
     );
     c.wait_deployment("restored by replica-b", |d| {
-        image(d) == "web:v1" && !in_flight(d)
+        first_image(d) == "web:v1" && !in_flight(d)
     })
     .await;
     c.wait_notified(&["rollback_succeeded"]).await;

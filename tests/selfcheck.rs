@@ -16,6 +16,7 @@ use rollback_watchdog::config::{Config, Loader, MissingSecrets};
 use rollback_watchdog::daemon::Daemon;
 use rollback_watchdog::judge::Verdict;
 use rollback_watchdog::metrics::Metrics;
+use rollback_watchdog::revision::first_image;
 use rollback_watchdog::rollback::RollbackResult;
 use rollback_watchdog::selfcheck::{self, Permission, Requirement};
 use rollback_watchdog::sim::rbac::service_account_rules;
@@ -304,21 +305,12 @@ async fn self_check_names_the_api_server_it_cannot_ask() {
     );
 }
 
-fn image_of(d: &Deployment) -> String {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
-
 async fn wait_rolled_out(api: &Api<Deployment>, image: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = api.get(SEED_DEPLOYMENT).await.expect("get");
         let status = d.status.clone().unwrap_or_default();
-        if image_of(&d) == image
+        if first_image(&d) == image
             && status.updated_replicas == Some(3)
             && status.available_replicas == Some(3)
             && status.replicas == Some(3)
@@ -447,7 +439,7 @@ async fn under_the_shipped_rbac_a_crash_looping_deploy_is_rolled_back() {
     // What on-call sees: v1's template back, its backup, the audit trail,
     // the Events; and not one request refused on the way.
     let d = deployments.get(SEED_DEPLOYMENT).await.expect("get");
-    assert_eq!(image_of(&d), sim::SEED_IMAGE);
+    assert_eq!(first_image(&d), sim::SEED_IMAGE);
     let (backups, _) = sim
         .store()
         .list(&sim::store::CONFIGMAPS, Some(WATCHDOG_NAMESPACE));
