@@ -15,23 +15,12 @@ use rollback_watchdog::sim::{Behaviour, Behaviours, Crash};
 mod support;
 use support::binary::{events_received, receiver};
 use support::prom::shared;
-use support::watch::{verdicts, Prom, Scenario, NAME};
+use support::watch::{template_patches, verdicts, Prom, Scenario, NAME};
 
 fn extra(hook: &str) -> String {
     format!(
         "verify_window = \"4s\"\nrollout_timeout = \"60s\"\n\n[[notify]]\nkind = \"webhook\"\nname = \"oncall\"\nurl = \"{hook}\"\ndeadline = \"10s\"\n"
     )
-}
-
-/// Template patches (`/spec/template`) sent to the Deployment.
-fn template_patches(s: &Scenario) -> usize {
-    s.sim
-        .request_log()
-        .entries()
-        .iter()
-        .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
-        .filter(|e| e.content_type.contains("json-patch"))
-        .count()
 }
 
 /// Ticks until the verdict is Bad, then goes on ticking while the pipeline
@@ -211,7 +200,7 @@ async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_t
         "{:?}",
         verdicts(&seen)
     );
-    assert_eq!(template_patches(&s), 1, "exactly one rollback patch");
+    assert_eq!(template_patches(&s.sim), 1, "exactly one rollback patch");
 }
 
 #[tokio::test]
@@ -265,7 +254,7 @@ async fn a_crash_looping_deploy_is_rolled_back_without_prometheus_and_a_restored
     assert!(!s.daemon.pipelines_running());
     assert!(s.daemon.take_outcomes().is_empty(), "no second pipeline");
     assert_eq!(
-        template_patches(&s),
+        template_patches(&s.sim),
         1,
         "exactly one rollback patch, no loop"
     );
@@ -316,7 +305,7 @@ async fn a_rollback_stopped_by_a_lease_blip_before_its_patch_is_decided_again() 
     }
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     assert_eq!(stopped[0].result, RollbackResult::HandedOver);
-    assert_eq!(template_patches(&s), 0, "nothing was written");
+    assert_eq!(template_patches(&s.sim), 0, "nothing was written");
 
     // Leading again, with the revision still Bad: the decision was not
     // spent on the attempt that wrote nothing.
@@ -339,7 +328,7 @@ async fn a_rollback_stopped_by_a_lease_blip_before_its_patch_is_decided_again() 
         "{}",
         finished[0].why()
     );
-    assert_eq!(template_patches(&s), 1);
+    assert_eq!(template_patches(&s.sim), 1);
     assert_eq!(
         first_image(&s.deployments().get(NAME).await.expect("get")),
         "web:v1"

@@ -9,20 +9,19 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use rollback_watchdog::revision::first_image;
 use rollback_watchdog::rollback::IN_FLIGHT;
-use rollback_watchdog::sim::{self, Behaviour, Behaviours, SimClock, SimCluster, SimOptions};
+use rollback_watchdog::sim::{Behaviour, Behaviours, SimCluster};
 use rollback_watchdog::status::Role;
 use serde_json::json;
 
 mod support;
 use support::binary::{events_received, free_port, receiver, status, Running};
+use support::watch::{sim_with_web, template_patches, NAME};
 
 const NS: &str = "prod";
-const NAME: &str = "web";
 /// The Lease timings of every replica here.
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 
@@ -37,29 +36,7 @@ struct Cluster {
 impl Cluster {
     /// `prod/web` rolled out with 3 × `web:v1`, and the watchdog's namespace.
     async fn start() -> Cluster {
-        let sim = SimCluster::start(SimOptions {
-            clock: SimClock::new(20.0),
-            behaviours: Behaviours::builtin(),
-            ..Default::default()
-        })
-        .await
-        .expect("sim starts");
-        let client = sim.client().await.expect("client");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        for name in [NS, "rollback-watchdog"] {
-            let body: Namespace =
-                serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
-            namespaces
-                .create(&PostParams::default(), &body)
-                .await
-                .expect("create namespace");
-        }
-        let body: Deployment =
-            serde_json::from_value(sim::seed_deployment(NAME, "web:v1", 3)).expect("deployment");
-        Api::<Deployment>::namespaced(client.clone(), NS)
-            .create(&PostParams::default(), &body)
-            .await
-            .expect("create web");
+        let (sim, client) = sim_with_web(NS, Behaviours::builtin()).await;
         let (hook, got) = receiver().await;
         let cluster = Cluster {
             sim,
@@ -172,13 +149,7 @@ deadline = "10s"
 
     /// The watchdog's template patches of `web` (the Update step).
     fn template_patches(&self) -> usize {
-        self.sim
-            .request_log()
-            .entries()
-            .iter()
-            .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
-            .filter(|e| e.content_type.contains("json-patch"))
-            .count()
+        template_patches(&self.sim)
     }
 
     /// Waits until the leader `by` has sent its template patch.

@@ -95,30 +95,7 @@ impl Scenario {
     /// A sim with `web` (3 × `web:v1`) rolled out in namespace `ns`, and a
     /// daemon whose caches have synced.
     pub async fn start(ns: &str, prom: Prom<'_>, behaviours: Behaviours, extra: &str) -> Scenario {
-        let sim = SimCluster::start(SimOptions {
-            clock: SimClock::new(20.0),
-            behaviours,
-            ..Default::default()
-        })
-        .await
-        .expect("sim starts");
-        let client = sim.client().await.expect("client");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        for name in [ns, "rollback-watchdog"] {
-            let body: Namespace =
-                serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
-            namespaces
-                .create(&PostParams::default(), &body)
-                .await
-                .expect("create namespace");
-        }
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-        let body: Deployment =
-            serde_json::from_value(sim::seed_deployment(NAME, "web:v1", 3)).expect("deployment");
-        deployments
-            .create(&PostParams::default(), &body)
-            .await
-            .expect("create web");
+        let (sim, client) = sim_with_web(ns, behaviours).await;
         let (own_prometheus, prometheus_url) = match prom {
             Prom::Url(url) => (None, url.to_string()),
             Prom::Own => {
@@ -344,6 +321,47 @@ impl Scenario {
             })
             .collect()
     }
+}
+
+/// A sim (20× time) with namespaces `ns` and `rollback-watchdog`, and
+/// `ns/web` created with 3 × `web:v1` (not yet rolled out).
+pub async fn sim_with_web(ns: &str, behaviours: Behaviours) -> (SimCluster, Client) {
+    let sim = SimCluster::start(SimOptions {
+        clock: SimClock::new(20.0),
+        behaviours,
+        ..Default::default()
+    })
+    .await
+    .expect("sim starts");
+    let client = sim.client().await.expect("client");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [ns, "rollback-watchdog"] {
+        let body: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
+        namespaces
+            .create(&PostParams::default(), &body)
+            .await
+            .expect("create namespace");
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let body: Deployment =
+        serde_json::from_value(sim::seed_deployment(NAME, "web:v1", 3)).expect("deployment");
+    deployments
+        .create(&PostParams::default(), &body)
+        .await
+        .expect("create web");
+    (sim, client)
+}
+
+/// The watchdog's template patches of `web` (its Update step) in `sim`'s
+/// request log.
+pub fn template_patches(sim: &SimCluster) -> usize {
+    sim.request_log()
+        .entries()
+        .iter()
+        .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
+        .filter(|e| e.content_type.contains("json-patch"))
+        .count()
 }
 
 /// The verdicts of a run, as text, for assertion messages.
