@@ -507,8 +507,27 @@ async fn scrape_metrics(url: &str, dir: &Path) -> Result<Scrape, DemoError> {
 /// duration.
 struct AdminServer {
     url: String,
+    served: Served<std::io::Result<()>>,
+}
+
+/// A server task that stops gracefully when told, or is aborted after 3 s.
+struct Served<T> {
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<T>,
+}
+
+impl<T> Served<T> {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
 }
 
 impl AdminServer {
@@ -523,21 +542,15 @@ impl AdminServer {
         }));
         Ok(AdminServer {
             url: format!("http://{addr}"),
-            stop: Some(stop),
-            task,
+            served: Served {
+                stop: Some(stop),
+                task,
+            },
         })
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(Duration::from_secs(3), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
@@ -1274,8 +1287,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Receiver {
     url: String,
     messages: Arc<Mutex<Vec<Value>>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    served: Served<()>,
 }
 
 impl Receiver {
@@ -1310,21 +1322,15 @@ impl Receiver {
         Ok(Receiver {
             url: format!("http://{addr}/services/demo/webhook"),
             messages,
-            stop: Some(stop),
-            task,
+            served: Served {
+                stop: Some(stop),
+                task,
+            },
         })
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(Duration::from_secs(3), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
