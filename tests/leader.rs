@@ -343,11 +343,14 @@ async fn a_killed_leader_hands_over_within_the_lease_duration_and_its_rollback_i
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let handover = killed.elapsed();
-    // Expiry is judged from the last renewal replica-b saw (at most one
-    // retry period, jittered, before the kill) plus its own retry period.
+    // Expiry is judged from when replica-b saw the last renewal (up to one
+    // jittered retry period, 0.6 s, after it was written), and noticed on
+    // its next round (another 0.6 s); 1 s more for a loaded CI machine.
+    let bound = LEASE_DURATION + Duration::from_millis(2 * 600 + 1000);
+    eprintln!("hand-over took {handover:?} (lease_duration {LEASE_DURATION:?})");
     assert!(
-        handover <= LEASE_DURATION + Duration::from_millis(1300),
-        "handed over after {handover:?}, lease_duration is {LEASE_DURATION:?}"
+        handover <= bound,
+        "handed over after {handover:?}; lease_duration is {LEASE_DURATION:?}"
     );
 
     c.wait_deployment("restored and verified by replica-b", |d| {
