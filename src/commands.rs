@@ -228,16 +228,9 @@ pub async fn restore(
     if !args.yes && !args.dry_run && !io.terminal {
         return refuse_without_terminal(&format!("restore backup {}", args.backup), io);
     }
-    let config = match load_config(config_path, io.err) {
-        Ok(c) => c,
+    let (config, client) = match setup(config_path, io.err).await {
+        Ok(both) => both,
         Err(code) => return code,
-    };
-    let client = match connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(io.err, "error: {e}");
-            return EXIT_FAILURE;
-        }
     };
     let backups = Backups::new(client, &config.watchdog.namespace, API_TIMEOUT);
     let name = args
@@ -291,16 +284,9 @@ async fn run_request(
     sink: Arc<dyn IncidentSink>,
     io: &mut Io<'_>,
 ) -> u8 {
-    let config = match load_config(config_path, io.err) {
-        Ok(c) => c,
+    let (config, client) = match setup(config_path, io.err).await {
+        Ok(both) => both,
         Err(code) => return code,
-    };
-    let client = match connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(io.err, "error: {e}");
-            return EXIT_FAILURE;
-        }
     };
     let pipeline = match pipeline(client, config, sink, io.err) {
         Ok(p) => p,
