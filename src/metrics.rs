@@ -400,6 +400,34 @@ mod tests {
             })
             .inc();
         metrics.set_verdict("production/web", "bad", &["healthy", "bad"]);
+        // Labelled families show only once they have a series.
+        metrics
+            .evaluations
+            .get_or_create(&TargetResult {
+                target: "production/web".into(),
+                result: "bad".into(),
+            })
+            .inc();
+        metrics
+            .signal_results
+            .get_or_create(&SignalResultLabels {
+                signal: "pods".into(),
+                result: "fail".into(),
+            })
+            .inc();
+        metrics
+            .signal_query_seconds
+            .get_or_create(&SignalLabels {
+                signal: "error_rate".into(),
+            })
+            .observe(0.2);
+        metrics
+            .notifications
+            .get_or_create(&SinkOutcome {
+                sink: "oncall".into(),
+                outcome: "delivered".into(),
+            })
+            .inc();
         let text = render(&registry, Format::OpenMetrics);
         for name in [
             "rollback_watchdog_targets 2",
@@ -408,6 +436,12 @@ mod tests {
             "rollback_watchdog_target_verdict{target=\"production/web\",verdict=\"healthy\"} 0",
             "rollback_watchdog_build_info{version=",
             "# TYPE rollback_watchdog_detection_seconds histogram",
+            "# TYPE rollback_watchdog_recovery_seconds histogram",
+            "# TYPE rollback_watchdog_signal_query_seconds histogram",
+            "# TYPE rollback_watchdog_evaluations counter",
+            "# TYPE rollback_watchdog_signal_results counter",
+            "# TYPE rollback_watchdog_notifications counter",
+            "# TYPE rollback_watchdog_last_tick_timestamp_seconds gauge",
             "# TYPE rollback_watchdog_leader gauge",
             "# EOF",
         ] {

@@ -393,6 +393,7 @@ async fn a_client_that_never_finishes_its_request_is_cut_off_after_the_request_t
     // generous for a loaded machine, and without a header timeout they
     // would stay open for good.
     let limit = Duration::from_secs(20);
+    let waited = Instant::now();
     let got = read_until_closed(&mut half, limit)
         .await
         .unwrap_or_else(|| {
@@ -401,6 +402,9 @@ async fn a_client_that_never_finishes_its_request_is_cut_off_after_the_request_t
                 w.log()
             )
         });
+    // The configured 1 s, not some built-in default: well under 5 s.
+    let took = waited.elapsed();
+    assert!(took < Duration::from_secs(5), "closed only after {took:?}");
     let answer = String::from_utf8_lossy(&got);
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),

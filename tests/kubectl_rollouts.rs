@@ -12,7 +12,7 @@ use rollback_watchdog::revision::first_image;
 use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE};
 
 mod support;
-use support::kubectl::{header, kubectl, kubectl_missing, kubectl_ok};
+use support::kubectl::{header, kubectl, kubectl_ok, require_kubectl};
 
 const DEPLOY: &str = "deploy/kailash-kaizen";
 
@@ -99,9 +99,7 @@ fn history_revisions(out: &str) -> Vec<i64> {
 
 #[tokio::test]
 async fn get_deploy_shows_the_seeded_service_ready() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = seeded_sim().await;
     let out = kubectl_ok(&sim, &["-n", SEED_NAMESPACE, "get", "deploy"]).await;
     assert_eq!(
@@ -131,9 +129,7 @@ async fn get_deploy_shows_the_seeded_service_ready() {
 
 #[tokio::test]
 async fn set_image_rolls_out_and_undo_returns_the_template_as_revision_max_plus_one() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = seeded_sim().await;
     let ns = ["-n", SEED_NAMESPACE];
 
@@ -225,9 +221,7 @@ async fn set_image_rolls_out_and_undo_returns_the_template_as_revision_max_plus_
 
 #[tokio::test]
 async fn a_crash_looping_rollout_shows_in_get_pods_and_exceeds_its_progress_deadline() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = seeded_sim().await;
     let ns = ["-n", SEED_NAMESPACE];
     // 30 s of sim time is 1.5 s here.

@@ -24,7 +24,7 @@ use rollback_watchdog::sim::{
 use serde_json::{json, Value};
 
 mod support;
-use support::kubectl::{kubectl_missing, kubectl_ok};
+use support::kubectl::{kubectl_ok, require_kubectl};
 
 const V1: &str = "kailash-kaizen:v1";
 const V2: &str = "kailash-kaizen:v2";
@@ -626,9 +626,13 @@ async fn each_reason_not_to_act_is_said_and_nothing_is_patched() {
     assert_eq!(image(&w.deployment().await), V2);
     // Automatic refusals reach on-call, with the reason.
     let told = sink.all();
-    assert!(told
+    let failed: Vec<_> = told
         .iter()
         .filter(|i| i.kind == EventKind::RollbackFailed)
+        .collect();
+    assert!(!failed.is_empty(), "on-call heard no refusal: {told:?}");
+    assert!(failed
+        .iter()
         .all(|i| i.failed_step.as_deref() == Some("validate")));
     assert_eq!(told.last().map(|i| i.kind), Some(EventKind::WouldRollBack));
     // Each refusal has its audit line.
@@ -822,24 +826,24 @@ async fn the_cli_rolls_back_restores_and_shows_history_like_kubectl() {
         "{ours}"
     );
     assert!(ours.contains(&first_backup), "{ours}");
-    if !kubectl_missing() {
-        let theirs = kubectl_ok(
-            &w.sim,
-            &[
-                "-n",
-                SEED_NAMESPACE,
-                "rollout",
-                "history",
-                "deploy/kailash-kaizen",
-            ],
-        )
-        .await;
-        assert_eq!(
-            revisions(&ours),
-            revisions(&theirs),
-            "ours:\n{ours}\nkubectl:\n{theirs}"
-        );
-    }
+    require_kubectl();
+    let theirs = kubectl_ok(
+        &w.sim,
+        &[
+            "-n",
+            SEED_NAMESPACE,
+            "rollout",
+            "history",
+            "deploy/kailash-kaizen",
+        ],
+    )
+    .await;
+    assert!(!revisions(&ours).is_empty(), "{ours}");
+    assert_eq!(
+        revisions(&ours),
+        revisions(&theirs),
+        "ours:\n{ours}\nkubectl:\n{theirs}"
+    );
 
     // validate: the checklist passes on the healthy current revision.
     let out = cli_async(&w, &["validate", "production/kailash-kaizen"]).await;

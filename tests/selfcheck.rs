@@ -362,6 +362,7 @@ async fn under_the_shipped_rbac_a_crash_looping_deploy_is_rolled_back() {
     let answers = selfcheck::check_access(&client, beyond, selfcheck::REVIEW_TIMEOUT)
         .await
         .expect("reviews answered");
+    assert_eq!(answers.len(), 3, "one answer per permission asked");
     assert!(
         answers.iter().all(|c| !c.allowed),
         "{:?}",

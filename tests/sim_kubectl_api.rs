@@ -11,7 +11,7 @@ use rollback_watchdog::sim::{SimCluster, SimOptions};
 
 mod support;
 use serde_json::json;
-use support::kubectl::{header, kubectl, kubectl_missing, kubectl_ok};
+use support::kubectl::{header, kubectl, kubectl_ok, require_kubectl};
 
 const NS: &str = "production";
 
@@ -60,9 +60,7 @@ fn images(d: &Deployment) -> Vec<String> {
 
 #[tokio::test]
 async fn kubectl_lists_namespaces_and_creates_reads_and_deletes_configmaps() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = sim().await;
     let ns = kubectl_ok(&sim, &["get", "ns"]).await;
     assert_eq!(header(&ns), vec!["NAME", "STATUS", "AGE"]);
@@ -106,9 +104,7 @@ async fn kubectl_lists_namespaces_and_creates_reads_and_deletes_configmaps() {
 
 #[tokio::test]
 async fn kubectl_prints_deployment_columns_annotates_and_sets_the_image() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = sim().await;
     let client = sim.client().await.expect("client");
     let deploys: Api<Deployment> = Api::namespaced(client, NS);
@@ -161,9 +157,7 @@ async fn kubectl_prints_deployment_columns_annotates_and_sets_the_image() {
 
 #[tokio::test]
 async fn kubectl_get_pods_shows_crash_loop_back_off_from_the_pod_status() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = sim().await;
     let pods: Api<Pod> = Api::namespaced(sim.client().await.expect("client"), NS);
     for name in ["web-crash", "web-ok"] {
@@ -229,9 +223,7 @@ async fn kubectl_get_pods_shows_crash_loop_back_off_from_the_pod_status() {
 
 #[tokio::test]
 async fn kubectl_rollout_history_and_undo_work_over_hand_made_replicasets() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = sim().await;
     let client = sim.client().await.expect("client");
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), NS);
@@ -317,9 +309,7 @@ async fn kubectl_rollout_history_and_undo_work_over_hand_made_replicasets() {
 
 #[tokio::test]
 async fn kubectl_auth_can_i_follows_the_access_policy() {
-    if kubectl_missing() {
-        return;
-    }
+    require_kubectl();
     let sim = sim().await;
     let yes = kubectl(&sim, &["auth", "can-i", "patch", "deployments", "-n", NS]).await;
     assert!(
