@@ -55,6 +55,13 @@ pub enum TargetsError {
         value: String,
         problem: String,
     },
+    /// A dry-run or paused annotation someone meant to set but mistyped:
+    /// read as on, since ignoring it would let the watchdog act.
+    #[error("annotation {annotation}: {value:?} is not \"true\" or \"false\"; treated as \"true\" (the safe side) until it is corrected")]
+    UnclearSafetyAnnotation {
+        annotation: &'static str,
+        value: String,
+    },
 }
 
 /// Why a Deployment is watched.
@@ -322,7 +329,13 @@ pub fn with_overrides(
                 // Only ever tightens: an annotation cannot lift a dry run
                 // or a pause the config set.
                 Some(on) => *field |= on,
-                None => problems.push(bad_bool(annotation, v)),
+                None => {
+                    *field = true;
+                    problems.push(TargetsError::UnclearSafetyAnnotation {
+                        annotation,
+                        value: v.to_owned(),
+                    });
+                }
             }
         }
     }
@@ -551,15 +564,22 @@ mod tests {
         assert_eq!(good.policy.watch_window, Duration::from_secs(1800));
         assert_eq!(good.policy.failure_threshold, 5);
         assert!(good.policy.dry_run);
+        // A mistyped pause is read as a pause; the other bad values leave
+        // the policy as configured.
+        assert!(bad.policy.paused, "paused: \"yes\" must not let it act");
         assert_eq!(
-            bad.policy, defaults,
-            "bad values leave the policy as configured"
+            Policy {
+                paused: defaults.paused,
+                ..bad.policy.clone()
+            },
+            defaults,
+            "bad values leave the rest of the policy as configured"
         );
         assert_eq!(
             texts(&r),
             [
                 r#"a/bad: annotation rollback-watchdog.io/failure-threshold: "0" is not a whole number from 1 to 1000; the annotation is ignored"#,
-                r#"a/bad: annotation rollback-watchdog.io/paused: "yes" is not "true" or "false"; the annotation is ignored"#,
+                r#"a/bad: annotation rollback-watchdog.io/paused: "yes" is not "true" or "false"; treated as "true" (the safe side) until it is corrected"#,
                 r#"a/bad: annotation rollback-watchdog.io/watch-window: "soon" is not a duration like "15m" or "1h30m"; the annotation is ignored"#,
             ]
         );
