@@ -148,9 +148,13 @@ fn container_reasons(c: &ContainerStatus, since: jiff::Timestamp) -> impl Iterat
     let terminated = state
         .and_then(|s| s.terminated.as_ref())
         .and_then(|t| t.reason.as_deref());
+    // A past termination counts only while the container is not ready
+    // again: one OOM during warm-up of a pod that recovered is history, not
+    // a crash on every tick from now on (restarts over the limit still are).
     let last = c
         .last_state
         .as_ref()
+        .filter(|_| !c.ready)
         .and_then(|s| s.terminated.as_ref())
         .filter(|t| t.finished_at.as_ref().is_none_or(|f| f.0 >= since))
         .and_then(|t| t.reason.as_deref());
@@ -327,22 +331,33 @@ mod tests {
     }
 
     #[test]
-    fn an_oom_kill_in_the_last_state_fails_even_while_running_again() {
+    fn an_oom_kill_fails_until_the_container_is_ready_again() {
+        // Restarted after the kill, not ready yet: crashing.
         let mut status = running(1);
+        status["ready"] = json!(false);
         status["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
         let r = judge(vec![
-            pod("web-7f9c-a", status),
+            pod("web-7f9c-a", status.clone()),
             pod("web-7f9c-b", running(0)),
         ]);
         assert_eq!(
             sentence(&r),
             "1 of 2 pods of revision 5 is in OOMKilled (web-7f9c-a: 1 restart)"
         );
+        // Ready again: one kill during warm-up is history, not a Fail on
+        // every tick from now on (more restarts than the limit still are).
+        status["ready"] = json!(true);
+        let r = judge(vec![
+            pod("web-7f9c-a", status),
+            pod("web-7f9c-b", running(0)),
+        ]);
+        assert!(r.outcome.is_pass(), "{:?}", r.outcome);
     }
 
     #[test]
     fn pods_crashing_for_different_reasons_are_each_explained() {
         let mut oom = running(1);
+        oom["ready"] = json!(false);
         oom["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
         let r = judge(vec![
             pod("web-7f9c-a", crash_looping(4)),
