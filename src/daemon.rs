@@ -679,10 +679,15 @@ impl Daemon {
         // rollbacks, or it is the known-good revision a rollback restored
         // (a restart can misjudge when a reused ReplicaSet took over).
         let rollbacks = rollback::rollbacks_of(d);
-        let own_rollback = rollbacks
+        // The recorded known-good revision deployed again (a person's
+        // `rollout undo`) and bad now: nothing older is known to be
+        // better, so a person decides, as after the watchdog's own.
+        let known_good_again = state.current_is_known_good();
+        let restored_by_us = rollbacks
             .iter()
             .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
-            || (!rollbacks.is_empty() && state.current_is_known_good());
+            || (!rollbacks.is_empty() && known_good_again);
+        let own_rollback = restored_by_us || known_good_again;
         let mut action = Action::None;
         // Only the leader decides: a follower keeps judging, so it can act
         // at once when it takes over, but marks nothing as done.
@@ -787,7 +792,10 @@ impl Daemon {
                     None,
                 );
             }
-            Action::Annotation(Ok(request)) => {
+            Action::Annotation(Ok(mut request)) => {
+                // Pinned to what is deployed now: a deploy that lands
+                // before the patch is not rolled back by this request.
+                request.judged_hash = Some(subject.pod_template_hash.clone());
                 tracing::info!(target = %name, "rollback requested by annotation");
                 self.spawn_pipeline(
                     target.uid(),
@@ -817,8 +825,13 @@ impl Daemon {
                 );
             }
             Action::Escalate => {
+                let why = if !restored_by_us {
+                    "is the last known-good revision, deployed again, and is bad now: nothing older is known to be better, so there is no automatic rollback"
+                } else {
+                    "was restored by the watchdog's own rollback and is bad too: no second automatic rollback"
+                };
                 let sentence = format!(
-                    "revision {} was restored by the watchdog's own rollback and is bad too: no second automatic rollback; a person must act ({})",
+                    "revision {} {why}; a person must act ({})",
                     subject.revision,
                     reasons.first().cloned().unwrap_or_default()
                 );

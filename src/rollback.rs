@@ -58,13 +58,22 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// re-issued (with the fresh resourceVersion) at most this many times.
 const STATUS_RACE_RETRIES: usize = 2;
 
+/// What to check when a call never got an answer from the API server (an
+/// answer, like 403 or 404, speaks for itself).
+fn api_hint(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(_) => "",
+        _ => "; the API server was not reached: check the server address in KUBECONFIG (or the in-cluster service account) and the network path to it",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error("cannot build the signal sources for verification: {0}")]
     Signals(#[from] crate::signals::SignalsError),
-    #[error("{target}: {what}: {source}")]
+    #[error("{target}: {what}: {source}{hint}", hint = api_hint(.source))]
     Api {
         target: String,
         what: String,
@@ -514,10 +523,21 @@ impl Pipeline {
 
     /// The whole pipeline for one request.
     pub async fn run(&self, request: RollbackRequest) -> RollbackOutcome {
-        match self.plan(request).await {
+        let asked_by_annotation = matches!(request.trigger, Trigger::Annotation { .. });
+        let (ns, name) = (request.namespace.clone(), request.name.clone());
+        let outcome = match self.plan(request).await {
             Ok(plan) => self.execute(plan).await,
             Err(refused) => *refused,
+        };
+        // A request by annotation is answered once, whatever the answer:
+        // left in place, a conflict or a failed step would fire it again
+        // on the next tick, against whatever is deployed by then.
+        if asked_by_annotation && outcome.result != RollbackResult::Succeeded {
+            if let Ok(Some(d)) = self.get(&ns, &name).await {
+                self.consume_request_annotation(&d).await;
+            }
         }
+        outcome
     }
 
     /// Validate: reads the Deployment and its ReplicaSets and decides the
