@@ -42,6 +42,8 @@ pub enum CommandError {
         "cannot connect to the cluster: {0}; set KUBECONFIG (or run in-cluster) and try again"
     )]
     Connect(String),
+    #[error("KUBECONFIG names {0}, which does not exist; point KUBECONFIG at your kubeconfig file (or unset it to use ~/.kube/config or the in-cluster service account)")]
+    NoKubeconfig(String),
 }
 
 /// Where the command's words go.
@@ -139,6 +141,14 @@ async fn fetch_deployment(
 
 /// `kube::Client::try_default()` (KUBECONFIG or in-cluster), bounded.
 pub async fn connect() -> Result<Client, CommandError> {
+    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        // kubectl skips missing files in a list; none at all is a mistake.
+        let paths: Vec<_> = std::env::split_paths(&path).collect();
+        if paths.iter().all(|p| !p.exists()) {
+            let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            return Err(CommandError::NoKubeconfig(named.join(", ")));
+        }
+    }
     match tokio::time::timeout(CONNECT_TIMEOUT, Client::try_default()).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(CommandError::Connect(e.to_string())),

@@ -430,3 +430,62 @@ fn every_kind_of_broken_config_exits_2_naming_its_key() {
         );
     }
 }
+
+/// A config that loads anywhere (no secret files, audit log in `dir`).
+fn plain_config(dir: &Path) -> String {
+    let path = write(
+        dir,
+        "watchdog.toml",
+        &format!(
+            "[watchdog]\naudit_log = \"{}\"\n\n[[targets]]\nnamespace = \"production\"\nname = \"kailash-kaizen\"\n",
+            dir.join("audit.jsonl").display()
+        ),
+    );
+    path.display().to_string()
+}
+
+#[test]
+fn a_kubeconfig_that_does_not_exist_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = plain_config(dir.path());
+    let out = run(
+        watchdog(&["--config", &config, "history", "production/kailash-kaizen"])
+            .env("KUBECONFIG", "/nonexistent/kubeconfig.yaml"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("KUBECONFIG names /nonexistent/kubeconfig.yaml, which does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_api_server_that_is_not_there_is_named_with_what_to_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+        ),
+    );
+    let config = plain_config(dir.path());
+    let out = run(
+        watchdog(&["--config", &config, "history", "production/kailash-kaizen"])
+            .env("KUBECONFIG", &kubeconfig),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("production/kailash-kaizen: cannot read the Deployment")
+            && err
+                .contains("the API server was not reached: check the server address in KUBECONFIG"),
+        "{err}"
+    );
+}
