@@ -110,8 +110,12 @@ impl Watchdog {
             child,
             stderr,
             base: format!("http://127.0.0.1:{port}"),
+            // A fresh connection per request, as the kubelet probes: a
+            // pooled one may be closed by the server's idle (header) timeout
+            // just as it is reused, and that race is the client's, not ours.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
             _dir: dir,
