@@ -682,11 +682,11 @@ impl Daemon {
         // The recorded known-good revision deployed again (a person's
         // `rollout undo`) and bad now: nothing older is known to be
         // better, so a person decides, as after the watchdog's own.
-        let known_good_again = state.current_is_known_good();
+        let known_good_again = state.current_template_is_known_good();
         let restored_by_us = rollbacks
             .iter()
             .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
-            || (!rollbacks.is_empty() && known_good_again);
+            || (!rollbacks.is_empty() && state.current_is_known_good());
         let own_rollback = restored_by_us || known_good_again;
         let mut action = Action::None;
         // Only the leader decides: a follower keeps judging, so it can act

@@ -460,6 +460,16 @@ impl TargetState {
         }
     }
 
+    /// Whether the current template is the recorded known-good one, under
+    /// any revision number: `rollout undo` brings a template back as a new
+    /// revision.
+    pub fn current_template_is_known_good(&self) -> bool {
+        match (self.current(), &self.known_good) {
+            (Some(cur), Some(kg)) => kg.pod_template_hash == cur.pod_template_hash,
+            _ => false,
+        }
+    }
+
     /// What the signals judge this tick; None while the rollout is pending.
     pub fn subject(&self) -> Option<Subject> {
         let current = self.current()?;

@@ -343,3 +343,80 @@ async fn a_rollback_stopped_by_a_lease_blip_before_its_patch_is_decided_again() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn the_known_good_revision_deployed_again_by_a_person_and_bad_escalates_instead_of_rolling_back(
+) {
+    let (hook, got) = receiver().await;
+    let behaviours = Behaviours::builtin();
+    let mut s = Scenario::start(
+        "auto-undo",
+        Prom::Url("http://127.0.0.1:1"),
+        behaviours.clone(),
+        &extra(&hook),
+    )
+    .await;
+    s.with_pipeline().await;
+    // v1 is the recorded known-good revision (as an earlier window left it).
+    let v1 = s.tick().await.subject.expect("v1 is judged");
+    rollback_watchdog::revision::record_known_good(
+        &s.client,
+        &s.ns,
+        NAME,
+        &rollback_watchdog::revision::KnownGood {
+            revision: v1.revision,
+            pod_template_hash: v1.pod_template_hash.clone(),
+            images: v1.images.clone(),
+            at: jiff::Timestamp::now().to_string(),
+        },
+    )
+    .await
+    .expect("record known-good");
+    s.deploy("web:v2").await;
+    s.wait_rolled_out("web:v2").await;
+    s.tick().await;
+
+    // A person undoes v2: the known-good template, as revision 3. Then it
+    // crashes (a dependency broke, say).
+    behaviours.set(
+        "web:v1",
+        Behaviour {
+            crash: Crash::CrashLoop,
+            ..Behaviour::default()
+        },
+    );
+    s.deploy("web:v1").await;
+    s.tick_until_bad(40).await;
+    s.tick_until(5, |_| false).await;
+    assert!(!s.daemon.pipelines_running());
+    assert!(
+        s.daemon.take_outcomes().is_empty(),
+        "no pipeline for the known-good revision"
+    );
+    assert_eq!(template_patches(&s.sim), 0, "v2 is not brought back");
+    assert_eq!(
+        first_image(&s.deployments().get(NAME).await.expect("get")),
+        "web:v1"
+    );
+    let escalated = s
+        .events()
+        .into_iter()
+        .find(|(r, _)| r == "RollbackEscalated")
+        .unwrap_or_else(|| panic!("no escalation: {:?}", s.events()));
+    assert!(
+        escalated
+            .1
+            .contains("last known-good revision, deployed again"),
+        "{}",
+        escalated.1
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !events_received(&got).contains(&"escalation".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received {:?}",
+            events_received(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
