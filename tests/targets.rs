@@ -195,7 +195,21 @@ async fn deployments_by_name_selector_and_annotation_are_watched_and_a_missing_o
         "#,
     );
     let mut lp = Loop::start(&client, config).await;
-    let (res, states) = lp.observe();
+    // The caches are synced, but the sim's deployment controller may not
+    // have made every ReplicaSet yet: wait until each target has one.
+    let (res, states) = eventually("a ReplicaSet for every target in the caches", || {
+        let (res, states) = lp.observe();
+        async move {
+            match states.iter().find(|(_, s)| s.subject().is_none()) {
+                Some((name, s)) if res.targets.len() == 3 => {
+                    Err(format!("{name}: {:?}", s.rollout))
+                }
+                None if res.targets.len() == 3 => Ok((res, states)),
+                _ => Err(format!("{} targets resolved", res.targets.len())),
+            }
+        }
+    })
+    .await;
     let names: Vec<String> = res.targets.iter().map(|t| t.display_name()).collect();
     assert_eq!(
         names,
@@ -407,11 +421,17 @@ async fn a_rollout_undo_makes_the_reused_revision_current_with_the_next_number()
         rolled_out(&get(&client, "web").await)
     })
     .await;
-    let v1_hash = lp.observe().1["web"]
-        .current()
-        .expect("revision 1")
-        .pod_template_hash
-        .clone();
+    // The API says rolled out; the caches may be a watch event behind.
+    let v1_hash = eventually("revision 1 in the caches", || {
+        let current = lp.observe().1.get("web").and_then(|s| s.current().cloned());
+        async move {
+            match current {
+                Some(c) if c.number == 1 => Ok(c.pod_template_hash),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
     set_image(&client, "web", "web:v2").await;
     eventually("revision 2 rolled out", || async {
         let d = get(&client, "web").await;
@@ -425,8 +445,20 @@ async fn a_rollout_undo_makes_the_reused_revision_current_with_the_next_number()
         }
     })
     .await;
-    let (_, states) = lp.observe();
-    assert_eq!(states["web"].current().map(|c| c.number), Some(2));
+    eventually("revision 2 current in the caches", || {
+        let number = lp
+            .observe()
+            .1
+            .get("web")
+            .and_then(|s| s.current().map(|c| c.number));
+        async move {
+            match number {
+                Some(2) => Ok(()),
+                other => Err(format!("current revision {other:?}")),
+            }
+        }
+    })
+    .await;
 
     // What `kubectl rollout undo` sends: revision 1's template back.
     set_image(&client, "web", "web:v1").await;
