@@ -368,6 +368,11 @@ impl Daemon {
         &self.client
     }
 
+    /// The watch caches every tick reads.
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
     pub fn signals(&self) -> &Signals {
         &self.signals
     }

@@ -386,7 +386,15 @@ async fn the_known_good_revision_deployed_again_by_a_person_and_bad_escalates_in
         },
     );
     s.deploy("web:v1").await;
-    s.tick_until_bad(40).await;
+    let judged = s.tick_until_bad(40).await;
+    assert_eq!(
+        judged
+            .last()
+            .and_then(|e| e.subject.as_ref())
+            .map(|s| s.revision),
+        Some(3),
+        "the undo is judged as revision 3"
+    );
     s.tick_until(5, |_| false).await;
     assert!(!s.daemon.pipelines_running());
     assert!(

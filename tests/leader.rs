@@ -395,7 +395,16 @@ async fn sigterm_during_wait_exits_zero_releases_the_lease_and_the_next_start_re
     slow_v1(&c.sim);
     c.deploy("web:v2-crash").await;
     c.wait_patched(&a).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Update's audit line is written as Wait begins: TERM lands in Wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pipeline_lines(&c.audit("replica-a")).contains(&r#""update" "ok""#.to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "no update line: {:?}",
+            pipeline_lines(&c.audit("replica-a"))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.signal("TERM");
     // shutdown_grace is 5 s.
     let (exit, took) = a.wait_exit(Duration::from_secs(10)).await;
@@ -477,7 +486,19 @@ async fn a_leader_that_loses_its_lease_mid_rollback_stops_before_its_next_write(
         "{stopped}"
     );
     a.assert_alive();
-    assert_eq!(status(port).await.map(|s| s.role), Some(Role::Follower));
+    // /status is published by the next tick, which runs on its own timer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let role = status(port).await.map(|s| s.role);
+        if role == Some(Role::Follower) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/status never said follower: {role:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(c.holder().await.as_deref(), Some("intruder"));
     // Nothing written after losing the Lease, long enough for the rollout
     // (5 s) and the verify window (3 s) to have ended: the record stays

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use rollback_watchdog::admin::AdminState;
 use rollback_watchdog::config::{Config, Loader, MissingSecrets};
 use rollback_watchdog::daemon::{Daemon, Evaluation};
@@ -137,7 +137,43 @@ impl Scenario {
             audit_dir,
         };
         scenario.wait_rolled_out("web:v1").await;
+        scenario.wait_cached().await;
         scenario
+    }
+
+    /// Waits until the daemon's watch caches hold what the API says is
+    /// rolled out: web's current ReplicaSet and its 3 pods with addresses.
+    /// The first tick judges from them; the API alone can be ahead.
+    pub async fn wait_cached(&self) {
+        let d = self.deployments().get(NAME).await.expect("get web");
+        let uid = d.metadata.uid.clone().expect("a uid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let snap = self.daemon.caches().snapshot();
+            let hash = snap
+                .deployment(&self.ns, NAME)
+                .filter(|cached| cached.metadata.generation == d.metadata.generation)
+                .and_then(|_| {
+                    snap.replicasets_of(&uid)
+                        .iter()
+                        .filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas) > Some(0))
+                        .find_map(|rs| rs.labels().get("pod-template-hash").cloned())
+                });
+            let pods = hash.as_deref().map_or(0, |h| {
+                snap.pods_with_hash(&self.ns, h)
+                    .iter()
+                    .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+                    .count()
+            });
+            if pods == 3 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the caches never held web's 3 pods: ReplicaSet {hash:?}, {pods} pods with an IP"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Rebuilds the daemon so that it acts: the rollback pipeline (polling
@@ -175,6 +211,7 @@ impl Scenario {
             .wait_synced(Duration::from_secs(30))
             .await
             .expect("caches sync");
+        self.wait_cached().await;
     }
 
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
@@ -209,7 +246,11 @@ impl Scenario {
                 .and_then(|s| s.template.spec.as_ref())
                 .and_then(|s| s.containers.first())
                 .and_then(|c| c.image.clone());
+            // The controller has seen this spec: without it, the status
+            // of the previous rollout reads as this one's.
+            let observed = status.observed_generation >= d.metadata.generation;
             if current.as_deref() == Some(image)
+                && observed
                 && status.updated_replicas == Some(3)
                 && status.available_replicas == Some(3)
                 && status.replicas == Some(3)
