@@ -20,15 +20,17 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, Loader, MissingSecrets};
-use crate::daemon::{Daemon, DaemonError, Evaluation};
-use crate::incident::{Collected, Incident, IncidentSink};
-use crate::judge::Verdict;
-use crate::metrics::Metrics;
-use crate::notify::{DeliveryOutcome, DeliveryResult, MetricsObserver, Notifier, NotifyError};
-use crate::revision::first_image;
-use crate::rollback::{self, RollbackError, RollbackOutcome, RollbackResult};
+use crate::decide::judge::Verdict;
+use crate::observe::revision::first_image;
+use crate::pipeline::{self, RollbackError, RollbackOutcome, RollbackResult};
+use crate::report::incident::{Collected, Incident, IncidentSink};
+use crate::report::metrics::Metrics;
+use crate::report::notify::{
+    DeliveryOutcome, DeliveryResult, MetricsObserver, Notifier, NotifyError,
+};
+use crate::runtime::admin::{self, AdminState};
+use crate::runtime::daemon::{Daemon, DaemonError, Evaluation};
 use crate::signals::Outcome;
 use crate::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
 use crate::sim::{
@@ -45,7 +47,7 @@ pub const NO_PROMETHEUS_ENV: &str = "ROLLBACK_WATCHDOG_DEMO_NO_PROMETHEUS";
 /// timeline on stdout tells the story, stderr only carries trouble. The run
 /// loop's own warnings (each failing signal on each tick, the verdict) are
 /// exactly what the timeline shows, so they are left out.
-pub const LOG_FILTER: &str = "warn,rollback_watchdog::daemon=error";
+pub const LOG_FILTER: &str = "warn,rollback_watchdog::runtime::daemon=error";
 
 /// The bad release when Prometheus measures errors: 30 % of requests 5xx.
 pub const V2_ERRORS: &str = "kailash-kaizen:v2-errors";
@@ -301,10 +303,10 @@ async fn story(
     ));
     let progress_tl = tl.clone();
     let last_progress = Mutex::new(String::new());
-    let ctx = rollback::Context::new(client.clone(), config.clone(), sink.clone())
+    let ctx = pipeline::Context::new(client.clone(), config.clone(), sink.clone())
         .map_err(DemoError::Pipeline)?
         .with_poll_interval(Duration::from_millis(250))
-        .with_progress(Arc::new(move |p: &rollback::Progress| {
+        .with_progress(Arc::new(move |p: &pipeline::Progress| {
             let line = p.to_string();
             let mut last = last_progress.lock().unwrap_or_else(|e| e.into_inner());
             if *last != line {
@@ -670,7 +672,7 @@ async fn summary(
         .as_ref()
         .map(|f| f.pod_template_hash.clone())
         .unwrap_or_default();
-    let blocklisted = crate::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
+    let blocklisted = crate::observe::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
 
     let detect = incident.time_to_detect().or_else(|| {
         watch
@@ -679,7 +681,7 @@ async fn summary(
     });
     let recover = incident.time_to_recover();
     let secs = |s: Option<f64>| s.map_or("unknown".to_string(), |s| format!("{s:.1}s"));
-    let revision = |r: Option<&crate::incident::RevisionRef>| {
+    let revision = |r: Option<&crate::report::incident::RevisionRef>| {
         r.map_or("unknown".to_string(), |r| {
             let mark = if r.known_good { ", known-good" } else { "" };
             format!(
@@ -1090,7 +1092,7 @@ impl Watcher {
             tl.say(format!(
                 "revision {} ({images}) survived its window: recorded known-good (annotation {} on the Deployment)",
                 k.revision,
-                crate::revision::KNOWN_GOOD
+                crate::observe::revision::KNOWN_GOOD
             ));
         }
         self.known_good = Some(now);

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use rollback_watchdog::cli::commands;
 use rollback_watchdog::cli::{self, Cli, Command};
-use rollback_watchdog::commands;
-use rollback_watchdog::telemetry;
+use rollback_watchdog::runtime::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -55,7 +55,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::SelfCheck => {
             let runtime = tokio::runtime::Runtime::new()?;
             let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            runtime.block_on(rollback_watchdog::selfcheck::command(
+            runtime.block_on(rollback_watchdog::runtime::selfcheck::command(
                 &cli.config,
                 &mut out,
                 &mut err,
@@ -67,9 +67,9 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Rollback(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
-            let sink = rollback_watchdog::commands::default_sink();
-            rollback_watchdog::commands::Io::with_std(|io| {
-                runtime.block_on(rollback_watchdog::commands::rollback(
+            let sink = rollback_watchdog::cli::commands::default_sink();
+            rollback_watchdog::cli::commands::Io::with_std(|io| {
+                runtime.block_on(rollback_watchdog::cli::commands::rollback(
                     &cli.config,
                     args,
                     sink,
@@ -79,9 +79,9 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Restore(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
-            let sink = rollback_watchdog::commands::default_sink();
-            rollback_watchdog::commands::Io::with_std(|io| {
-                runtime.block_on(rollback_watchdog::commands::restore(
+            let sink = rollback_watchdog::cli::commands::default_sink();
+            rollback_watchdog::cli::commands::Io::with_std(|io| {
+                runtime.block_on(rollback_watchdog::cli::commands::restore(
                     &cli.config,
                     args,
                     sink,
@@ -91,7 +91,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::History { target } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(rollback_watchdog::commands::history(
+            runtime.block_on(rollback_watchdog::cli::commands::history(
                 &cli.config,
                 target,
                 &mut out,
@@ -100,7 +100,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Validate { target } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(rollback_watchdog::commands::validate(
+            runtime.block_on(rollback_watchdog::cli::commands::validate(
                 &cli.config,
                 target,
                 &mut out,

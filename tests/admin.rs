@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use rollback_watchdog::report::status::StatusReport;
 use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions};
-use rollback_watchdog::status::StatusReport;
 use support::metrics::{
     assert_promtool_accepts, assert_required_families, family, python_parse, value,
 };

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
-use rollback_watchdog::revision::first_image;
-use rollback_watchdog::rollback::RollbackResult;
+use rollback_watchdog::observe::revision::first_image;
+use rollback_watchdog::pipeline::RollbackResult;
 use rollback_watchdog::sim::{Behaviour, Behaviours, Crash};
 
 mod support;
@@ -27,7 +27,7 @@ fn extra(hook: &str) -> String {
 /// runs in the background; returns the finished pipelines.
 async fn judged_bad_and_rolled_back(
     s: &mut Scenario,
-) -> Vec<rollback_watchdog::rollback::RollbackOutcome> {
+) -> Vec<rollback_watchdog::pipeline::RollbackOutcome> {
     s.tick_until_bad(40).await;
     for _ in 0..60 {
         s.tick().await;
@@ -359,11 +359,11 @@ async fn the_known_good_revision_deployed_again_by_a_person_and_bad_escalates_in
     s.with_pipeline().await;
     // v1 is the recorded known-good revision (as an earlier window left it).
     let v1 = s.tick().await.subject.expect("v1 is judged");
-    rollback_watchdog::revision::record_known_good(
+    rollback_watchdog::observe::revision::record_known_good(
         &s.client,
         &s.ns,
         NAME,
-        &rollback_watchdog::revision::KnownGood {
+        &rollback_watchdog::observe::revision::KnownGood {
             revision: v1.revision,
             pod_template_hash: v1.pod_template_hash.clone(),
             images: v1.images.clone(),

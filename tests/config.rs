@@ -264,7 +264,7 @@ fn a_target_needs_exactly_one_of_name_and_selector() {
 
 #[test]
 fn a_selector_that_does_not_parse_is_quoted_back() {
-    // Relies on the real selector parser (src/selector.rs).
+    // Relies on the real selector parser (src/k8s/selector.rs).
     let toml = "[[targets]]\nnamespace = \"production\"\nselector = \"app in (web\"\n";
     let got = problems(toml);
     assert_eq!(got.len(), 1, "{got:?}");

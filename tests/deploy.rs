@@ -824,7 +824,7 @@ fn alert_exprs(spec: &Value) -> Vec<String> {
 
 /// The sample names `/metrics` can carry, from the watchdog's own registry.
 fn exported_metric_names() -> BTreeSet<String> {
-    use rollback_watchdog::metrics::{
+    use rollback_watchdog::report::metrics::{
         Metrics, SignalLabels, SignalResultLabels, SinkOutcome, TargetOutcome, TargetResult,
     };
     let (metrics, registry) = Metrics::new();
@@ -864,9 +864,9 @@ fn exported_metric_names() -> BTreeSet<String> {
         })
         .inc();
     metrics.set_verdict(&target, "bad", &["healthy", "bad"]);
-    let text = rollback_watchdog::metrics::render(
+    let text = rollback_watchdog::report::metrics::render(
         &registry,
-        rollback_watchdog::metrics::Format::OpenMetrics,
+        rollback_watchdog::report::metrics::Format::OpenMetrics,
     );
     let mut names = BTreeSet::new();
     for line in text.lines() {

@@ -11,10 +11,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use rollback_watchdog::revision::first_image;
-use rollback_watchdog::rollback::IN_FLIGHT;
+use rollback_watchdog::observe::revision::first_image;
+use rollback_watchdog::pipeline::IN_FLIGHT;
+use rollback_watchdog::report::status::Role;
 use rollback_watchdog::sim::{Behaviour, Behaviours, SimCluster};
-use rollback_watchdog::status::Role;
 use serde_json::json;
 
 mod support;

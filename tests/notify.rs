@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use rollback_watchdog::config::{EventKind, Loader, NotifySink};
-use rollback_watchdog::incident::{Incident, IncidentSink, RevisionRef, Trigger};
-use rollback_watchdog::notify::{
+use rollback_watchdog::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
+use rollback_watchdog::report::notify::{
     self, DeliveryOutcome, DeliveryResult, FileLedger, MetricsObserver, Notifier, RetryPolicy,
 };
 use rollback_watchdog::signals::{Measurement, Outcome, SignalId, SignalResult, Threshold};
@@ -593,7 +593,7 @@ async fn a_sink_failing_three_times_is_told_once_on_the_fourth_attempt_and_the_r
     let http500 = Reply::Status(500, vec![], String::new());
     let receiver = Receiver::start(vec![http500.clone(), http500.clone(), http500], None).await;
     let (outcomes, observer) = collector();
-    let (metrics, registry) = rollback_watchdog::metrics::Metrics::new();
+    let (metrics, registry) = rollback_watchdog::report::metrics::Metrics::new();
     let notifier = Notifier::builder(&sinks(&format!(
         "[[notify]]\nname = \"flaky\"\nkind = \"slack\"\nurl = \"{}/services/T0/B0\"\ndeadline = \"20s\"\n",
         receiver.url

@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use rollback_watchdog::config::{Config, EventKind, Loader};
-use rollback_watchdog::incident::{Collected, Trigger};
-use rollback_watchdog::rollback::{
+use rollback_watchdog::pipeline::{
     Context, Pipeline, RollbackRequest, RollbackResult, Target, IN_FLIGHT, ROLLBACKS,
 };
+use rollback_watchdog::report::incident::{Collected, Trigger};
 use rollback_watchdog::sim::{
     store, Behaviour, Crash, SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE,
 };
@@ -213,7 +213,7 @@ async fn wait_rolled_out(w: &World, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let d = w.deployment().await;
-        if image(&d) == want && rollback_watchdog::revision::fully_rolled_out(&d) {
+        if image(&d) == want && rollback_watchdog::observe::revision::fully_rolled_out(&d) {
             return;
         }
         assert!(Instant::now() < deadline, "{want} never rolled out");
@@ -286,12 +286,13 @@ async fn a_bad_revision_is_rolled_back_to_the_one_before_backed_up_audited_and_t
         .unwrap()
         .to_string();
     assert_eq!(
-        rollback_watchdog::blocklist::is_blocklisted(&d, &hash, &[V2.to_string()])
+        rollback_watchdog::observe::blocklist::is_blocklisted(&d, &hash, &[V2.to_string()])
             .map(|e| e.revision),
         Some(2)
     );
     assert!(
-        rollback_watchdog::blocklist::is_blocklisted(&d, "other", &[V2.to_string()]).is_none(),
+        rollback_watchdog::observe::blocklist::is_blocklisted(&d, "other", &[V2.to_string()])
+            .is_none(),
         "the same image in another template is not blocklisted"
     );
     let history: Vec<String> = serde_json::from_str(&annotation(&d, ROLLBACKS).unwrap()).unwrap();
@@ -672,10 +673,10 @@ async fn a_follower_writes_nothing_and_a_marked_security_issue_is_rolled_back_an
     );
 
     // The runbook's security-issue path: a person marks the Deployment.
-    w.annotate(rollback_watchdog::rollback::ROLLBACK_TO, Some("previous"))
+    w.annotate(rollback_watchdog::pipeline::ROLLBACK_TO, Some("previous"))
         .await;
     let d = w.deployment().await;
-    let request = rollback_watchdog::rollback::annotation_request(&d)
+    let request = rollback_watchdog::pipeline::annotation_request(&d)
         .expect("a request")
         .expect("a valid request");
     let outcome = w.pipeline(&sink).run(request).await;
@@ -688,7 +689,7 @@ async fn a_follower_writes_nothing_and_a_marked_security_issue_is_rolled_back_an
     let d = w.deployment().await;
     assert_eq!(image(&d), V1);
     assert_eq!(
-        annotation(&d, rollback_watchdog::rollback::ROLLBACK_TO),
+        annotation(&d, rollback_watchdog::pipeline::ROLLBACK_TO),
         None,
         "the request is consumed by the same patch"
     );

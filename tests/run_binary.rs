@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rollback_watchdog::report::status::StatusReport;
 use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions};
-use rollback_watchdog::status::StatusReport;
 
 mod support;
 use support::binary::{free_port, watchdog, Running};

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
-use rollback_watchdog::admin::AdminState;
 use rollback_watchdog::config::{Config, Loader, MissingSecrets};
-use rollback_watchdog::daemon::Daemon;
-use rollback_watchdog::judge::Verdict;
-use rollback_watchdog::metrics::Metrics;
-use rollback_watchdog::revision::first_image;
-use rollback_watchdog::rollback::RollbackResult;
-use rollback_watchdog::selfcheck::{self, Permission, Requirement};
+use rollback_watchdog::decide::judge::Verdict;
+use rollback_watchdog::observe::revision::first_image;
+use rollback_watchdog::pipeline::RollbackResult;
+use rollback_watchdog::report::metrics::Metrics;
+use rollback_watchdog::runtime::admin::AdminState;
+use rollback_watchdog::runtime::daemon::Daemon;
+use rollback_watchdog::runtime::selfcheck::{self, Permission, Requirement};
 use rollback_watchdog::sim::rbac::service_account_rules;
 use rollback_watchdog::sim::{
     self, AccessRule, SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE,
@@ -376,9 +376,9 @@ async fn under_the_shipped_rbac_a_crash_looping_deploy_is_rolled_back() {
     let (metrics, registry) = Metrics::new();
     let admin = AdminState::new(registry, Duration::from_secs(5));
     let notifier =
-        Arc::new(rollback_watchdog::commands::notifier(&config, &metrics).expect("notifiers"));
+        Arc::new(rollback_watchdog::cli::commands::notifier(&config, &metrics).expect("notifiers"));
     let ctx =
-        rollback_watchdog::rollback::Context::new(client.clone(), config.clone(), notifier.clone())
+        rollback_watchdog::pipeline::Context::new(client.clone(), config.clone(), notifier.clone())
             .expect("pipeline context")
             .with_poll_interval(Duration::from_millis(250));
     let mut daemon = Daemon::new(config.clone(), client.clone(), metrics, admin)
@@ -452,7 +452,7 @@ async fn under_the_shipped_rbac_a_crash_looping_deploy_is_rolled_back() {
                 && cm
                     .pointer(&format!(
                         "/data/{}",
-                        rollback_watchdog::backup::KEY_DEPLOYMENT
+                        rollback_watchdog::pipeline::backup::KEY_DEPLOYMENT
                     ))
                     .and_then(Value::as_str)
                     .is_some_and(|t| t.contains("kailash-kaizen:v2-crash"))

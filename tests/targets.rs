@@ -12,13 +12,13 @@ mod support;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use rollback_watchdog::cache::{Caches, Scope};
 use rollback_watchdog::config::{Config, Loader};
-use rollback_watchdog::revision::{self, KnownGood, TargetState, Tracker, KNOWN_GOOD};
+use rollback_watchdog::observe::cache::{Caches, Scope};
+use rollback_watchdog::observe::revision::{self, KnownGood, TargetState, Tracker, KNOWN_GOOD};
+use rollback_watchdog::observe::targets::{self, Resolution};
 use rollback_watchdog::sim::clock::SimClock;
 use rollback_watchdog::sim::store::NAMESPACES;
 use rollback_watchdog::sim::{seed_deployment, SimCluster, SimOptions};
-use rollback_watchdog::targets::{self, Resolution};
 use serde_json::json;
 
 const NS: &str = "production";

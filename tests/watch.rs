@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rollback_watchdog::judge::Verdict;
+use rollback_watchdog::decide::judge::Verdict;
 use rollback_watchdog::signals::{Outcome, SignalId};
 use rollback_watchdog::sim::{Behaviour, Behaviours};
 
@@ -24,7 +24,7 @@ fn closed_port() -> String {
 }
 
 fn result_of<'a>(
-    e: &'a rollback_watchdog::daemon::Evaluation,
+    e: &'a rollback_watchdog::runtime::daemon::Evaluation,
     id: &SignalId,
 ) -> Option<&'a Outcome> {
     e.results
@@ -409,11 +409,12 @@ async fn two_hundred_targets_tick_without_a_single_list_or_get_request() {
     )
     .replace("name = \"web\"", &format!("name = \"{}\"", names[0]));
     let config = support::watch::load(&toml);
-    let (metrics, registry) = rollback_watchdog::metrics::Metrics::new();
-    let admin = rollback_watchdog::admin::AdminState::new(registry, Duration::from_secs(5));
+    let (metrics, registry) = rollback_watchdog::report::metrics::Metrics::new();
+    let admin =
+        rollback_watchdog::runtime::admin::AdminState::new(registry, Duration::from_secs(5));
     let client = sim.client().await.expect("client");
     let mut daemon =
-        rollback_watchdog::daemon::Daemon::new(Arc::new(config), client, metrics, admin)
+        rollback_watchdog::runtime::daemon::Daemon::new(Arc::new(config), client, metrics, admin)
             .expect("daemon");
     daemon
         .wait_synced(Duration::from_secs(60))

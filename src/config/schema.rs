@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::selector::Selector;
+use crate::k8s::selector::Selector;
 
 /// What `check-config` prints in place of a secret.
 pub const REDACTED: &str = "<redacted>";

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::raw::{self, DurationStr, RawConfig, RawNotify, RawPolicy, RawRule};
 use super::schema::*;
 use super::{MissingSecrets, Problem};
-use crate::selector::Selector;
+use crate::k8s::selector::Selector;
 
 /// Placeholders a PromQL template may use.
 pub const QUERY_PLACEHOLDERS: &[&str] = &[

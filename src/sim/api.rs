@@ -29,7 +29,7 @@ use super::store::{
     PODS, REPLICASETS, SELF_SUBJECT_ACCESS_REVIEWS,
 };
 use super::table::{self, IncludeObject};
-use crate::selector::Selector;
+use crate::k8s::selector::Selector;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;

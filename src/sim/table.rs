@@ -9,7 +9,7 @@ use super::store::{
     Kind, CONFIGMAPS, CORE_EVENTS, DEPLOYMENTS, EVENTS_V1, LEASES, NAMESPACES, PODS, REPLICASETS,
     SECRETS,
 };
-use crate::selector::Selector;
+use crate::k8s::selector::Selector;
 
 /// What each row's `object` carries (`includeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

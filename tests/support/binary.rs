@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rollback_watchdog::status::StatusReport;
+use rollback_watchdog::report::status::StatusReport;
 
 /// A child process killed and reaped when dropped, so a failing test
 /// leaves nothing running.

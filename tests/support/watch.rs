@@ -9,10 +9,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use rollback_watchdog::admin::AdminState;
 use rollback_watchdog::config::{Config, Loader, MissingSecrets};
-use rollback_watchdog::daemon::{Daemon, Evaluation};
-use rollback_watchdog::metrics::Metrics;
+use rollback_watchdog::report::metrics::Metrics;
+use rollback_watchdog::runtime::admin::AdminState;
+use rollback_watchdog::runtime::daemon::{Daemon, Evaluation};
 use rollback_watchdog::sim::prometheus::{PrometheusOptions, PrometheusServer};
 use rollback_watchdog::sim::{self, Behaviours, SimClock, SimCluster, SimOptions};
 use serde_json::json;
@@ -189,9 +189,9 @@ impl Scenario {
         let (metrics, registry) = Metrics::new();
         self.admin = AdminState::new(registry, Duration::from_secs(5));
         let notifier = Arc::new(
-            rollback_watchdog::commands::notifier(&self.config, &metrics).expect("notifiers"),
+            rollback_watchdog::cli::commands::notifier(&self.config, &metrics).expect("notifiers"),
         );
-        let ctx = rollback_watchdog::rollback::Context::new(
+        let ctx = rollback_watchdog::pipeline::Context::new(
             self.client.clone(),
             self.config.clone(),
             notifier.clone(),
@@ -333,12 +333,12 @@ impl Scenario {
     pub async fn tick_until_bad(&mut self, max: usize) -> Vec<Evaluation> {
         let seen = self
             .tick_until(max, |e| {
-                e.verdict() == Some(rollback_watchdog::judge::Verdict::Bad)
+                e.verdict() == Some(rollback_watchdog::decide::judge::Verdict::Bad)
             })
             .await;
         assert_eq!(
             seen.last().and_then(|e| e.verdict()),
-            Some(rollback_watchdog::judge::Verdict::Bad),
+            Some(rollback_watchdog::decide::judge::Verdict::Bad),
             "never Bad; verdicts: {:?}",
             verdicts(&seen)
         );

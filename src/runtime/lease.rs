@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::status::Role;
+use crate::report::status::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

@@ -14,24 +14,24 @@ use std::time::Duration;
 
 use kube::{Client, ResourceExt};
 
-use crate::admin::{self, AdminState};
-use crate::backup::Backups;
-use crate::blocklist;
 use crate::cli::{
     DeploymentRef, OutputFormat, RestoreArgs, RollbackArgs, RollbackTo, StatusArgs, EXIT_CONFIG,
     EXIT_FAILURE, EXIT_OK,
 };
 use crate::config::{Config, ConfigError, Loader};
-use crate::daemon::Daemon;
-use crate::incident::{IncidentSink, Trigger};
-use crate::lease::{Elector, Leadership, LeaseSettings};
-use crate::metrics::Metrics;
-use crate::revision::{self, Revision};
-use crate::rollback::{
+use crate::observe::blocklist;
+use crate::observe::revision::{self, Revision};
+use crate::pipeline::backup::Backups;
+use crate::pipeline::{
     self, describe_ref, Context, Pipeline, Plan, Reader, RollbackOutcome, RollbackRequest,
     RollbackResult, Target, API_TIMEOUT,
 };
-use crate::status::{self, Role, StatusReport};
+use crate::report::incident::{IncidentSink, Trigger};
+use crate::report::metrics::Metrics;
+use crate::report::status::{self, Role, StatusReport};
+use crate::runtime::admin::{self, AdminState};
+use crate::runtime::daemon::Daemon;
+use crate::runtime::lease::{Elector, Leadership, LeaseSettings};
 
 /// How long connecting to the cluster may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -178,7 +178,7 @@ fn pipeline(
         }
     };
     // Progress on stderr, one line per change.
-    let ctx = ctx.with_progress(Arc::new(|p: &rollback::Progress| {
+    let ctx = ctx.with_progress(Arc::new(|p: &pipeline::Progress| {
         eprintln!("waiting: {p}");
     }));
     Ok(Pipeline::new(ctx))
@@ -448,7 +448,7 @@ pub async fn history(
                 .any(|o| o.controller == Some(true) && o.uid == uid)
         })
         .filter_map(|rs| {
-            Revision::of(rs).map(|r| (r, rs.annotations().get(rollback::CHANGE_CAUSE).cloned()))
+            Revision::of(rs).map(|r| (r, rs.annotations().get(pipeline::CHANGE_CAUSE).cloned()))
         })
         .collect();
     revisions.sort_by_key(|(r, _)| r.number);
@@ -575,7 +575,7 @@ pub async fn validate(
             None
         }
     };
-    let policy = rollback::policy_for(&config, &d);
+    let policy = pipeline::policy_for(&config, &d);
     let now = jiff::Timestamp::now();
     let checks = match reader
         .checklist(&d, now, &policy, signals.as_ref(), now)
@@ -625,7 +625,7 @@ pub fn default_sink() -> Arc<dyn IncidentSink> {
 pub struct LogSink;
 
 impl IncidentSink for LogSink {
-    fn emit(&self, incident: &crate::incident::Incident) {
+    fn emit(&self, incident: &crate::report::incident::Incident) {
         tracing::info!(
             target = %incident.target(),
             kind = ?incident.kind,
@@ -645,7 +645,7 @@ pub async fn run(
         Ok((config, client)) => (Arc::new(config), client),
         Err(code) => return code,
     };
-    if let Err(code) = crate::selfcheck::at_startup(&config, &client, err).await {
+    if let Err(code) = crate::runtime::selfcheck::at_startup(&config, &client, err).await {
         return code;
     }
     let (metrics, registry) = Metrics::new();
@@ -775,10 +775,13 @@ pub async fn run(
 /// The notifiers of `[[notify]]`: deliveries recorded in a ledger next to
 /// the audit log (a restart never resends a decision), outcomes counted in
 /// the metrics and written to the audit log.
-pub fn notifier(config: &Config, metrics: &Metrics) -> Result<crate::notify::Notifier, String> {
-    use crate::notify::{DeliveryOutcome, FileLedger, MetricsObserver};
-    let audit =
-        crate::audit::AuditLog::open(&config.watchdog.audit_log).map_err(|e| e.to_string())?;
+pub fn notifier(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<crate::report::notify::Notifier, String> {
+    use crate::report::notify::{DeliveryOutcome, FileLedger, MetricsObserver};
+    let audit = crate::report::audit::AuditLog::open(&config.watchdog.audit_log)
+        .map_err(|e| e.to_string())?;
     let ledger_path = config
         .watchdog
         .audit_log
@@ -791,7 +794,7 @@ pub fn notifier(config: &Config, metrics: &Metrics) -> Result<crate::notify::Not
             ledger_path.display()
         )
     })?;
-    crate::notify::Notifier::builder(&config.notify)
+    crate::report::notify::Notifier::builder(&config.notify)
         .ledger(Arc::new(ledger))
         .observer(MetricsObserver(metrics.clone()))
         .observer(move |o: &DeliveryOutcome| {
@@ -807,7 +810,7 @@ pub fn notifier(config: &Config, metrics: &Metrics) -> Result<crate::notify::Not
                 .and_then(|r| r.as_str())
                 .unwrap_or("delivery")
                 .to_string();
-            let line = crate::audit::AuditLine {
+            let line = crate::report::audit::AuditLine {
                 time: jiff::Timestamp::now().to_string(),
                 target,
                 rollback: o.incident_id.clone(),

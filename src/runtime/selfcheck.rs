@@ -30,9 +30,9 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, PostParams};
 use kube::Client;
 
-use crate::cache::Scope;
 use crate::cli::{EXIT_FAILURE, EXIT_OK};
 use crate::config::{Config, Loader, MissingSecrets, PrometheusSettings};
+use crate::observe::cache::Scope;
 use crate::signals::prometheus::PrometheusSource;
 
 /// How long one SelfSubjectAccessReview may take.
@@ -521,7 +521,7 @@ pub async fn command(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let client = match crate::commands::connect().await {
+    let client = match crate::cli::commands::connect().await {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -573,7 +573,7 @@ pub async fn command(
 /// are warnings: the check needs none of them, and an operator may run it
 /// away from the pod where the Secret is mounted.
 fn load_config(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
-    crate::commands::load_with(
+    crate::cli::commands::load_with(
         Loader::from_file(path).missing_secrets(MissingSecrets::Warn),
         path,
         err,

@@ -19,8 +19,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::Format;
-use crate::status::StatusReport;
+use crate::report::metrics::Format;
+use crate::report::status::StatusReport;
 
 /// Errors starting the admin server.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +177,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    let body = crate::metrics::render(&state.registry, format);
+    let body = crate::report::metrics::render(&state.registry, format);
     (
         [
             (header::CONTENT_TYPE, format.content_type()),
@@ -195,7 +195,7 @@ async fn status(State(state): State<AdminState>) -> Json<StatusReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::report::metrics::Metrics;
 
     #[tokio::test]
     async fn readyz_follows_sync_and_shutdown_and_metrics_are_served() {

@@ -18,9 +18,11 @@
 //!   from the patch until the pipeline finishes;
 //! - [`ROLLBACKS`], JSON list of RFC 3339 times of its rollbacks (cooldown
 //!   and budget survive restarts);
-//! - [`crate::blocklist::BLOCKLIST`], [`crate::revision::KNOWN_GOOD`];
-//! - it honours [`crate::targets::PAUSED`], [`IRREVERSIBLE`] and GitOps
+//! - [`crate::observe::blocklist::BLOCKLIST`], [`crate::observe::revision::KNOWN_GOOD`];
+//! - it honours [`crate::observe::targets::PAUSED`], [`IRREVERSIBLE`] and GitOps
 //!   labels, and sets `kubernetes.io/change-cause`.
+
+pub mod backup;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,13 +36,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::audit::{AuditLine, AuditLog, EventPublisher, Notice};
-use crate::backup::{Backups, Record};
-use crate::blocklist;
-use crate::cache::Snapshot;
 use crate::config::{Config, EventKind, Policy};
-use crate::incident::{Incident, IncidentSink, RevisionRef, Trigger};
-use crate::revision::{self, Revision, Rollout, FIELD_MANAGER, KNOWN_GOOD};
+use crate::observe::blocklist;
+use crate::observe::cache::Snapshot;
+use crate::observe::revision::{self, Revision, Rollout, FIELD_MANAGER, KNOWN_GOOD};
+use crate::pipeline::backup::{Backups, Record};
+use crate::report::audit::{AuditLine, AuditLog, EventPublisher, Notice};
+use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::signals::{SignalResult, Signals, Subject};
 
 /// The in-flight record on the Deployment.
@@ -70,7 +72,7 @@ fn api_hint(e: &kube::Error) -> &'static str {
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
     #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] crate::report::audit::AuditError),
     #[error("cannot build the signal sources for verification: {0}")]
     Signals(#[from] crate::signals::SignalsError),
     #[error("{target}: {what}: {source}{hint}", hint = api_hint(.source))]
@@ -404,7 +406,7 @@ impl Context {
 /// global `dry_run` and `paused` switches folded in.
 pub fn policy_for(config: &Config, d: &Deployment) -> Policy {
     let snapshot = Snapshot::from_objects([d.clone()], [], []);
-    let resolution = crate::targets::resolve(config, &snapshot);
+    let resolution = crate::observe::targets::resolve(config, &snapshot);
     let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
     let mut policy = resolution
         .targets
@@ -1135,13 +1137,13 @@ impl Pipeline {
             return refuse(format!("{target} is paused (spec.paused); resume it with `kubectl rollout resume deployment/{} -n {}` first", request.name, request.namespace));
         }
         if d.annotations()
-            .get(crate::targets::PAUSED)
+            .get(crate::observe::targets::PAUSED)
             .map(|v| v.trim())
             == Some("true")
         {
             return refuse(format!(
                 "{target} carries {}: \"true\"; the watchdog takes no action on it",
-                crate::targets::PAUSED
+                crate::observe::targets::PAUSED
             ));
         }
         if policy.paused {

@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn every_notification_outcome_is_created_at_zero_for_each_sink() {
-        use crate::notify::DeliveryResult;
+        use crate::report::notify::DeliveryResult;
         let reason = String::new;
         let labels: Vec<&str> = [
             DeliveryResult::Delivered,

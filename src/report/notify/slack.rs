@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use super::{human_seconds, recover_label, revision_lines, trigger_words, truncate, Summary};
-use crate::incident::Incident;
+use crate::report::incident::Incident;
 
 /// Slack's limits (Block Kit reference).
 pub const HEADER_MAX: usize = 150;

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::{payload, webhook, NotifyError};
 use crate::config::{EventKind, NotifySink, SinkKind};
-use crate::incident::{Incident, IncidentSink};
-use crate::metrics::{Metrics, SinkOutcome};
+use crate::report::incident::{Incident, IncidentSink};
+use crate::report::metrics::{Metrics, SinkOutcome};
 
 /// Messages waiting per sink before new ones are dropped.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;

@@ -16,8 +16,8 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::incident::{RevisionRef, Trigger};
-use crate::revision::FIELD_MANAGER;
+use crate::observe::revision::FIELD_MANAGER;
+use crate::report::incident::{RevisionRef, Trigger};
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_NAMESPACE: &str = "rollback-watchdog.io/namespace";

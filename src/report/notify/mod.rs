@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::config::{EventKind, NotifySink, Placeholders, SinkKind};
-use crate::incident::{Incident, Trigger};
+use crate::report::incident::{Incident, Trigger};
 
 pub mod delivery;
 pub mod slack;
@@ -149,7 +149,7 @@ pub fn payload(sink: &NotifySink, incident: &Incident) -> serde_json::Value {
     }
 }
 
-fn revision_words(r: Option<&crate::incident::RevisionRef>) -> String {
+fn revision_words(r: Option<&crate::report::incident::RevisionRef>) -> String {
     match r {
         Some(r) => format!("revision {}", r.revision),
         None => "an unknown revision".to_owned(),
@@ -304,7 +304,7 @@ pub fn truncate(text: &str, max: usize) -> String {
 }
 
 /// A revision with its hash and images, one line per image.
-pub(crate) fn revision_lines(r: &crate::incident::RevisionRef, code: bool) -> String {
+pub(crate) fn revision_lines(r: &crate::report::incident::RevisionRef, code: bool) -> String {
     let mut s = format!("revision {}", r.revision);
     if !r.pod_template_hash.is_empty() {
         if code {

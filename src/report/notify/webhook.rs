@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Links, Problem, Summary};
-use crate::incident::{Incident, RevisionRef, Trigger};
+use crate::report::incident::{Incident, RevisionRef, Trigger};
 use crate::signals::{Outcome, SignalResult};
 
 /// The value of the document's `schema` field.

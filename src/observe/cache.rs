@@ -180,7 +180,9 @@ impl Caches {
         let pods = KindCache::start(
             &client,
             &scope,
-            &base.clone().labels(crate::revision::POD_TEMPLATE_HASH),
+            &base
+                .clone()
+                .labels(crate::observe::revision::POD_TEMPLATE_HASH),
             "Pod",
             strip_managed_fields,
             &mut tasks,
@@ -339,7 +341,7 @@ impl Snapshot {
         for pod in pods {
             let hash = pod
                 .labels()
-                .get(crate::revision::POD_TEMPLATE_HASH)
+                .get(crate::observe::revision::POD_TEMPLATE_HASH)
                 .cloned();
             if let Some(hash) = hash {
                 let key = (pod.namespace().unwrap_or_default(), hash);

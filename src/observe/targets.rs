@@ -28,8 +28,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 
-use crate::cache::{Snapshot, ALL_NAMESPACES};
 use crate::config::{Config, Policy, Selects};
+use crate::observe::cache::{Snapshot, ALL_NAMESPACES};
 
 pub const ENABLED: &str = "rollback-watchdog.io/enabled";
 pub const WATCH_WINDOW: &str = "rollback-watchdog.io/watch-window";

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::{human_seconds, revision_lines, trigger_words, Problem, Summary};
-use crate::incident::Incident;
+use crate::report::incident::Incident;
 
 /// The Adaptive Card version Teams renders everywhere (desktop, web, mobile).
 pub const CARD_VERSION: &str = "1.4";

@@ -42,9 +42,9 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cache::Snapshot;
+use crate::observe::cache::Snapshot;
+use crate::observe::targets::WatchedDeployment;
 use crate::signals::{BaselineRevision, Subject};
-use crate::targets::WatchedDeployment;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
@@ -699,7 +699,7 @@ pub async fn record_known_good(
 mod tests {
     use super::*;
     use crate::config::Loader;
-    use crate::targets::Source;
+    use crate::observe::targets::Source;
     use serde_json::json;
 
     const UID: &str = "d-uid";

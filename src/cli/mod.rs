@@ -2,6 +2,8 @@
 //! commands that need nothing but the config (`check-config`,
 //! `notify-test`).
 
+pub mod commands;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +12,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ConfigError, Loader, MissingSecrets};
-use crate::telemetry::LogFormat;
+use crate::runtime::telemetry::LogFormat;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -432,13 +434,17 @@ pub fn notify_test(
             return EXIT_FAILURE;
         }
     };
-    let policy = crate::notify::RetryPolicy::default();
-    match runtime.block_on(crate::notify::send_test(&loaded.config, only, &policy)) {
+    let policy = crate::report::notify::RetryPolicy::default();
+    match runtime.block_on(crate::report::notify::send_test(
+        &loaded.config,
+        only,
+        &policy,
+    )) {
         Ok(results) => {
             let mut code = EXIT_OK;
             for r in &results {
                 let _ = writeln!(out, "{r}");
-                if r.report.result != crate::notify::DeliveryResult::Delivered {
+                if r.report.result != crate::report::notify::DeliveryResult::Delivered {
                     code = EXIT_FAILURE;
                 }
             }

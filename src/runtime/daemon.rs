@@ -17,25 +17,25 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
-use crate::admin::AdminState;
-use crate::blocklist;
-use crate::cache::Caches;
 use crate::config::EventKind;
 use crate::config::{Config, Policy};
-use crate::incident::{Incident, IncidentSink, RevisionRef, Trigger};
-use crate::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
-use crate::lease::Leadership;
-use crate::metrics::TargetOutcome;
-use crate::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
-use crate::revision::{self, TargetState, Tracker};
-use crate::rollback::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
+use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
+use crate::observe::blocklist;
+use crate::observe::cache::Caches;
+use crate::observe::revision::{self, TargetState, Tracker};
+use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
+use crate::pipeline::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
+use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
+use crate::report::metrics::TargetOutcome;
+use crate::report::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
+use crate::report::status::{
+    KnownGoodStatus, Role, SignalStatus, StatusReport, TargetStatus, WindowStatus,
+};
+use crate::runtime::admin::AdminState;
+use crate::runtime::lease::Leadership;
 use crate::signals::health::HealthProber;
 use crate::signals::prometheus::PrometheusSource;
 use crate::signals::{Outcome, SignalResult, Signals, Subject};
-use crate::status::{
-    KnownGoodStatus, Role, SignalStatus, StatusReport, TargetStatus, WindowStatus,
-};
-use crate::targets::{self, TargetWarning, WatchedDeployment};
 
 /// Every verdict name, for the one-hot verdict gauge.
 const VERDICTS: [&str; 6] = [
@@ -54,9 +54,9 @@ pub enum DaemonError {
     #[error("the watch caches never synced within {0:?}: is the API server reachable and does the service account have get/list/watch on deployments, replicasets and pods?")]
     NotSynced(Duration),
     #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
+    Cache(#[from] crate::observe::cache::CacheError),
     #[error(transparent)]
-    Rollback(#[from] crate::rollback::RollbackError),
+    Rollback(#[from] crate::pipeline::RollbackError),
 }
 
 /// A revision restored by the watchdog's own rollback is one whose rollout
@@ -205,7 +205,7 @@ impl Daemon {
     /// go to `sink` (the notifiers). Call after [`Self::with_role`] so the
     /// pipeline shares the write guard.
     pub fn with_pipeline(mut self, sink: Arc<dyn IncidentSink>) -> Result<Self, DaemonError> {
-        let ctx = rollback::Context::new(self.client.clone(), self.config.clone(), sink.clone())?
+        let ctx = pipeline::Context::new(self.client.clone(), self.config.clone(), sink.clone())?
             .with_may_write(self.may_write.clone());
         self.pipeline = Some(Arc::new(Pipeline::new(ctx)));
         self.sink = Some(sink);
@@ -216,7 +216,7 @@ impl Daemon {
     /// demo and tests shorten its poll interval or watch its progress).
     pub fn with_pipeline_context(
         mut self,
-        ctx: rollback::Context,
+        ctx: pipeline::Context,
         sink: Arc<dyn IncidentSink>,
     ) -> Self {
         self.pipeline = Some(Arc::new(Pipeline::new(ctx)));
@@ -262,7 +262,7 @@ impl Daemon {
                     // shutdown): nothing happened, so the decision is not
                     // spent. The next tick as leader decides again.
                     let patched = outcome.steps.iter().any(|st| {
-                        st.step == rollback::Step::Update && st.outcome == rollback::StepOutcome::Ok
+                        st.step == pipeline::Step::Update && st.outcome == pipeline::StepOutcome::Ok
                     });
                     if outcome.result == RollbackResult::HandedOver && !patched {
                         if let Some(m) = self.memory.get_mut(&uid) {
@@ -278,7 +278,7 @@ impl Daemon {
                         && outcome
                             .steps
                             .iter()
-                            .any(|st| st.step == rollback::Step::Wait)
+                            .any(|st| st.step == pipeline::Step::Wait)
                     {
                         self.completed.insert(outcome.incident.id.clone());
                     }
@@ -668,7 +668,7 @@ impl Daemon {
         // Recorded only on a tick that is Healthy now, never while a
         // rollback of this Deployment is in flight or after this revision
         // was Bad or escalated: a known-good record is a rollback target.
-        let in_flight = matches!(rollback::in_flight_of(&target.deployment), Ok(Some(_)));
+        let in_flight = matches!(pipeline::in_flight_of(&target.deployment), Ok(Some(_)));
         let write_known_good = known_good.filter(|_| {
             (adopted || verified)
                 && verdict_now == Verdict::Healthy
@@ -683,7 +683,7 @@ impl Daemon {
         // Restored by the watchdog: its rollout started with one of our
         // rollbacks, or it is the known-good revision a rollback restored
         // (a restart can misjudge when a reused ReplicaSet took over).
-        let rollbacks = rollback::rollbacks_of(d);
+        let rollbacks = pipeline::rollbacks_of(d);
         // The recorded known-good revision deployed again (a person's
         // `rollout undo`) and bad now: nothing older is known to be
         // better, so a person decides, as after the watchdog's own.
@@ -701,10 +701,10 @@ impl Daemon {
             && (self.may_write)()
         {
             let memory = self.memory.entry(target.uid()).or_default();
-            let in_flight = rollback::in_flight_of(d).ok().flatten();
+            let in_flight = pipeline::in_flight_of(d).ok().flatten();
             if in_flight.is_some_and(|f| !self.completed.contains(&f.id)) {
                 action = Action::Resume;
-            } else if let Some(request) = rollback::annotation_request(d).filter(|_| {
+            } else if let Some(request) = pipeline::annotation_request(d).filter(|_| {
                 self.triggered_by.get(&target.uid()) != d.metadata.resource_version.as_ref()
             }) {
                 // Seen once per object version, valid or not: a malformed
@@ -733,7 +733,7 @@ impl Daemon {
                         ..RollbackRequest::new(
                             &target.namespace,
                             &target.name,
-                            rollback::Target::Previous,
+                            pipeline::Target::Previous,
                             Trigger::Verdict,
                         )
                     }))

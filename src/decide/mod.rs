@@ -1,0 +1,3 @@
+//! From signal results to a verdict.
+
+pub mod judge;

@@ -1,0 +1,3 @@
+//! What Kubernetes itself defines, as the watchdog reads it.
+
+pub mod selector;

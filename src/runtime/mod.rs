@@ -1,0 +1,8 @@
+//! The process around the decisions: the run loop, leader election, the
+//! admin server, the start-up self-check and logging.
+
+pub mod admin;
+pub mod daemon;
+pub mod lease;
+pub mod selfcheck;
+pub mod telemetry;
