@@ -1092,7 +1092,7 @@ impl Watcher {
             tl.say(format!(
                 "revision {} ({images}) survived its window: recorded known-good (annotation {} on the Deployment)",
                 k.revision,
-                crate::observe::revision::KNOWN_GOOD
+                crate::k8s::keys::KNOWN_GOOD
             ));
         }
         self.known_good = Some(now);

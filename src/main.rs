@@ -55,7 +55,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::SelfCheck => {
             let runtime = tokio::runtime::Runtime::new()?;
             let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            runtime.block_on(rollback_watchdog::runtime::selfcheck::command(
+            runtime.block_on(rollback_watchdog::cli::commands::self_check(
                 &cli.config,
                 &mut out,
                 &mut err,

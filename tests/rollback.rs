@@ -5,6 +5,7 @@
 //! patches twice; a bad target escalates instead of looping; and every
 //! reason not to act is said in a sentence, with nothing patched.
 
+use rollback_watchdog::k8s::keys::{IN_FLIGHT, ROLLBACKS};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +15,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use rollback_watchdog::config::{Config, EventKind, Loader};
-use rollback_watchdog::pipeline::{
-    Context, Pipeline, RollbackRequest, RollbackResult, Target, IN_FLIGHT, ROLLBACKS,
-};
+use rollback_watchdog::pipeline::{Context, Pipeline, RollbackRequest, RollbackResult, Target};
 use rollback_watchdog::report::incident::{Collected, Trigger};
 use rollback_watchdog::sim::{
     store, Behaviour, Crash, SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE,
@@ -673,7 +672,7 @@ async fn a_follower_writes_nothing_and_a_marked_security_issue_is_rolled_back_an
     );
 
     // The runbook's security-issue path: a person marks the Deployment.
-    w.annotate(rollback_watchdog::pipeline::ROLLBACK_TO, Some("previous"))
+    w.annotate(rollback_watchdog::k8s::keys::ROLLBACK_TO, Some("previous"))
         .await;
     let d = w.deployment().await;
     let request = rollback_watchdog::pipeline::annotation_request(&d)
@@ -689,7 +688,7 @@ async fn a_follower_writes_nothing_and_a_marked_security_issue_is_rolled_back_an
     let d = w.deployment().await;
     assert_eq!(image(&d), V1);
     assert_eq!(
-        annotation(&d, rollback_watchdog::pipeline::ROLLBACK_TO),
+        annotation(&d, rollback_watchdog::k8s::keys::ROLLBACK_TO),
         None,
         "the request is consumed by the same patch"
     );

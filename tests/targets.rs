@@ -4,6 +4,7 @@
 //! a revision becomes known-good, and that ticks cost the API server
 //! nothing. Every wait is bounded; nothing asserts how fast anything is.
 
+use rollback_watchdog::k8s::keys::KNOWN_GOOD;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rollback_watchdog::config::{Config, Loader};
 use rollback_watchdog::observe::cache::{Caches, Scope};
-use rollback_watchdog::observe::revision::{self, KnownGood, TargetState, Tracker, KNOWN_GOOD};
+use rollback_watchdog::observe::revision::{self, KnownGood, TargetState, Tracker};
 use rollback_watchdog::observe::targets::{self, Resolution};
 use rollback_watchdog::sim::clock::SimClock;
 use rollback_watchdog::sim::store::NAMESPACES;

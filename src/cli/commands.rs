@@ -7,6 +7,7 @@
 //! on a terminal, and never print a bare error: every failure names the
 //! object and what to do.
 
+use crate::k8s::keys;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use crate::cli::{
     DeploymentRef, OutputFormat, RestoreArgs, RollbackArgs, RollbackTo, StatusArgs, EXIT_CONFIG,
     EXIT_FAILURE, EXIT_OK,
 };
-use crate::config::{Config, ConfigError, Loader};
+use crate::config::{Config, ConfigError, Loader, MissingSecrets};
+use crate::k8s::connect;
 use crate::observe::blocklist;
 use crate::observe::revision::{self, Revision};
 use crate::pipeline::backup::Backups;
@@ -32,19 +34,7 @@ use crate::report::status::{self, Role, StatusReport};
 use crate::runtime::admin::{self, AdminState};
 use crate::runtime::daemon::Daemon;
 use crate::runtime::lease::{Elector, Leadership, LeaseSettings};
-
-/// How long connecting to the cluster may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error(
-        "cannot connect to the cluster: {0}; set KUBECONFIG (or run in-cluster) and try again"
-    )]
-    Connect(String),
-    #[error("KUBECONFIG names {0}, which does not exist; point KUBECONFIG at your kubeconfig file (or unset it to use ~/.kube/config or the in-cluster service account)")]
-    NoKubeconfig(String),
-}
+use crate::runtime::selfcheck;
 
 /// Where the command's words go.
 pub struct Io<'a> {
@@ -136,25 +126,6 @@ async fn fetch_deployment(
             let _ = writeln!(err, "error: {e}");
             Err(EXIT_FAILURE)
         }
-    }
-}
-
-/// `kube::Client::try_default()` (KUBECONFIG or in-cluster), bounded.
-pub async fn connect() -> Result<Client, CommandError> {
-    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        // kubectl skips missing files in a list; none at all is a mistake.
-        let paths: Vec<_> = std::env::split_paths(&path).collect();
-        if paths.iter().all(|p| !p.exists()) {
-            let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-            return Err(CommandError::NoKubeconfig(named.join(", ")));
-        }
-    }
-    match tokio::time::timeout(CONNECT_TIMEOUT, Client::try_default()).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(CommandError::Connect(e.to_string())),
-        Err(_) => Err(CommandError::Connect(format!(
-            "no answer within {CONNECT_TIMEOUT:?}"
-        ))),
     }
 }
 
@@ -448,7 +419,7 @@ pub async fn history(
                 .any(|o| o.controller == Some(true) && o.uid == uid)
         })
         .filter_map(|rs| {
-            Revision::of(rs).map(|r| (r, rs.annotations().get(pipeline::CHANGE_CAUSE).cloned()))
+            Revision::of(rs).map(|r| (r, rs.annotations().get(keys::CHANGE_CAUSE).cloned()))
         })
         .collect();
     revisions.sort_by_key(|(r, _)| r.number);
@@ -645,8 +616,8 @@ pub async fn run(
         Ok((config, client)) => (Arc::new(config), client),
         Err(code) => return code,
     };
-    if let Err(code) = crate::runtime::selfcheck::at_startup(&config, &client, err).await {
-        return code;
+    if selfcheck::at_startup(&config, &client, err).await.is_err() {
+        return EXIT_FAILURE;
     }
     let (metrics, registry) = Metrics::new();
     let admin_state = AdminState::new(registry, config.admin.request_timeout);
@@ -910,4 +881,83 @@ async fn evaluate_once(config_path: &Path, err: &mut dyn Write) -> Result<Status
     }
     daemon.tick(jiff::Timestamp::now()).await;
     Ok(daemon.status())
+}
+
+/// `rollback-watchdog self-check`: the start-up check on its own, every
+/// permission with its answer on `out`; exit 0 when all are granted (a
+/// silent Prometheus is a warning), 1 otherwise, 2 for a bad config.
+pub async fn self_check(
+    config_path: &Path,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> u8 {
+    let config = match load_config_for_check(config_path, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let client = match connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let (access, prometheus) = tokio::join!(
+        selfcheck::check_access(
+            &client,
+            selfcheck::required(&config),
+            selfcheck::REVIEW_TIMEOUT
+        ),
+        selfcheck::check_prometheus(&config.prometheus)
+    );
+    let checks = match access {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(
+                err,
+                "{}",
+                selfcheck::review_failed(&e, &selfcheck::api_server().await)
+            );
+            return EXIT_FAILURE;
+        }
+    };
+    for c in &checks {
+        let _ = writeln!(
+            out,
+            "{:<8} {}: {}",
+            if c.allowed { "ok" } else { "MISSING" },
+            c.requirement.permission,
+            c.requirement.why()
+        );
+    }
+    match &prometheus {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "{:<8} Prometheus at {} answers",
+                "ok", config.prometheus.url
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(out, "{:<8} {why}", "WARNING");
+        }
+    }
+    let missing: Vec<&selfcheck::Check> = checks.iter().filter(|c| !c.allowed).collect();
+    if missing.is_empty() {
+        EXIT_OK
+    } else {
+        let _ = write!(err, "{}", selfcheck::describe_missing(&missing));
+        EXIT_FAILURE
+    }
+}
+
+/// The config as `run` would load it, except that absent secret files
+/// are warnings: the check needs none of them, and an operator may run it
+/// away from the pod where the Secret is mounted.
+fn load_config_for_check(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
+    load_with(
+        Loader::from_file(path).missing_secrets(MissingSecrets::Warn),
+        path,
+        err,
+    )
 }

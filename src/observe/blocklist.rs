@@ -9,12 +9,11 @@
 //! Format, a JSON list, oldest first:
 //! `[{"podTemplateHash":"5d8f7c","images":["web:v2"],"revision":2,"reason":"error ratio 30.2 % > max 5.0 %","at":"2026-11-27T10:15:00Z"}]`
 
+use crate::k8s::keys::BLOCKLIST;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
-/// The blocklist annotation on the Deployment.
-pub const BLOCKLIST: &str = "rollback-watchdog.io/blocklist";
 /// At most this many entries are kept (the oldest go first), so the
 /// annotation stays far below the 256 kB limit of all annotations.
 pub const MAX_ENTRIES: usize = 20;

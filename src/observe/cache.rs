@@ -180,9 +180,7 @@ impl Caches {
         let pods = KindCache::start(
             &client,
             &scope,
-            &base
-                .clone()
-                .labels(crate::observe::revision::POD_TEMPLATE_HASH),
+            &base.clone().labels(crate::k8s::keys::POD_TEMPLATE_HASH),
             "Pod",
             strip_managed_fields,
             &mut tasks,
@@ -341,7 +339,7 @@ impl Snapshot {
         for pod in pods {
             let hash = pod
                 .labels()
-                .get(crate::observe::revision::POD_TEMPLATE_HASH)
+                .get(crate::k8s::keys::POD_TEMPLATE_HASH)
                 .cloned();
             if let Some(hash) = hash {
                 let key = (pod.namespace().unwrap_or_default(), hash);

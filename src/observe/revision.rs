@@ -31,6 +31,7 @@
 //!   revision started more than `watch_window` ago is due at once, a
 //!   younger one keeps its window for the remaining time.
 
+use crate::k8s::keys::{FIELD_MANAGER, KNOWN_GOOD, POD_TEMPLATE_HASH, REVISION, REVISION_HISTORY};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,13 +47,6 @@ use crate::observe::cache::Snapshot;
 use crate::observe::targets::WatchedDeployment;
 use crate::signals::{BaselineRevision, Subject};
 
-pub const REVISION: &str = "deployment.kubernetes.io/revision";
-pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
-pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
-/// The known-good record on the Deployment.
-pub const KNOWN_GOOD: &str = "rollback-watchdog.io/known-good";
-/// The field manager of every write the watchdog makes.
-pub const FIELD_MANAGER: &str = "rollback-watchdog";
 /// How long the known-good patch may take.
 pub const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
 

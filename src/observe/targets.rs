@@ -21,6 +21,7 @@
 //! The overrides apply to every watched Deployment. A value that does not
 //! parse is reported and ignored: the policy keeps its configured value.
 
+use crate::k8s::keys::{DRY_RUN, ENABLED, FAILURE_THRESHOLD, PAUSED, WATCH_WINDOW};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,15 +31,6 @@ use kube::ResourceExt;
 
 use crate::config::{Config, Policy, Selects};
 use crate::observe::cache::{Snapshot, ALL_NAMESPACES};
-
-pub const ENABLED: &str = "rollback-watchdog.io/enabled";
-pub const WATCH_WINDOW: &str = "rollback-watchdog.io/watch-window";
-pub const FAILURE_THRESHOLD: &str = "rollback-watchdog.io/failure-threshold";
-pub const DRY_RUN: &str = "rollback-watchdog.io/dry-run";
-pub const PAUSED: &str = "rollback-watchdog.io/paused";
-
-/// The per-object overrides, in the order they are documented.
-pub const OVERRIDE_ANNOTATIONS: [&str; 4] = [WATCH_WINDOW, FAILURE_THRESHOLD, DRY_RUN, PAUSED];
 
 /// Bounds of `rollback-watchdog.io/watch-window`.
 pub const MIN_WATCH_WINDOW: Duration = Duration::from_secs(1);

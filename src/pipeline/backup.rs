@@ -6,6 +6,7 @@
 //! It must never report a backup it has not seen the API server accept:
 //! no backup, no rollback.
 
+use crate::k8s::keys::{BACKUP_OF, FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_NAMESPACE, MANAGED_BY};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,12 +17,8 @@ use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::observe::revision::FIELD_MANAGER;
 use crate::report::incident::{RevisionRef, Trigger};
 
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_NAMESPACE: &str = "rollback-watchdog.io/namespace";
-pub const LABEL_DEPLOYMENT: &str = "rollback-watchdog.io/deployment";
 /// ConfigMap keys.
 pub const KEY_DEPLOYMENT: &str = "deployment.json";
 pub const KEY_RECORD: &str = "record.json";
@@ -149,10 +146,7 @@ impl Backups {
             metadata: ObjectMeta {
                 generate_name: Some(format!("rb-{}-", short(&record.deployment, 40))),
                 labels: Some(labels(&record.namespace, &record.deployment)),
-                annotations: Some(BTreeMap::from([(
-                    "rollback-watchdog.io/rollback".to_owned(),
-                    record.id.clone(),
-                )])),
+                annotations: Some(BTreeMap::from([(BACKUP_OF.to_owned(), record.id.clone())])),
                 ..Default::default()
             },
             data: Some(data),

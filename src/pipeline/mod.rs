@@ -18,12 +18,16 @@
 //!   from the patch until the pipeline finishes;
 //! - [`ROLLBACKS`], JSON list of RFC 3339 times of its rollbacks (cooldown
 //!   and budget survive restarts);
-//! - [`crate::observe::blocklist::BLOCKLIST`], [`crate::observe::revision::KNOWN_GOOD`];
-//! - it honours [`crate::observe::targets::PAUSED`], [`IRREVERSIBLE`] and GitOps
+//! - [`crate::k8s::keys::BLOCKLIST`], [`crate::k8s::keys::KNOWN_GOOD`];
+//! - it honours [`crate::k8s::keys::PAUSED`], [`IRREVERSIBLE`] and GitOps
 //!   labels, and sets `kubernetes.io/change-cause`.
 
 pub mod backup;
 
+use crate::k8s::keys;
+use crate::k8s::keys::{
+    CHANGE_CAUSE, FIELD_MANAGER, IN_FLIGHT, IRREVERSIBLE, KNOWN_GOOD, ROLLBACKS, ROLLBACK_TO,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,21 +43,12 @@ use tokio::time::Instant;
 use crate::config::{Config, EventKind, Policy};
 use crate::observe::blocklist;
 use crate::observe::cache::Snapshot;
-use crate::observe::revision::{self, Revision, Rollout, FIELD_MANAGER, KNOWN_GOOD};
+use crate::observe::revision::{self, Revision, Rollout};
 use crate::pipeline::backup::{Backups, Record};
 use crate::report::audit::{AuditLine, AuditLog, EventPublisher, Notice};
 use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::signals::{SignalResult, Signals, Subject};
 
-/// The in-flight record on the Deployment.
-pub const IN_FLIGHT: &str = "rollback-watchdog.io/in-flight";
-/// Times of the watchdog's rollbacks of this Deployment.
-pub const ROLLBACKS: &str = "rollback-watchdog.io/rollbacks";
-/// On a revision's ReplicaSet or pod template: alert only, never roll back.
-pub const IRREVERSIBLE: &str = "rollback-watchdog.io/irreversible";
-pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
-/// A person's request on the Deployment: `previous` or a revision number.
-pub const ROLLBACK_TO: &str = "rollback-watchdog.io/rollback-to";
 /// How long one API call of the pipeline may take.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// A `test` that failed only because the controller wrote the status is
@@ -1137,13 +1132,13 @@ impl Pipeline {
             return refuse(format!("{target} is paused (spec.paused); resume it with `kubectl rollout resume deployment/{} -n {}` first", request.name, request.namespace));
         }
         if d.annotations()
-            .get(crate::observe::targets::PAUSED)
+            .get(crate::k8s::keys::PAUSED)
             .map(|v| v.trim())
             == Some("true")
         {
             return refuse(format!(
                 "{target} carries {}: \"true\"; the watchdog takes no action on it",
-                crate::observe::targets::PAUSED
+                crate::k8s::keys::PAUSED
             ));
         }
         if policy.paused {
@@ -1232,7 +1227,7 @@ impl Pipeline {
                             return refuse(format!("skipped rollback: revision {n} is the current revision of {target}"));
                         }
                         if let Some(e) = is_blocked(&found.0) {
-                            return refuse(format!("revision {n} of {target} is blocklisted ({}, rolled back at {}); remove it from {} to use it", e.reason, e.at, blocklist::BLOCKLIST));
+                            return refuse(format!("revision {n} of {target} is blocklisted ({}, rolled back at {}); remove it from {} to use it", e.reason, e.at, keys::BLOCKLIST));
                         }
                         (found.0.clone(), found.1)
                     }
@@ -2228,7 +2223,7 @@ impl Reader {
     pub async fn pods(&self, d: &Deployment, hash: &str) -> Result<Vec<Pod>, RollbackError> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
-        let lp = ListParams::default().labels(&format!("{}={hash}", revision::POD_TEMPLATE_HASH));
+        let lp = ListParams::default().labels(&format!("{}={hash}", keys::POD_TEMPLATE_HASH));
         match tokio::time::timeout(self.timeout, api.list(&lp)).await {
             Ok(Ok(list)) => Ok(list.items),
             Ok(Err(e)) => Err(self.api_error(target_of(d), "cannot list its pods", Ok(e))),
@@ -2414,7 +2409,7 @@ pub fn patch_ops(plan: &Plan, in_flight: &InFlight) -> Vec<Value> {
         blocklist::without(list, &plan.to.pod_template_hash, &plan.to.images)
     };
     annotations.push((
-        blocklist::BLOCKLIST.to_owned(),
+        keys::BLOCKLIST.to_owned(),
         serde_json::to_string(&list).unwrap_or_default(),
     ));
     for (k, v) in annotations {
@@ -2571,7 +2566,7 @@ fn template_value(t: &PodTemplateSpec) -> Value {
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
     {
-        labels.remove(revision::POD_TEMPLATE_HASH);
+        labels.remove(keys::POD_TEMPLATE_HASH);
     }
     v
 }
@@ -2698,7 +2693,7 @@ fn selector_of(d: &Deployment) -> String {
 }
 
 fn revision_annotation(d: &Deployment) -> Option<String> {
-    d.annotations().get(revision::REVISION).cloned()
+    d.annotations().get(keys::REVISION).cloned()
 }
 
 fn target_of(d: &Deployment) -> String {

@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,8 +29,7 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, PostParams};
 use kube::Client;
 
-use crate::cli::{EXIT_FAILURE, EXIT_OK};
-use crate::config::{Config, Loader, MissingSecrets, PrometheusSettings};
+use crate::config::{Config, PrometheusSettings};
 use crate::observe::cache::Scope;
 use crate::signals::prometheus::PrometheusSource;
 
@@ -461,27 +459,31 @@ pub async fn check_prometheus(settings: &PrometheusSettings) -> Result<(), Strin
 
 /// The API server the client talks to, for messages: what
 /// `kube::Client::try_default` would use.
-async fn api_server() -> String {
+pub async fn api_server() -> String {
     match tokio::time::timeout(Duration::from_secs(5), kube::Config::infer()).await {
         Ok(Ok(c)) => format!("the API server at {}", c.cluster_url),
         _ => "the API server (from KUBECONFIG or in-cluster)".to_owned(),
     }
 }
 
-fn review_failed(e: &SelfCheckError, server: &str) -> String {
+pub fn review_failed(e: &SelfCheckError, server: &str) -> String {
     format!(
         "error: cannot check the watchdog's permissions with {server}: {e}; make sure the API server is reachable from here (in a cluster: the NetworkPolicy's egress) and that this identity may create selfsubjectaccessreviews (every authenticated user may, by default)"
     )
 }
 
+/// The start-up check said no; why was written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
 /// `run`'s start-up check. Missing permissions, or reviews that cannot be
-/// made, are written to `err` and give the exit code; a silent
-/// Prometheus is a warning on `err`.
+/// made, are written to `err` and refuse the start; a silent Prometheus is
+/// a warning on `err`.
 pub async fn at_startup(
     config: &Config,
     client: &Client,
     err: &mut (dyn Write + Send),
-) -> Result<(), u8> {
+) -> Result<(), Refused> {
     let (access, prometheus) = tokio::join!(
         check_access(client, required(config), REVIEW_TIMEOUT),
         check_prometheus(&config.prometheus)
@@ -493,7 +495,7 @@ pub async fn at_startup(
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "{}", review_failed(&e, &api_server().await));
-            return Err(EXIT_FAILURE);
+            return Err(Refused);
         }
     };
     let missing: Vec<&Check> = checks.iter().filter(|c| !c.allowed).collect();
@@ -506,83 +508,13 @@ pub async fn at_startup(
         return Ok(());
     }
     let _ = write!(err, "{}", describe_missing(&missing));
-    Err(EXIT_FAILURE)
-}
-
-/// `rollback-watchdog self-check`: the start-up check on its own, every
-/// permission with its answer on `out`; exit 0 when all are granted (a
-/// silent Prometheus is a warning), 1 otherwise, 2 for a bad config.
-pub async fn command(
-    config_path: &Path,
-    out: &mut (dyn Write + Send),
-    err: &mut (dyn Write + Send),
-) -> u8 {
-    let config = match load_config(config_path, err) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let client = match crate::cli::commands::connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let (access, prometheus) = tokio::join!(
-        check_access(&client, required(&config), REVIEW_TIMEOUT),
-        check_prometheus(&config.prometheus)
-    );
-    let checks = match access {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "{}", review_failed(&e, &api_server().await));
-            return EXIT_FAILURE;
-        }
-    };
-    for c in &checks {
-        let _ = writeln!(
-            out,
-            "{:<8} {}: {}",
-            if c.allowed { "ok" } else { "MISSING" },
-            c.requirement.permission,
-            c.requirement.why()
-        );
-    }
-    match &prometheus {
-        Ok(()) => {
-            let _ = writeln!(
-                out,
-                "{:<8} Prometheus at {} answers",
-                "ok", config.prometheus.url
-            );
-        }
-        Err(why) => {
-            let _ = writeln!(out, "{:<8} {why}", "WARNING");
-        }
-    }
-    let missing: Vec<&Check> = checks.iter().filter(|c| !c.allowed).collect();
-    if missing.is_empty() {
-        EXIT_OK
-    } else {
-        let _ = write!(err, "{}", describe_missing(&missing));
-        EXIT_FAILURE
-    }
-}
-
-/// The config as `run` would load it, except that absent secret files
-/// are warnings: the check needs none of them, and an operator may run it
-/// away from the pod where the Secret is mounted.
-fn load_config(path: &Path, err: &mut dyn Write) -> Result<Config, u8> {
-    crate::cli::commands::load_with(
-        Loader::from_file(path).missing_secrets(MissingSecrets::Warn),
-        path,
-        err,
-    )
+    Err(Refused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Loader;
 
     fn config(extra: &str) -> Config {
         let toml = format!(
