@@ -1,0 +1,495 @@
+//! The closing write, the audit trail and the notifications: how every
+//! pipeline ends, whether it finished, was handed over or was refused.
+
+use super::*;
+
+impl Pipeline {
+    /// Wait, Verify, then the closing patch (in-flight cleared, known-good
+    /// kept), the report, the Event and the notification.
+    pub(super) async fn finish(
+        &self,
+        in_flight: InFlight,
+        mut steps: Vec<StepRecord>,
+        signals: Vec<SignalResult>,
+        patch: Vec<Value>,
+    ) -> RollbackOutcome {
+        let (ns, name) = split_target(&in_flight.id);
+        let target = format!("{ns}/{name}");
+        let policy = match self.get(&ns, &name).await {
+            Ok(Some(d)) => self.ctx.policy_for(&d),
+            _ => self.ctx.config.opt_in_policy(),
+        };
+        let waited = self.wait(&ns, &name, &in_flight, &policy).await;
+        let (result, failed_step, error, final_deployment) = match waited {
+            Waited::Done(d) => {
+                self.record(
+                    &mut steps,
+                    &in_flight.id,
+                    &target,
+                    Step::Wait,
+                    StepOutcome::Ok,
+                    format!("{target} is fully rolled out"),
+                    json!({"revision": revision_annotation(&d)}),
+                );
+                match self.verify(&d, &in_flight, &policy).await {
+                    Verified::HandedOver => {
+                        return self.handed_over(&in_flight, steps, patch, Step::Verify, None)
+                    }
+                    Verified::Passed { summary, details } => {
+                        self.record(
+                            &mut steps,
+                            &in_flight.id,
+                            &target,
+                            Step::Verify,
+                            StepOutcome::Ok,
+                            summary,
+                            details,
+                        );
+                        (RollbackResult::Succeeded, None, None, Some(d))
+                    }
+                    Verified::Failed { summary, details } => {
+                        self.record(
+                            &mut steps,
+                            &in_flight.id,
+                            &target,
+                            Step::Verify,
+                            StepOutcome::Failed,
+                            summary.clone(),
+                            details,
+                        );
+                        (
+                            RollbackResult::Escalated,
+                            Some(Step::Verify),
+                            Some(summary),
+                            Some(d),
+                        )
+                    }
+                    Verified::Superseded(why, d) => {
+                        self.record(
+                            &mut steps,
+                            &in_flight.id,
+                            &target,
+                            Step::Verify,
+                            StepOutcome::Conflict,
+                            why.clone(),
+                            Value::Null,
+                        );
+                        (
+                            RollbackResult::Conflict,
+                            Some(Step::Verify),
+                            Some(why),
+                            Some(*d),
+                        )
+                    }
+                }
+            }
+            Waited::HandedOver => {
+                return self.handed_over(&in_flight, steps, patch, Step::Wait, None)
+            }
+            Waited::Failed(why, d) => {
+                self.record(
+                    &mut steps,
+                    &in_flight.id,
+                    &target,
+                    Step::Wait,
+                    StepOutcome::Failed,
+                    why.clone(),
+                    Value::Null,
+                );
+                (RollbackResult::Escalated, Some(Step::Wait), Some(why), d)
+            }
+            Waited::Superseded(why, d) => {
+                self.record(
+                    &mut steps,
+                    &in_flight.id,
+                    &target,
+                    Step::Wait,
+                    StepOutcome::Conflict,
+                    why.clone(),
+                    Value::Null,
+                );
+                (
+                    RollbackResult::Conflict,
+                    Some(Step::Wait),
+                    Some(why),
+                    Some(d),
+                )
+            }
+        };
+
+        // Leadership may have gone while verifying: the closing write, the
+        // report and the notification belong to whoever leads now.
+        if !(self.ctx.may_write)() {
+            return self.handed_over(&in_flight, steps, patch, Step::Verify, None);
+        }
+        // Close the record; keep known-good on the restored template.
+        if let Some(d) = &final_deployment {
+            if let Err(why) = self
+                .close(d, &in_flight, result == RollbackResult::Succeeded)
+                .await
+            {
+                // The record is still on the Deployment: telling on-call
+                // now would be told again by whoever resumes it. Leave it
+                // to the next tick (or the next leader), which resumes.
+                let why = format!(
+                    "{why}; the in-flight record stays and the rollback is resumed at Wait/Verify, then reported"
+                );
+                return self.handed_over(&in_flight, steps, patch, Step::Verify, Some(why));
+            }
+        }
+
+        let kind = match result {
+            RollbackResult::Succeeded => EventKind::RollbackSucceeded,
+            RollbackResult::Conflict => EventKind::Conflict,
+            _ => EventKind::Escalation,
+        };
+        let mut incident = self.incident_from(&in_flight, kind, &signals);
+        incident.finished_at = Some(rfc3339(self.ctx.now()));
+        incident.failed_step = failed_step.map(|s| s.as_str().to_owned());
+        incident.error = error.clone();
+        incident.changes = changes(&patch);
+        if let Some(d) = &final_deployment {
+            let (warning, reason, note) = match result {
+                RollbackResult::Succeeded => (false, "RolledBack", format!(
+                    "Rolled back from {} to {} and verified: {}", describe_ref(&in_flight.from), describe_ref(&in_flight.to), in_flight.reason)),
+                RollbackResult::Conflict => (true, "RollbackConflict", error.clone().unwrap_or_default()),
+                _ => (true, "RollbackEscalated", format!(
+                    "Rolled back to {} but it is not healthy ({}): a person must act; the watchdog will not roll back again",
+                    describe_ref(&in_flight.to), error.clone().unwrap_or_default())),
+            };
+            self.event(d, warning, reason, note).await;
+        }
+        if result == RollbackResult::Escalated {
+            tracing::error!(target = %target, error = %error.clone().unwrap_or_default(),
+                "ESCALATION: the rollback of {target} did not bring back a healthy revision; a person must act");
+        }
+        self.report(&incident).await;
+        if let Some(b) = &in_flight.backup {
+            let name = b.rsplit('/').next().unwrap_or(b);
+            if (self.ctx.may_write)() {
+                let value = serde_json::to_value(&incident).unwrap_or(Value::Null);
+                if let Err(e) = self.ctx.backups().add_result(name, &value).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        self.notify(&mut steps, &incident);
+        RollbackOutcome {
+            result,
+            incident,
+            steps,
+            patch,
+        }
+    }
+
+    /// Clears the in-flight record; on success keeps the restored revision
+    /// known-good under its new revision number.
+    pub(super) async fn close(
+        &self,
+        d: &Deployment,
+        in_flight: &InFlight,
+        succeeded: bool,
+    ) -> Result<(), String> {
+        if !(self.ctx.may_write)() {
+            return Err(format!(
+                "{}: not the leader; the in-flight record stays for the leader",
+                target_of(d)
+            ));
+        }
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(IN_FLIGHT.to_owned(), Value::Null);
+        if succeeded && in_flight.to.known_good {
+            if let Ok(rs) = self.replicasets(d).await {
+                if let Rollout::Known { current, .. } = revision::rollout(d, &rs) {
+                    if current.pod_template_hash == in_flight.to.pod_template_hash {
+                        let kg = revision::KnownGood {
+                            revision: current.number,
+                            pod_template_hash: current.pod_template_hash.clone(),
+                            images: current.images.clone(),
+                            at: rfc3339(self.ctx.now()),
+                        };
+                        if let Ok(text) = serde_json::to_string(&kg) {
+                            annotations.insert(KNOWN_GOOD.to_owned(), Value::String(text));
+                        }
+                    }
+                }
+            }
+        }
+        let patch = json!({"metadata": {"annotations": annotations}});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let api = self.ctx.deployments(&d.namespace().unwrap_or_default());
+        match tokio::time::timeout(
+            self.ctx.api_timeout,
+            api.patch(&d.name_any(), &pp, &Patch::Merge(&patch)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot clear {IN_FLIGHT} on {}: {e}", target_of(d))),
+            Err(_) => Err(format!(
+                "cannot clear {IN_FLIGHT} on {}: timed out",
+                target_of(d)
+            )),
+        }
+    }
+
+    /// A refused annotation request is answered (Event, notification) and
+    /// removed, so it is not retried on every tick.
+    pub(super) async fn consume_request_annotation(&self, d: &Deployment) {
+        if !(self.ctx.may_write)() || !d.annotations().contains_key(ROLLBACK_TO) {
+            return;
+        }
+        let patch = json!({"metadata": {"annotations": {ROLLBACK_TO: null}}});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let api = self.ctx.deployments(&d.namespace().unwrap_or_default());
+        let sent = tokio::time::timeout(
+            self.ctx.api_timeout,
+            api.patch(&d.name_any(), &pp, &Patch::Merge(&patch)),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::warn!(target = %target_of(d), "cannot remove the annotation {ROLLBACK_TO}; it will be seen again");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record(
+        &self,
+        steps: &mut Vec<StepRecord>,
+        id: &str,
+        target: &str,
+        step: Step,
+        outcome: StepOutcome,
+        summary: String,
+        details: Value,
+    ) {
+        let at = rfc3339(self.ctx.now());
+        let line = AuditLine {
+            time: at.clone(),
+            target: target.to_owned(),
+            rollback: id.to_owned(),
+            step: step.as_str().to_owned(),
+            outcome: outcome.as_str().to_owned(),
+            details: json!({"summary": summary, "details": details}),
+        };
+        if let Err(e) = self.ctx.audit.append(&line) {
+            tracing::error!(target = %target, step = step.as_str(), "{e}");
+        }
+        match outcome {
+            StepOutcome::Ok | StepOutcome::DryRun => {
+                tracing::info!(target = %target, rollback = %id, step = step.as_str(), outcome = outcome.as_str(), "{summary}")
+            }
+            _ => {
+                tracing::warn!(target = %target, rollback = %id, step = step.as_str(), outcome = outcome.as_str(), "{summary}")
+            }
+        }
+        steps.push(StepRecord {
+            step,
+            outcome,
+            summary,
+            details,
+            at,
+        });
+    }
+
+    /// The final audit line: the runbook's incident report.
+    pub(super) async fn report(&self, incident: &Incident) {
+        let at = rfc3339(self.ctx.now());
+        let line = AuditLine {
+            time: at,
+            target: incident.target(),
+            rollback: incident.id.clone(),
+            step: "report".to_owned(),
+            outcome: kind_name(incident.kind),
+            details: serde_json::to_value(incident).unwrap_or(Value::Null),
+        };
+        if let Err(e) = self.ctx.audit.append(&line) {
+            tracing::error!(target = %incident.target(), "{e}");
+        }
+        tracing::info!(target = %incident.target(), rollback = %incident.id, kind = %kind_name(incident.kind), reason = %incident.reason, "incident report");
+    }
+
+    pub(super) fn notify(&self, steps: &mut Vec<StepRecord>, incident: &Incident) {
+        // The leader tells on-call; a replica that lost the Lease while
+        // deciding leaves it to the leader, which decides for itself.
+        if !(self.ctx.may_write)() {
+            let target = incident.target();
+            self.record(
+                steps,
+                &incident.id,
+                &target,
+                Step::Notify,
+                StepOutcome::Refused,
+                format!(
+                    "{} not sent: this watchdog is no longer the leader",
+                    kind_name(incident.kind)
+                ),
+                json!({"kind": incident.kind}),
+            );
+            return;
+        }
+        self.ctx.sink.emit(incident);
+        let target = incident.target();
+        self.record(
+            steps,
+            &incident.id,
+            &target,
+            Step::Notify,
+            StepOutcome::Ok,
+            format!("{} handed to the notifiers", kind_name(incident.kind)),
+            json!({"kind": incident.kind}),
+        );
+    }
+
+    pub(super) async fn event(&self, d: &Deployment, warning: bool, reason: &str, note: String) {
+        if !(self.ctx.may_write)() {
+            return;
+        }
+        let notice = Notice {
+            warning,
+            reason: reason.to_owned(),
+            action: "Rollback".to_owned(),
+            note,
+        };
+        let _ = self.ctx.events.publish(d, &notice).await;
+    }
+
+    /// Stopped after the patch because this process may no longer write:
+    /// the in-flight record stays for the next leader, which resumes it.
+    pub(super) fn handed_over(
+        &self,
+        in_flight: &InFlight,
+        mut steps: Vec<StepRecord>,
+        patch: Vec<Value>,
+        step: Step,
+        why: Option<String>,
+    ) -> RollbackOutcome {
+        let (ns, name) = split_target(&in_flight.id);
+        let target = format!("{ns}/{name}");
+        let why = why.unwrap_or_else(|| format!(
+            "{target}: this watchdog is no longer the leader (or is shutting down); it stopped before its next write, and the next leader resumes this rollback from its in-flight record at Wait/Verify"
+        ));
+        self.record(
+            &mut steps,
+            &in_flight.id,
+            &target,
+            step,
+            StepOutcome::Failed,
+            why.clone(),
+            json!({"handed_over": true}),
+        );
+        let mut incident = self.incident_from(in_flight, EventKind::RollbackFailed, &[]);
+        incident.failed_step = Some(step.as_str().to_owned());
+        incident.error = Some(why);
+        RollbackOutcome {
+            result: RollbackResult::HandedOver,
+            incident,
+            steps,
+            patch,
+        }
+    }
+
+    pub(super) async fn not_leader(&self, plan: Plan, step: Step) -> RollbackOutcome {
+        let mut plan = plan;
+        let target = plan.target();
+        let id = plan.id.clone();
+        let why = format!(
+            "{target}: this watchdog is not the leader; the leader acts, nothing was changed here"
+        );
+        self.record(
+            &mut plan.steps,
+            &id,
+            &target,
+            step,
+            StepOutcome::Failed,
+            why.clone(),
+            Value::Null,
+        );
+        let in_flight = self.in_flight_record(&plan);
+        let mut incident =
+            self.incident_from(&in_flight, EventKind::RollbackFailed, &plan.request.signals);
+        incident.failed_step = Some(step.as_str().to_owned());
+        incident.error = Some(why);
+        RollbackOutcome {
+            result: RollbackResult::HandedOver,
+            incident,
+            steps: plan.steps,
+            patch: Vec::new(),
+        }
+    }
+
+    pub(super) fn base_incident(
+        &self,
+        request: &RollbackRequest,
+        id: &str,
+        kind: EventKind,
+        at: jiff::Timestamp,
+    ) -> Incident {
+        Incident {
+            id: id.to_owned(),
+            kind,
+            cluster: self.ctx.config.watchdog.cluster_name.clone(),
+            namespace: request.namespace.clone(),
+            deployment: request.name.clone(),
+            trigger: request.trigger.clone(),
+            reason: request
+                .reason
+                .clone()
+                .unwrap_or_else(|| default_reason(request)),
+            from: None,
+            to: None,
+            signals: request.signals.clone(),
+            rollout_started_at: request.rollout_started_at.map(rfc3339),
+            detected_at: request.detected_at.map(rfc3339),
+            at: rfc3339(at),
+            finished_at: None,
+            failed_step: None,
+            error: None,
+            dry_run: request.dry_run,
+            backup: None,
+            blocklisted_redeploy: request.blocklisted_redeploy,
+            changes: Vec::new(),
+            dashboard_url: None,
+            runbook_url: None,
+        }
+    }
+
+    pub(super) fn incident_from(
+        &self,
+        f: &InFlight,
+        kind: EventKind,
+        signals: &[SignalResult],
+    ) -> Incident {
+        let (namespace, deployment) = split_target(&f.id);
+        Incident {
+            id: f.id.clone(),
+            kind,
+            cluster: self.ctx.config.watchdog.cluster_name.clone(),
+            namespace,
+            deployment,
+            trigger: f.trigger.clone(),
+            reason: f.reason.clone(),
+            from: Some(f.from.clone()),
+            to: Some(f.to.clone()),
+            signals: signals.to_vec(),
+            rollout_started_at: f.rollout_started_at.clone(),
+            detected_at: f.detected_at.clone(),
+            at: rfc3339(self.ctx.now()),
+            finished_at: None,
+            failed_step: None,
+            error: None,
+            dry_run: false,
+            backup: f.backup.clone(),
+            blocklisted_redeploy: false,
+            changes: Vec::new(),
+            dashboard_url: None,
+            runbook_url: None,
+        }
+    }
+}

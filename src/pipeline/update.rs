@@ -1,0 +1,348 @@
+//! Update, the runbook's step 3: one JSON Patch that tests the
+//! resourceVersion, restores the template and writes the in-flight record,
+//! or a clear stop when someone else changed the Deployment first.
+
+use super::*;
+
+impl Pipeline {
+    /// Update: the one JSON Patch (test resourceVersion, replace the
+    /// template, annotations including the in-flight record). A human's
+    /// change in between is a conflict: reported, never overwritten.
+    pub async fn update(&self, plan: &mut Plan) -> Result<InFlight, Box<RollbackOutcome>> {
+        let target = plan.target();
+        let api = self.ctx.deployments(&plan.request.namespace);
+        let mut attempt = 0;
+        loop {
+            if !(self.ctx.may_write)() {
+                let plan = plan.clone();
+                return Err(Box::new(self.not_leader(plan, Step::Update).await));
+            }
+            let in_flight = self.in_flight_record(plan);
+            let ops = patch_ops(plan, &in_flight);
+            let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops.clone())) {
+                Ok(p) => p,
+                Err(e) => {
+                    let why = format!("cannot build the patch for {target}: {e}");
+                    let plan = plan.clone();
+                    return Err(Box::new(
+                        self.stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
+                            .await,
+                    ));
+                }
+            };
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..Default::default()
+            };
+            let sent = tokio::time::timeout(
+                self.ctx.api_timeout,
+                api.patch(&plan.request.name, &pp, &Patch::<Value>::Json(patch)),
+            )
+            .await;
+            match sent {
+                Ok(Ok(_)) => {
+                    plan.patch = ops.clone();
+                    let summary = format!(
+                        "patched {target}: template of {} in place of {}",
+                        describe_ref(&plan.to),
+                        describe_ref(&plan.from)
+                    );
+                    let (id, t) = (plan.id.clone(), target.clone());
+                    self.record(
+                        &mut plan.steps,
+                        &id,
+                        &t,
+                        Step::Update,
+                        StepOutcome::Ok,
+                        summary,
+                        json!({"patch": ops}),
+                    );
+                    let mut started = self.incident_from(
+                        &in_flight,
+                        EventKind::RollbackStarted,
+                        &plan.request.signals,
+                    );
+                    started.changes = changes(&ops);
+                    self.ctx.sink.emit(&started);
+                    self.event(
+                        &plan.deployment,
+                        false,
+                        "RollbackStarted",
+                        format!(
+                            "Rolling back from {} to {}: {}",
+                            describe_ref(&plan.from),
+                            describe_ref(&plan.to),
+                            plan.reason
+                        ),
+                    )
+                    .await;
+                    return Ok(in_flight);
+                }
+                Ok(Err(kube::Error::Api(status))) if status.code == 422 || status.code == 409 => {
+                    // Did a person change the spec, or did the controller
+                    // only write the status? The generation tells.
+                    let fresh = match self.get(&plan.request.namespace, &plan.request.name).await {
+                        Ok(Some(d)) => d,
+                        Ok(None) => {
+                            let why =
+                                format!("{target}: Deployment deleted before the rollback patch");
+                            let plan = plan.clone();
+                            return Err(Box::new(
+                                self.stop_before_update(
+                                    plan,
+                                    Step::Update,
+                                    StepOutcome::Failed,
+                                    why,
+                                )
+                                .await,
+                            ));
+                        }
+                        Err(e) => {
+                            let plan = plan.clone();
+                            return Err(Box::new(
+                                self.stop_before_update(
+                                    plan,
+                                    Step::Update,
+                                    StepOutcome::Failed,
+                                    e.to_string(),
+                                )
+                                .await,
+                            ));
+                        }
+                    };
+                    // Only the status may differ: annotations and labels
+                    // (a pause, a GitOps label, a rollback-to) do not move
+                    // the generation, so compare them too.
+                    let same_spec = without_replicas(&fresh) == without_replicas(&plan.deployment)
+                        && fresh.metadata.labels == plan.deployment.metadata.labels
+                        && fresh.metadata.annotations == plan.deployment.metadata.annotations
+                        && fresh.annotations().get(IN_FLIGHT).is_none();
+                    if same_spec && attempt < STATUS_RACE_RETRIES {
+                        attempt += 1;
+                        tracing::info!(target = %target, "resourceVersion moved by a status write only; patching again with the fresh version");
+                        plan.deployment.metadata.resource_version =
+                            fresh.metadata.resource_version.clone();
+                        continue;
+                    }
+                    let why = format!(
+                        "{target} changed after the rollback was validated (resourceVersion {} -> {}, generation {} -> {}): someone deployed meanwhile; the watchdog does not overwrite it. API server: {}",
+                        plan.deployment.resource_version().unwrap_or_default(),
+                        fresh.resource_version().unwrap_or_default(),
+                        plan.deployment.metadata.generation.unwrap_or(0),
+                        fresh.metadata.generation.unwrap_or(0),
+                        status.message
+                    );
+                    let plan = plan.clone();
+                    return Err(Box::new(
+                        self.conflict_before_update(plan, fresh, why, ops).await,
+                    ));
+                }
+                Ok(Err(e)) => {
+                    let why = format!("{target}: the rollback patch was rejected: {e}");
+                    let plan = plan.clone();
+                    return Err(Box::new(
+                        self.stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
+                            .await,
+                    ));
+                }
+                Err(_) => {
+                    // The patch may or may not have landed: if it did, the
+                    // in-flight record says so and `resume` finishes it.
+                    let why = format!(
+                        "{target}: the API server did not answer the rollback patch within {:?}; if it was applied, the in-flight record {IN_FLIGHT} lets the next start resume it",
+                        self.ctx.api_timeout
+                    );
+                    let plan = plan.clone();
+                    return Err(Box::new(
+                        self.stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
+                            .await,
+                    ));
+                }
+            }
+        }
+    }
+
+    pub(super) async fn stop_before_update(
+        &self,
+        mut plan: Plan,
+        step: Step,
+        outcome: StepOutcome,
+        why: String,
+    ) -> RollbackOutcome {
+        let target = plan.target();
+        let id = plan.id.clone();
+        self.record(
+            &mut plan.steps,
+            &id,
+            &target,
+            step,
+            outcome,
+            why.clone(),
+            Value::Null,
+        );
+        let in_flight = self.in_flight_record(&plan);
+        let mut incident =
+            self.incident_from(&in_flight, EventKind::RollbackFailed, &plan.request.signals);
+        incident.failed_step = Some(step.as_str().to_owned());
+        incident.error = Some(why.clone());
+        incident.finished_at = Some(rfc3339(self.ctx.now()));
+        self.event(
+            &plan.deployment,
+            true,
+            "RollbackFailed",
+            format!("Rollback not done ({} failed): {why}", step.as_str()),
+        )
+        .await;
+        self.report(&incident).await;
+        self.notify(&mut plan.steps, &incident);
+        RollbackOutcome {
+            result: if outcome == StepOutcome::Refused {
+                RollbackResult::Refused
+            } else {
+                RollbackResult::Failed
+            },
+            incident,
+            steps: plan.steps,
+            patch: Vec::new(),
+        }
+    }
+
+    pub(super) async fn conflict_before_update(
+        &self,
+        mut plan: Plan,
+        fresh: Deployment,
+        why: String,
+        ops: Vec<Value>,
+    ) -> RollbackOutcome {
+        let target = plan.target();
+        let id = plan.id.clone();
+        self.record(
+            &mut plan.steps,
+            &id,
+            &target,
+            Step::Update,
+            StepOutcome::Conflict,
+            why.clone(),
+            json!({"patch": ops}),
+        );
+        let in_flight = self.in_flight_record(&plan);
+        let mut incident =
+            self.incident_from(&in_flight, EventKind::Conflict, &plan.request.signals);
+        incident.failed_step = Some(Step::Update.as_str().to_owned());
+        incident.error = Some(why.clone());
+        incident.finished_at = Some(rfc3339(self.ctx.now()));
+        self.event(&fresh, true, "RollbackConflict", why).await;
+        self.report(&incident).await;
+        self.notify(&mut plan.steps, &incident);
+        RollbackOutcome {
+            result: RollbackResult::Conflict,
+            incident,
+            steps: plan.steps,
+            patch: ops,
+        }
+    }
+
+    pub(super) fn in_flight_record(&self, plan: &Plan) -> InFlight {
+        InFlight {
+            id: plan.id.clone(),
+            step: "wait".to_owned(),
+            trigger: plan.request.trigger.clone(),
+            reason: plan.reason.clone(),
+            from: plan.from.clone(),
+            to: plan.to.clone(),
+            backup: plan.backup.clone(),
+            started: rfc3339(plan.started),
+            generation: plan.deployment.metadata.generation.unwrap_or(0) + 1,
+            rollout_started_at: plan.request.rollout_started_at.map(rfc3339),
+            detected_at: plan.request.detected_at.map(rfc3339),
+            measured: measured(&plan.request.signals),
+        }
+    }
+}
+
+/// The Update's JSON Patch: `test` resourceVersion, `replace` template,
+/// then one `add` per annotation (never a replace of the whole map).
+pub fn patch_ops(plan: &Plan, in_flight: &InFlight) -> Vec<Value> {
+    let d = &plan.deployment;
+    let mut ops = vec![
+        json!({"op": "test", "path": "/metadata/resourceVersion", "value": d.resource_version().unwrap_or_default()}),
+        json!({"op": "replace", "path": "/spec/template", "value": plan.template}),
+    ];
+    if d.metadata.annotations.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+    }
+    let now = in_flight.started.clone();
+    let mut annotations: Vec<(String, String)> = vec![
+        (CHANGE_CAUSE.to_owned(), change_cause(plan)),
+        (
+            IN_FLIGHT.to_owned(),
+            serde_json::to_string(in_flight).unwrap_or_default(),
+        ),
+    ];
+    let mut history: Vec<String> = rollbacks_of(d)
+        .into_iter()
+        .filter(|t| {
+            *t > sub(
+                plan.started,
+                plan.policy.rollback_budget_window.max(plan.policy.cooldown),
+            )
+        })
+        .map(rfc3339)
+        .collect();
+    history.push(now.clone());
+    annotations.push((
+        ROLLBACKS.to_owned(),
+        serde_json::to_string(&history).unwrap_or_default(),
+    ));
+    let list = blocklist::entries(d);
+    let list = if plan.blocklists_from() {
+        blocklist::with(
+            list,
+            blocklist::Entry {
+                pod_template_hash: plan.from.pod_template_hash.clone(),
+                images: plan.from.images.clone(),
+                revision: plan.from.revision,
+                reason: plan.reason.clone(),
+                at: now,
+            },
+        )
+    } else {
+        blocklist::without(list, &plan.to.pod_template_hash, &plan.to.images)
+    };
+    annotations.push((
+        keys::BLOCKLIST.to_owned(),
+        serde_json::to_string(&list).unwrap_or_default(),
+    ));
+    for (k, v) in annotations {
+        ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape_pointer(&k)), "value": v}));
+    }
+    // The request annotation is consumed by the rollback it asked for.
+    if matches!(plan.request.trigger, Trigger::Annotation { .. })
+        && d.annotations().contains_key(ROLLBACK_TO)
+    {
+        ops.push(json!({"op": "remove", "path": format!("/metadata/annotations/{}", escape_pointer(ROLLBACK_TO))}));
+    }
+    ops
+}
+
+/// `kubernetes.io/change-cause`: who rolled back, from what, to what, why.
+pub fn change_cause(plan: &Plan) -> String {
+    let by = match &plan.request.trigger {
+        Trigger::Cli { user } if !user.is_empty() => format!(" (by {user}, CLI)"),
+        Trigger::Cli { .. } => " (CLI)".to_owned(),
+        Trigger::Annotation { .. } => " (annotation)".to_owned(),
+        Trigger::Restore { backup } => format!(" (restore of {backup})"),
+        _ => String::new(),
+    };
+    let verb = if matches!(plan.request.trigger, Trigger::Restore { .. }) {
+        "restored"
+    } else {
+        "rolled back"
+    };
+    format!(
+        "rollback-watchdog{by}: {verb} from {} to {}: {}",
+        describe_ref(&plan.from),
+        describe_to(&plan.to),
+        plan.reason
+    )
+}
