@@ -17,10 +17,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
+use crate::config::Config;
 use crate::config::EventKind;
-use crate::config::{Config, Policy};
-use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
-use crate::observe::blocklist;
+use crate::decide::decision::{
+    decide, Action, Decision, Facts, Input, KnownGoodWrite, RevisionState,
+};
+use crate::decide::judge::{Judgement, Verdict};
 use crate::observe::cache::Caches;
 use crate::observe::revision::{self, TargetState, Tracker};
 use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
@@ -59,10 +61,6 @@ pub enum DaemonError {
     Rollback(#[from] crate::pipeline::RollbackError),
 }
 
-/// A revision restored by the watchdog's own rollback is one whose rollout
-/// started no earlier than this before the rollback was recorded.
-const OWN_ROLLBACK_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
-
 /// What one tick concluded for one target: the input for the pipeline.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
@@ -79,31 +77,12 @@ impl Evaluation {
     }
 }
 
-/// What the loop remembers of one Deployment between ticks.
+/// What the loop remembers of one Deployment between ticks: the
+/// decision layer's state of its current revision, and what `/status`
+/// shows of it.
 #[derive(Debug, Default)]
 struct Memory {
-    /// (revision, pod-template-hash) the judge state belongs to.
-    revision: Option<(i64, String)>,
-    judge: JudgeState,
-    /// When this process first saw the revision.
-    first_seen: Option<Timestamp>,
-    /// A Bad or Degraded verdict during this revision's window.
-    bad_in_window: bool,
-    /// Ticks on which every signal passed.
-    healthy_ticks: u32,
-    /// The known-good write for this revision was attempted and reported.
-    known_good_reported: bool,
-    /// The unverified window close was reported.
-    unverified_reported: bool,
-    /// Detection time was recorded for this revision.
-    detection_recorded: bool,
-    /// The pipeline was started (or an escalation sent) for this revision:
-    /// one decision per revision, never one per tick.
-    acted: bool,
-    /// A degraded-outside-window report was sent for this revision.
-    degraded_reported: bool,
-    /// When the verdict first turned Bad.
-    detected_at: Option<Timestamp>,
+    revision: RevisionState,
     status: TargetStatus,
 }
 
@@ -266,7 +245,7 @@ impl Daemon {
                     });
                     if outcome.result == RollbackResult::HandedOver && !patched {
                         if let Some(m) = self.memory.get_mut(&uid) {
-                            m.acted = false;
+                            m.revision.give_back_decision();
                         }
                         self.triggered_by.remove(&uid);
                     }
@@ -521,48 +500,64 @@ impl Daemon {
     ) -> Option<Judgement> {
         let uid = target.uid();
         let key = subject.map(|s| (s.revision, s.pod_template_hash.clone()));
-        let name = target.display_name();
-        let memory = self.memory.entry(uid).or_default();
-        if memory.revision != key {
-            // A new revision is judged from scratch.
-            *memory = Memory {
-                revision: key.clone(),
-                first_seen: Some(now),
-                ..Memory::default()
-            };
-        }
+        let memory = self.memory.entry(uid.clone()).or_default();
+        memory.revision.for_revision(key, now);
         let Some(subject) = subject else {
-            memory.status = base_status(target, state, now);
-            memory.status.verdict = "unknown".into();
-            memory.status.reasons = state.warnings.clone();
-            if let revision::Rollout::Pending { why } = &state.rollout {
-                memory
-                    .status
-                    .reasons
-                    .push(format!("rollout pending: {why}"));
-            }
+            memory.status = unknown_status(target, state, now);
             return None;
         };
-
-        let blocklisted = blocklist::is_blocklisted(
-            &target.deployment,
-            &subject.pod_template_hash,
-            &subject.images,
+        let facts = self.facts(target);
+        let memory = self.memory.entry(uid).or_default();
+        let decision = decide(
+            &mut memory.revision,
+            &Input {
+                target,
+                state,
+                subject,
+                results,
+                facts: &facts,
+                now,
+            },
         );
-        let mut policy = judge_policy(&target.policy, state);
-        if blocklisted.is_some() {
-            // A template that was rolled back once gets no benefit of the doubt.
-            policy.failure_threshold = 1;
-        }
-        let judgement = judge(&policy, &memory.judge, results, now);
-        memory.judge = judgement.state.clone();
-        match judgement.verdict {
-            Verdict::Bad | Verdict::Degraded if state.in_window() => memory.bad_in_window = true,
-            Verdict::Healthy => memory.healthy_ticks += 1,
-            _ => {}
-        }
+        memory.status = judged_status(target, state, &decision, results, now);
+        self.measure(target, subject, &decision, results);
+        self.apply(target, subject, decision, results, now).await
+    }
 
-        // Metrics.
+    /// What the loop knows of a target beyond the caches, for [`decide`].
+    fn facts(&self, target: &WatchedDeployment) -> Facts {
+        let d = &target.deployment;
+        let uid = target.uid();
+        let in_flight = pipeline::in_flight_of(d);
+        Facts {
+            // Only the leader decides: a follower keeps judging, so it can
+            // act at once when it takes over, but marks nothing as done.
+            may_act: !self.running.contains_key(&uid)
+                && self.pipeline.is_some()
+                && (self.may_write)(),
+            in_flight: matches!(in_flight, Ok(Some(_))),
+            in_flight_to_resume: in_flight
+                .ok()
+                .flatten()
+                .is_some_and(|f| !self.completed.contains(&f.id)),
+            // Seen once per object version, valid or not: a malformed
+            // value is reported once and never blocks the verdict.
+            annotation_request: pipeline::annotation_request(d).is_some()
+                && self.triggered_by.get(&uid) != d.metadata.resource_version.as_ref(),
+            rollbacks: pipeline::rollbacks_of(d),
+        }
+    }
+
+    /// Metrics and logs of one decision.
+    fn measure(
+        &self,
+        target: &WatchedDeployment,
+        subject: &Subject,
+        decision: &Decision,
+        results: &[SignalResult],
+    ) {
+        let name = target.display_name();
+        let judgement = &decision.judgement;
         let verdict = judgement.verdict.as_str();
         self.metrics
             .evaluations
@@ -581,18 +576,9 @@ impl Daemon {
                 })
                 .inc();
         }
-        if judgement.verdict.may_roll_back() && memory.detected_at.is_none() {
-            memory.detected_at = Some(now);
-        }
-        if judgement.verdict.may_roll_back() && !memory.detection_recorded {
-            memory.detection_recorded = true;
-            let seconds = (now - subject.rollout_started)
-                .total(jiff::Unit::Second)
-                .unwrap_or(0.0)
-                .max(0.0);
+        if let Some(seconds) = decision.detection_seconds {
             self.metrics.detection_seconds.observe(seconds);
         }
-
         // Logs: one line per failing signal, one per verdict change.
         for r in results.iter().filter(|r| r.outcome.is_fail()) {
             if let Outcome::Fail {
@@ -615,156 +601,40 @@ impl Daemon {
                 );
             }
         }
-        let reasons: Vec<String> = judgement
-            .reasons
-            .iter()
-            .map(|r| r.sentence.clone())
-            .collect();
         if judgement.verdict_changed {
-            let level_warn = matches!(
+            let reasons = &decision.reasons;
+            if matches!(
                 judgement.verdict,
                 Verdict::Bad | Verdict::Degraded | Verdict::Suspect
-            );
-            if level_warn {
+            ) {
                 tracing::warn!(target = %name, revision = subject.revision, verdict, reasons = ?reasons, "verdict changed");
             } else {
                 tracing::info!(target = %name, revision = subject.revision, verdict, "verdict changed");
             }
         }
+    }
 
-        // Status.
-        let mut status = base_status(target, state, now);
-        status.verdict = verdict.into();
-        status.reasons = reasons.clone();
-        if let Some(entry) = &blocklisted {
-            status.reasons.push(format!(
-                "this template was rolled back before (revision {}): judged with failure_threshold = 1",
-                entry.revision
-            ));
-        }
-        status.reasons.extend(state.warnings.iter().cloned());
-        status.blind = judgement.state.blind_since.is_some();
-        status.signals = results
-            .iter()
-            .map(|r| SignalStatus::from_result(r, judgement.state.failing_ticks(&r.signal)))
-            .collect();
-        status.last_evaluated = Some(now.to_string());
-        memory.status = status;
-
-        let known_good = state.known_good_due();
-        let adopted = memory
-            .first_seen
-            .zip(state.window.as_ref())
-            .is_some_and(|(seen, w)| seen >= w.closes);
-        let verified = memory.healthy_ticks > 0 && !memory.bad_in_window;
-        let verdict_now = judgement.verdict;
-        let (blind_report, verdict_changed) =
-            (judgement.blind_report.clone(), judgement.verdict_changed);
-        let report_unverified =
-            known_good.is_some() && !adopted && !verified && !memory.unverified_reported;
-        if report_unverified {
-            memory.unverified_reported = true;
-        }
-        // Recorded only on a tick that is Healthy now, never while a
-        // rollback of this Deployment is in flight or after this revision
-        // was Bad or escalated: a known-good record is a rollback target.
-        let in_flight = matches!(pipeline::in_flight_of(&target.deployment), Ok(Some(_)));
-        let write_known_good = known_good.filter(|_| {
-            (adopted || verified)
-                && verdict_now == Verdict::Healthy
-                && !memory.bad_in_window
-                && !memory.acted
-                && !in_flight
-                && !memory.known_good_reported
-        });
-
-        // What to do about the verdict: one decision per revision.
+    /// Carries a decision out: Events, notices, the pipeline, the
+    /// known-good record. Writes only while allowed.
+    async fn apply(
+        &mut self,
+        target: &WatchedDeployment,
+        subject: &Subject,
+        decision: Decision,
+        results: &[SignalResult],
+        now: Timestamp,
+    ) -> Option<Judgement> {
         let d = &target.deployment;
-        // Restored by the watchdog: its rollout started with one of our
-        // rollbacks, or it is the known-good revision a rollback restored
-        // (a restart can misjudge when a reused ReplicaSet took over).
-        let rollbacks = pipeline::rollbacks_of(d);
-        // The recorded known-good revision deployed again (a person's
-        // `rollout undo`) and bad now: nothing older is known to be
-        // better, so a person decides, as after the watchdog's own.
-        let known_good_again = state.current_template_is_known_good();
-        let restored_by_us = rollbacks
-            .iter()
-            .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
-            || (!rollbacks.is_empty() && state.current_is_known_good());
-        let own_rollback = restored_by_us || known_good_again;
-        let mut action = Action::None;
-        // Only the leader decides: a follower keeps judging, so it can act
-        // at once when it takes over, but marks nothing as done.
-        if !self.running.contains_key(&target.uid())
-            && self.pipeline.is_some()
-            && (self.may_write)()
-        {
-            let memory = self.memory.entry(target.uid()).or_default();
-            let in_flight = pipeline::in_flight_of(d).ok().flatten();
-            if in_flight.is_some_and(|f| !self.completed.contains(&f.id)) {
-                action = Action::Resume;
-            } else if let Some(request) = pipeline::annotation_request(d).filter(|_| {
-                self.triggered_by.get(&target.uid()) != d.metadata.resource_version.as_ref()
-            }) {
-                // Seen once per object version, valid or not: a malformed
-                // value is reported once and never blocks the verdict.
-                if let Some(rv) = d.metadata.resource_version.clone() {
-                    self.triggered_by.insert(target.uid(), rv);
-                }
-                action = Action::Annotation(request.map(Box::new));
-            } else if verdict_now == Verdict::Bad && !memory.acted {
-                memory.acted = true;
-                action = if own_rollback {
-                    Action::Escalate
-                } else {
-                    Action::RollBack(Box::new(RollbackRequest {
-                        reason: judgement_reason(&memory.status.reasons),
-                        signals: results
-                            .iter()
-                            .filter(|r| r.outcome.is_fail())
-                            .cloned()
-                            .collect(),
-                        rollout_started_at: Some(subject.rollout_started),
-                        detected_at: memory.detected_at,
-                        policy: Some(target.policy.clone()),
-                        blocklisted_redeploy: blocklisted.is_some(),
-                        judged_hash: Some(subject.pod_template_hash.clone()),
-                        ..RollbackRequest::new(
-                            &target.namespace,
-                            &target.name,
-                            pipeline::Target::Previous,
-                            Trigger::Verdict,
-                        )
-                    }))
-                };
-            } else if verdict_now == Verdict::Degraded && !memory.degraded_reported {
-                memory.degraded_reported = true;
-                action = Action::Degraded;
-            }
-        }
-
-        // Events (writes: only while allowed).
-        if verdict_changed {
-            let (kind, reason) = match verdict_now {
-                Verdict::Healthy => (EventType::Normal, "RevisionHealthy"),
-                Verdict::Inconclusive => (EventType::Normal, "RevisionInconclusive"),
-                Verdict::Suspect => (EventType::Warning, "RevisionSuspect"),
-                Verdict::Bad => (EventType::Warning, "RevisionBad"),
-                Verdict::Degraded => (EventType::Warning, "RevisionDegraded"),
-            };
-            let note = if reasons.is_empty() {
-                format!("revision {} is {verdict}", subject.revision)
+        let name = target.display_name();
+        if let Some(e) = &decision.verdict_event {
+            let kind = if e.warning {
+                EventType::Warning
             } else {
-                format!(
-                    "revision {} is {verdict}: {}",
-                    subject.revision,
-                    reasons.join("; ")
-                )
+                EventType::Normal
             };
-            self.event(d, kind, reason, "Judge", note).await;
+            self.event(d, kind, e.reason, "Judge", e.note.clone()).await;
         }
-        if let Some(blind) = blind_report {
+        if let Some(blind) = &decision.judgement.blind_report {
             tracing::warn!(target = %name, revision = subject.revision, "{blind}");
             self.event(
                 d,
@@ -774,118 +644,16 @@ impl Daemon {
                 blind.sentence.clone(),
             )
             .await;
-            self.report(
-                target,
-                subject,
-                Report {
-                    kind: EventKind::Blind,
-                    reason: blind.sentence.clone(),
-                    episode: Some(blind.since),
-                },
-                results,
-                now,
-            );
+            let report = Report {
+                kind: EventKind::Blind,
+                reason: blind.sentence.clone(),
+                episode: Some(blind.since),
+            };
+            self.report(target, subject, report, results, now);
         }
-        match action {
-            Action::None => {}
-            Action::Resume => {
-                tracing::info!(target = %name, "an in-flight rollback was found: resuming at Wait/Verify");
-                self.spawn_pipeline(
-                    target.uid(),
-                    name.clone(),
-                    PipelineWork::Resume(Box::new(d.as_ref().clone())),
-                    None,
-                );
-            }
-            Action::Annotation(Ok(mut request)) => {
-                // Pinned to what is deployed now: a deploy that lands
-                // before the patch is not rolled back by this request.
-                request.judged_hash = Some(subject.pod_template_hash.clone());
-                tracing::info!(target = %name, "rollback requested by annotation");
-                self.spawn_pipeline(
-                    target.uid(),
-                    name.clone(),
-                    PipelineWork::Run(request),
-                    d.metadata.resource_version.clone(),
-                );
-            }
-            Action::Annotation(Err(problem)) => {
-                tracing::warn!(target = %name, "{problem}");
-                self.event(
-                    d,
-                    EventType::Warning,
-                    "InvalidAnnotation",
-                    "Rollback",
-                    problem,
-                )
-                .await;
-            }
-            Action::RollBack(request) => {
-                tracing::warn!(target = %name, revision = subject.revision, "Bad verdict: starting the rollback pipeline");
-                self.spawn_pipeline(
-                    target.uid(),
-                    name.clone(),
-                    PipelineWork::Run(request),
-                    d.metadata.resource_version.clone(),
-                );
-            }
-            Action::Escalate => {
-                let why = if !restored_by_us {
-                    "is the last known-good revision, deployed again, and is bad now: nothing older is known to be better, so there is no automatic rollback"
-                } else {
-                    "was restored by the watchdog's own rollback and is bad too: no second automatic rollback"
-                };
-                let sentence = format!(
-                    "revision {} {why}; a person must act ({})",
-                    subject.revision,
-                    reasons.first().cloned().unwrap_or_default()
-                );
-                tracing::error!(target = %name, revision = subject.revision, "{sentence}");
-                self.event(
-                    d,
-                    EventType::Warning,
-                    "RollbackEscalated",
-                    "Judge",
-                    sentence.clone(),
-                )
-                .await;
-                self.report(
-                    target,
-                    subject,
-                    Report {
-                        kind: EventKind::Escalation,
-                        reason: sentence,
-                        episode: None,
-                    },
-                    results,
-                    now,
-                );
-            }
-            Action::Degraded => {
-                let sentence = format!(
-                    "revision {} is degraded outside its observation window ({}); no recent deploy to roll back, so nothing was changed",
-                    subject.revision,
-                    reasons.first().cloned().unwrap_or_default()
-                );
-                tracing::warn!(target = %name, revision = subject.revision, "{sentence}");
-                self.report(
-                    target,
-                    subject,
-                    Report {
-                        kind: EventKind::DegradedOutsideWindow,
-                        reason: sentence,
-                        episode: None,
-                    },
-                    results,
-                    now,
-                );
-            }
-        }
-        if report_unverified {
-            let note = format!(
-                "the observation window of revision {} closed without one healthy evaluation; it is not recorded as known-good",
-                subject.revision
-            );
+        self.act(target, subject, decision.action, results, now)
+            .await;
+        if let Some(note) = decision.unverified {
             tracing::warn!(target = %name, revision = subject.revision, "{note}");
             self.event(
                 d,
@@ -896,44 +664,147 @@ impl Daemon {
             )
             .await;
         }
-        if let Some(kg) = write_known_good {
-            if (self.may_write)() {
-                match revision::record_known_good(
-                    &self.client,
-                    &target.namespace,
-                    &target.name,
-                    &kg,
-                )
-                .await
-                {
-                    Ok(()) => {
-                        self.tracker.recorded(&target.uid(), kg.clone());
-                        if let Some(m) = self.memory.get_mut(&target.uid()) {
-                            m.known_good_reported = true;
-                        }
-                        let note = format!(
-                            "revision {} ({}) survived its observation window{}; recorded as known-good",
-                            kg.revision,
-                            kg.images.join(", "),
-                            if adopted { " (adopted at start-up)" } else { "" }
-                        );
-                        tracing::info!(target = %name, revision = kg.revision, "{note}");
+        if let Some(write) = decision.known_good {
+            self.record_known_good(target, write).await;
+        }
+        Some(decision.judgement)
+    }
+
+    /// Starts what the decision's action asks for.
+    async fn act(
+        &mut self,
+        target: &WatchedDeployment,
+        subject: &Subject,
+        action: Action,
+        results: &[SignalResult],
+        now: Timestamp,
+    ) {
+        let d = &target.deployment;
+        let name = target.display_name();
+        let version = d.metadata.resource_version.clone();
+        match action {
+            Action::None => {}
+            Action::Resume => {
+                tracing::info!(target = %name, "an in-flight rollback was found: resuming at Wait/Verify");
+                let work = PipelineWork::Resume(Box::new(d.as_ref().clone()));
+                self.spawn_pipeline(target.uid(), name, work, None);
+            }
+            Action::Annotation => {
+                if let Some(rv) = version.clone() {
+                    self.triggered_by.insert(target.uid(), rv);
+                }
+                match pipeline::annotation_request(d) {
+                    Some(Ok(mut request)) => {
+                        // Pinned to what is deployed now: a deploy that
+                        // lands before the patch is not rolled back by
+                        // this request.
+                        request.judged_hash = Some(subject.pod_template_hash.clone());
+                        tracing::info!(target = %name, "rollback requested by annotation");
+                        let work = PipelineWork::Run(Box::new(request));
+                        self.spawn_pipeline(target.uid(), name, work, version);
+                    }
+                    Some(Err(problem)) => {
+                        tracing::warn!(target = %name, "{problem}");
                         self.event(
                             d,
-                            EventType::Normal,
-                            "RevisionKnownGood",
-                            "RecordKnownGood",
-                            note,
+                            EventType::Warning,
+                            "InvalidAnnotation",
+                            "Rollback",
+                            problem,
                         )
                         .await;
                     }
-                    Err(e) => {
-                        tracing::warn!(target = %name, error = %e, "cannot record known-good; will retry")
-                    }
+                    None => {}
                 }
             }
+            Action::RollBack(order) => {
+                tracing::warn!(target = %name, revision = subject.revision, "Bad verdict: starting the rollback pipeline");
+                let request = RollbackRequest {
+                    reason: order.reason,
+                    signals: order.signals,
+                    rollout_started_at: Some(order.rollout_started_at),
+                    detected_at: order.detected_at,
+                    policy: Some(target.policy.clone()),
+                    blocklisted_redeploy: order.blocklisted_redeploy,
+                    judged_hash: Some(order.judged_hash),
+                    ..RollbackRequest::new(
+                        &target.namespace,
+                        &target.name,
+                        pipeline::Target::Previous,
+                        Trigger::Verdict,
+                    )
+                };
+                let work = PipelineWork::Run(Box::new(request));
+                self.spawn_pipeline(target.uid(), name, work, version);
+            }
+            Action::Escalate { sentence } => {
+                tracing::error!(target = %name, revision = subject.revision, "{sentence}");
+                self.event(
+                    d,
+                    EventType::Warning,
+                    "RollbackEscalated",
+                    "Judge",
+                    sentence.clone(),
+                )
+                .await;
+                let report = Report {
+                    kind: EventKind::Escalation,
+                    reason: sentence,
+                    episode: None,
+                };
+                self.report(target, subject, report, results, now);
+            }
+            Action::ReportDegraded { sentence } => {
+                tracing::warn!(target = %name, revision = subject.revision, "{sentence}");
+                let report = Report {
+                    kind: EventKind::DegradedOutsideWindow,
+                    reason: sentence,
+                    episode: None,
+                };
+                self.report(target, subject, report, results, now);
+            }
         }
-        Some(judgement)
+    }
+
+    /// Writes the known-good record, and says so; a failure is retried on
+    /// a later tick.
+    async fn record_known_good(&mut self, target: &WatchedDeployment, write: KnownGoodWrite) {
+        if !(self.may_write)() {
+            return;
+        }
+        let KnownGoodWrite {
+            record: kg,
+            adopted,
+        } = write;
+        let name = target.display_name();
+        match revision::record_known_good(&self.client, &target.namespace, &target.name, &kg).await
+        {
+            Ok(()) => {
+                self.tracker.recorded(&target.uid(), kg.clone());
+                if let Some(m) = self.memory.get_mut(&target.uid()) {
+                    m.revision.known_good_recorded();
+                }
+                let note =
+                    format!(
+                    "revision {} ({}) survived its observation window{}; recorded as known-good",
+                    kg.revision,
+                    kg.images.join(", "),
+                    if adopted { " (adopted at start-up)" } else { "" }
+                );
+                tracing::info!(target = %name, revision = kg.revision, "{note}");
+                self.event(
+                    &target.deployment,
+                    EventType::Normal,
+                    "RevisionKnownGood",
+                    "RecordKnownGood",
+                    note,
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "cannot record known-good; will retry")
+            }
+        }
     }
 
     async fn report_warnings(&mut self, warnings: &[TargetWarning]) {
@@ -1073,7 +944,9 @@ impl Daemon {
                 .cloned()
                 .collect(),
             rollout_started_at: Some(subject.rollout_started.to_string()),
-            detected_at: memory.and_then(|m| m.detected_at).map(|t| t.to_string()),
+            detected_at: memory
+                .and_then(|m| m.revision.detected_at())
+                .map(|t| t.to_string()),
             at: now.to_string(),
             finished_at: None,
             failed_step: None,
@@ -1096,16 +969,6 @@ struct Report {
     episode: Option<Timestamp>,
 }
 
-/// What a tick decided to do for one target.
-enum Action {
-    None,
-    Resume,
-    Annotation(Result<Box<RollbackRequest>, String>),
-    RollBack(Box<RollbackRequest>),
-    Escalate,
-    Degraded,
-}
-
 enum PipelineWork {
     Run(Box<RollbackRequest>),
     Resume(Box<Deployment>),
@@ -1123,11 +986,6 @@ fn outcome_word(result: RollbackResult) -> &'static str {
     }
 }
 
-/// The decisive reason of a Bad verdict, for the incident.
-fn judgement_reason(reasons: &[String]) -> Option<String> {
-    reasons.first().cloned()
-}
-
 trait ObjectRefFor {
     fn object_ref_for(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference;
 }
@@ -1141,19 +999,6 @@ impl ObjectRefFor for Deployment {
             name: Some(name.into()),
             ..Default::default()
         }
-    }
-}
-
-/// The judge's view of a target's policy at this tick.
-pub fn judge_policy(policy: &Policy, state: &TargetState) -> JudgePolicy {
-    JudgePolicy {
-        failure_threshold: policy.failure_threshold,
-        thresholds: Default::default(),
-        blind_alert_after: policy.blind_alert_after,
-        immediate_bad_when_all_pods_crash: policy.immediate_bad_when_all_pods_crash,
-        in_window: state.in_window(),
-        rollback_outside_window: policy.rollback_outside_window,
-        max_result_age: None,
     }
 }
 
@@ -1187,6 +1032,38 @@ fn base_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) 
         last_evaluated: Some(now.to_string()),
         ..TargetStatus::default()
     }
+}
+
+/// A target without a revision to judge yet.
+fn unknown_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) -> TargetStatus {
+    let mut status = base_status(target, state, now);
+    status.verdict = "unknown".into();
+    status.reasons = state.warnings.clone();
+    if let revision::Rollout::Pending { why } = &state.rollout {
+        status.reasons.push(format!("rollout pending: {why}"));
+    }
+    status
+}
+
+/// A judged target, as `/status` shows it.
+fn judged_status(
+    target: &WatchedDeployment,
+    state: &TargetState,
+    decision: &Decision,
+    results: &[SignalResult],
+    now: Timestamp,
+) -> TargetStatus {
+    let judgement = &decision.judgement;
+    let mut status = base_status(target, state, now);
+    status.verdict = judgement.verdict.as_str().into();
+    status.reasons = decision.status_reasons.clone();
+    status.blind = judgement.state.blind_since.is_some();
+    status.signals = results
+        .iter()
+        .map(|r| SignalStatus::from_result(r, judgement.state.failing_ticks(&r.signal)))
+        .collect();
+    status.last_evaluated = Some(now.to_string());
+    status
 }
 
 fn truncate(s: &str, max: usize) -> String {

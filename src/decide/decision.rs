@@ -1,0 +1,903 @@
+//! What the watchdog decides about one revision at one tick, given what it
+//! measured and what it remembers. Pure: no client, no clock, no writes.
+//! The run loop gathers the facts (the caches, the Deployment's records,
+//! which pipelines run here), calls [`decide`], and applies the
+//! [`Decision`]: metrics, logs, Events, notices, the pipeline and the
+//! known-good record.
+//!
+//! The rules it keeps:
+//! - one decision per revision: a Bad revision is rolled back (or
+//!   escalated) once, never once per tick;
+//! - a revision the watchdog restored itself, or the known-good revision
+//!   deployed again, is never rolled back automatically: it escalates,
+//!   since nothing older is known to be better;
+//! - a template rolled back before is judged with `failure_threshold = 1`;
+//! - only a replica that may act decides (a follower judges, marks nothing);
+//! - known-good is recorded once, on a Healthy tick, for a revision whose
+//!   window closed after at least one healthy and no bad evaluation (or
+//!   that was already old when this process started), never while a
+//!   rollback is in flight or after the revision was acted on.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
+use crate::observe::blocklist::{self, Entry};
+use crate::observe::revision::{KnownGood, TargetState};
+use crate::observe::targets::WatchedDeployment;
+use crate::signals::{SignalResult, Subject};
+
+/// A revision restored by the watchdog's own rollback is one whose rollout
+/// started no earlier than this before the rollback was recorded.
+const OWN_ROLLBACK_SLACK: SignedDuration = SignedDuration::from_secs(60);
+
+/// What one revision's verdicts have shown, for known-good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Evidence {
+    /// No healthy evaluation yet, and no bad one in the window.
+    #[default]
+    Unproven,
+    /// At least one Healthy tick, and no Bad or Degraded one in the window.
+    Healthy,
+    /// Bad or Degraded during the window: never known-good, whatever follows.
+    Failed,
+}
+
+/// What the watchdog did about a Bad verdict of the revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acted {
+    RolledBack,
+    Escalated,
+}
+
+/// How far the revision's known-good record has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KnownGoodProgress {
+    #[default]
+    Pending,
+    /// Its window closed unverified, and that was said once.
+    ReportedUnverified,
+    /// The record was written.
+    Recorded,
+}
+
+/// What the run loop remembers of one Deployment's current revision
+/// between ticks. A new revision starts from scratch.
+#[derive(Debug, Clone, Default)]
+pub struct RevisionState {
+    /// (revision, pod-template-hash) the state belongs to.
+    key: Option<(i64, String)>,
+    judge: JudgeState,
+    /// When this process first saw the revision.
+    first_seen: Option<Timestamp>,
+    /// When a verdict that may roll back was first reached.
+    detected_at: Option<Timestamp>,
+    evidence: Evidence,
+    acted: Option<Acted>,
+    /// A degraded-outside-window notice was sent.
+    degraded_reported: bool,
+    known_good: KnownGoodProgress,
+}
+
+impl RevisionState {
+    /// Starts over when `key` names another revision than the one the
+    /// state belongs to.
+    pub fn for_revision(&mut self, key: Option<(i64, String)>, now: Timestamp) {
+        if self.key != key {
+            *self = RevisionState {
+                key,
+                first_seen: Some(now),
+                ..RevisionState::default()
+            };
+        }
+    }
+
+    /// The known-good record of this revision was written.
+    pub fn known_good_recorded(&mut self) {
+        self.known_good = KnownGoodProgress::Recorded;
+    }
+
+    /// The rollback stopped before its patch (the Lease blinked, or a
+    /// shutdown): nothing happened, so the decision is not spent and the
+    /// next tick decides again.
+    pub fn give_back_decision(&mut self) {
+        self.acted = None;
+    }
+
+    pub fn detected_at(&self) -> Option<Timestamp> {
+        self.detected_at
+    }
+
+    pub fn evidence(&self) -> Evidence {
+        self.evidence
+    }
+
+    pub fn acted(&self) -> Option<Acted> {
+        self.acted
+    }
+
+    pub fn known_good(&self) -> KnownGoodProgress {
+        self.known_good
+    }
+}
+
+/// What the run loop knows beyond the caches, gathered before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// This replica may act on the target now: it has a pipeline, may
+    /// write (leads), and runs no pipeline for the target already.
+    pub may_act: bool,
+    /// The Deployment carries a readable in-flight rollback record.
+    pub in_flight: bool,
+    /// ...which no pipeline of this process finished: resume it.
+    pub in_flight_to_resume: bool,
+    /// A `rollback-to` annotation not yet answered for this object version.
+    pub annotation_request: bool,
+    /// Times of the watchdog's rollbacks of this Deployment.
+    pub rollbacks: Vec<Timestamp>,
+}
+
+/// Everything [`decide`] reads.
+pub struct Input<'a> {
+    pub target: &'a WatchedDeployment,
+    pub state: &'a TargetState,
+    pub subject: &'a Subject,
+    pub results: &'a [SignalResult],
+    pub facts: &'a Facts,
+    pub now: Timestamp,
+}
+
+/// What to do about the verdict: at most one of these per tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    None,
+    /// An in-flight rollback record was found: resume at Wait/Verify.
+    Resume,
+    /// A person asked for a rollback by annotation: run it.
+    Annotation,
+    /// Roll the revision back.
+    RollBack(RollbackOrder),
+    /// Bad, but not ours to roll back: a person must act.
+    Escalate {
+        sentence: String,
+    },
+    /// Degraded outside the window: say so, change nothing.
+    ReportDegraded {
+        sentence: String,
+    },
+}
+
+/// The judge's case for a rollback, for the pipeline's request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackOrder {
+    /// The decisive reason.
+    pub reason: Option<String>,
+    /// The failing signals.
+    pub signals: Vec<SignalResult>,
+    pub rollout_started_at: Timestamp,
+    pub detected_at: Option<Timestamp>,
+    /// The template was rolled back before (judged with threshold 1).
+    pub blocklisted_redeploy: bool,
+    /// The template judged: a deploy landing before the patch is not
+    /// rolled back by this order.
+    pub judged_hash: String,
+}
+
+/// An Event for a verdict that changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The known-good record to write, and whether it is an adoption at
+/// start-up rather than a window survived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownGoodWrite {
+    pub record: KnownGood,
+    pub adopted: bool,
+}
+
+/// What one tick decided for one revision.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub judgement: Judgement,
+    /// The blocklist entry of the current template, if it has one.
+    pub blocklisted: Option<Entry>,
+    /// The judge's reasons as sentences.
+    pub reasons: Vec<String>,
+    /// What `/status` gives as reasons: the judge's, the blocklist's, the
+    /// target's warnings.
+    pub status_reasons: Vec<String>,
+    /// Seconds from the rollout's start to detection, on the tick a
+    /// verdict first may roll back.
+    pub detection_seconds: Option<f64>,
+    pub verdict_event: Option<VerdictEvent>,
+    pub action: Action,
+    /// The window closed without a healthy evaluation: say so once.
+    pub unverified: Option<String>,
+    pub known_good: Option<KnownGoodWrite>,
+}
+
+/// The judge's view of a target's policy at this tick.
+pub fn judge_policy(policy: &crate::config::Policy, state: &TargetState) -> JudgePolicy {
+    JudgePolicy {
+        failure_threshold: policy.failure_threshold,
+        thresholds: Default::default(),
+        blind_alert_after: policy.blind_alert_after,
+        immediate_bad_when_all_pods_crash: policy.immediate_bad_when_all_pods_crash,
+        in_window: state.in_window(),
+        rollback_outside_window: policy.rollback_outside_window,
+        max_result_age: None,
+    }
+}
+
+/// Judges the revision and decides what to do, updating `memory`.
+pub fn decide(memory: &mut RevisionState, input: &Input) -> Decision {
+    let Input {
+        target,
+        state,
+        subject,
+        results,
+        facts,
+        now,
+    } = *input;
+    let blocklisted = blocklist::is_blocklisted(
+        &target.deployment,
+        &subject.pod_template_hash,
+        &subject.images,
+    );
+    let mut policy = judge_policy(&target.policy, state);
+    if blocklisted.is_some() {
+        // A template that was rolled back once gets no benefit of the doubt.
+        policy.failure_threshold = 1;
+    }
+    let judgement = judge(&policy, &memory.judge, results, now);
+    memory.judge = judgement.state.clone();
+    let verdict = judgement.verdict;
+    memory.evidence = match (verdict, memory.evidence) {
+        (Verdict::Bad | Verdict::Degraded, _) if state.in_window() => Evidence::Failed,
+        (Verdict::Healthy, Evidence::Unproven) => Evidence::Healthy,
+        (_, evidence) => evidence,
+    };
+    let detection_seconds = (verdict.may_roll_back() && memory.detected_at.is_none()).then(|| {
+        memory.detected_at = Some(now);
+        (now - subject.rollout_started)
+            .total(jiff::Unit::Second)
+            .unwrap_or(0.0)
+            .max(0.0)
+    });
+
+    let reasons: Vec<String> = judgement
+        .reasons
+        .iter()
+        .map(|r| r.sentence.clone())
+        .collect();
+    let mut status_reasons = reasons.clone();
+    if let Some(entry) = &blocklisted {
+        status_reasons.push(format!(
+            "this template was rolled back before (revision {}): judged with failure_threshold = 1",
+            entry.revision
+        ));
+    }
+    status_reasons.extend(state.warnings.iter().cloned());
+
+    let verdict_event = judgement
+        .verdict_changed
+        .then(|| verdict_event(verdict, subject.revision, &reasons));
+    let action = action(
+        memory,
+        input,
+        &judgement,
+        &reasons,
+        &status_reasons,
+        blocklisted.is_some(),
+    );
+    let (unverified, known_good) = known_good(memory, state, subject, facts, verdict);
+    Decision {
+        judgement,
+        blocklisted,
+        reasons,
+        status_reasons,
+        detection_seconds,
+        verdict_event,
+        action,
+        unverified,
+        known_good,
+    }
+}
+
+fn verdict_event(verdict: Verdict, revision: i64, reasons: &[String]) -> VerdictEvent {
+    let (warning, reason) = match verdict {
+        Verdict::Healthy => (false, "RevisionHealthy"),
+        Verdict::Inconclusive => (false, "RevisionInconclusive"),
+        Verdict::Suspect => (true, "RevisionSuspect"),
+        Verdict::Bad => (true, "RevisionBad"),
+        Verdict::Degraded => (true, "RevisionDegraded"),
+    };
+    let verdict = verdict.as_str();
+    let note = if reasons.is_empty() {
+        format!("revision {revision} is {verdict}")
+    } else {
+        format!("revision {revision} is {verdict}: {}", reasons.join("; "))
+    };
+    VerdictEvent {
+        warning,
+        reason,
+        note,
+    }
+}
+
+/// One decision per revision, and only by a replica that may act.
+fn action(
+    memory: &mut RevisionState,
+    input: &Input,
+    judgement: &Judgement,
+    reasons: &[String],
+    status_reasons: &[String],
+    blocklisted: bool,
+) -> Action {
+    let Input {
+        state,
+        subject,
+        results,
+        facts,
+        ..
+    } = *input;
+    if !facts.may_act {
+        return Action::None;
+    }
+    if facts.in_flight_to_resume {
+        return Action::Resume;
+    }
+    if facts.annotation_request {
+        return Action::Annotation;
+    }
+    let first_reason = reasons.first().cloned().unwrap_or_default();
+    match judgement.verdict {
+        Verdict::Bad if memory.acted.is_none() => {
+            // Restored by the watchdog: its rollout started with one of our
+            // rollbacks, or it is the known-good revision a rollback
+            // restored (a restart can misjudge when a reused ReplicaSet
+            // took over).
+            let restored_by_us = facts
+                .rollbacks
+                .iter()
+                .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
+                || (!facts.rollbacks.is_empty() && state.current_is_known_good());
+            // The recorded known-good revision deployed again (a person's
+            // `rollout undo`) and bad now: nothing older is known to be
+            // better, so a person decides, as after the watchdog's own.
+            let known_good_again = state.current_template_is_known_good();
+            if restored_by_us || known_good_again {
+                memory.acted = Some(Acted::Escalated);
+                let why = if !restored_by_us {
+                    "is the last known-good revision, deployed again, and is bad now: nothing older is known to be better, so there is no automatic rollback"
+                } else {
+                    "was restored by the watchdog's own rollback and is bad too: no second automatic rollback"
+                };
+                Action::Escalate {
+                    sentence: format!(
+                        "revision {} {why}; a person must act ({first_reason})",
+                        subject.revision
+                    ),
+                }
+            } else {
+                memory.acted = Some(Acted::RolledBack);
+                Action::RollBack(RollbackOrder {
+                    reason: status_reasons.first().cloned(),
+                    signals: results
+                        .iter()
+                        .filter(|r| r.outcome.is_fail())
+                        .cloned()
+                        .collect(),
+                    rollout_started_at: subject.rollout_started,
+                    detected_at: memory.detected_at,
+                    blocklisted_redeploy: blocklisted,
+                    judged_hash: subject.pod_template_hash.clone(),
+                })
+            }
+        }
+        Verdict::Degraded if !memory.degraded_reported => {
+            memory.degraded_reported = true;
+            Action::ReportDegraded {
+                sentence: format!(
+                    "revision {} is degraded outside its observation window ({first_reason}); no recent deploy to roll back, so nothing was changed",
+                    subject.revision
+                ),
+            }
+        }
+        _ => Action::None,
+    }
+}
+
+/// Whether the revision is recorded known-good now, or its unverified
+/// window close is said.
+fn known_good(
+    memory: &mut RevisionState,
+    state: &TargetState,
+    subject: &Subject,
+    facts: &Facts,
+    verdict: Verdict,
+) -> (Option<String>, Option<KnownGoodWrite>) {
+    let Some(due) = state.known_good_due() else {
+        return (None, None);
+    };
+    // Already old when this process first saw it: adopted at start-up.
+    let adopted = memory
+        .first_seen
+        .zip(state.window.as_ref())
+        .is_some_and(|(seen, w)| seen >= w.closes);
+    let verified = memory.evidence == Evidence::Healthy;
+    let unverified = (!adopted && !verified && memory.known_good == KnownGoodProgress::Pending)
+        .then(|| {
+            memory.known_good = KnownGoodProgress::ReportedUnverified;
+            format!(
+                "the observation window of revision {} closed without one healthy evaluation; it is not recorded as known-good",
+                subject.revision
+            )
+        });
+    // Recorded only on a tick that is Healthy now, never while a rollback
+    // of this Deployment is in flight or after this revision was Bad or
+    // acted on: a known-good record is a rollback target.
+    let write = ((adopted || verified)
+        && verdict == Verdict::Healthy
+        && memory.evidence != Evidence::Failed
+        && memory.acted.is_none()
+        && !facts.in_flight
+        && memory.known_good != KnownGoodProgress::Recorded)
+        .then_some(KnownGoodWrite {
+            record: due,
+            adopted,
+        });
+    (unverified, write)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Loader;
+    use crate::k8s::keys::BLOCKLIST;
+    use crate::observe::revision::{Revision, Rollout, Window};
+    use crate::observe::targets::Source;
+    use crate::signals::{Measurement, Outcome, SignalId, Threshold};
+
+    const TICK: Duration = Duration::from_secs(15);
+
+    fn t0() -> Timestamp {
+        "2026-11-27T10:00:00Z".parse().expect("a time")
+    }
+
+    fn at(tick: u32) -> Timestamp {
+        t0() + TICK * tick
+    }
+
+    /// Revision 2 (`h2`, web:v2) of production/web, rolled out one minute
+    /// before t0, with a 15 min window; revision 1 (`h1`) before it. This
+    /// replica may act, and nothing is in flight.
+    struct World {
+        target: WatchedDeployment,
+        state: TargetState,
+        subject: Subject,
+        facts: Facts,
+    }
+
+    fn revision(number: i64, hash: &str) -> Revision {
+        Revision {
+            number,
+            pod_template_hash: hash.into(),
+            replica_set: format!("web-{hash}"),
+            replica_set_uid: format!("uid-{hash}"),
+            images: vec![format!("web:v{number}")],
+            created: None,
+            reused: false,
+        }
+    }
+
+    fn world(config: &str) -> World {
+        let toml = format!(
+            "[defaults]\nwatch_window = \"15m\"\n{config}\n[[targets]]\nnamespace = \"production\"\nname = \"web\"\n"
+        );
+        let policy = Loader::from_toml(toml)
+            .env(Vec::<(String, String)>::new())
+            .load()
+            .expect("a valid test config")
+            .config
+            .targets[0]
+            .policy
+            .clone();
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "production", "uid": "uid-web"}
+        }))
+        .expect("a Deployment");
+        let started = t0() - jiff::SignedDuration::from_secs(60);
+        World {
+            target: WatchedDeployment {
+                namespace: "production".into(),
+                name: "web".into(),
+                source: Source::Config { index: 0 },
+                policy,
+                deployment: Arc::new(deployment),
+            },
+            state: TargetState {
+                namespace: "production".into(),
+                deployment: "web".into(),
+                uid: "uid-web".into(),
+                now: t0(),
+                rollout: Rollout::Known {
+                    current: revision(2, "h2"),
+                    previous: Some(revision(1, "h1")),
+                },
+                rollout_started: Some(started),
+                started_estimated: false,
+                window: Some(Window {
+                    opened: started,
+                    closes: started + jiff::SignedDuration::from_mins(15),
+                }),
+                known_good: None,
+                fully_rolled_out: true,
+                progress_deadline_exceeded: false,
+                pods: Vec::new(),
+                warnings: Vec::new(),
+            },
+            subject: Subject {
+                namespace: "production".into(),
+                deployment: "web".into(),
+                revision: 2,
+                pod_template_hash: "h2".into(),
+                images: vec!["web:v2".into()],
+                rollout_started: started,
+                baseline: None,
+                pods: Vec::new(),
+                progress_deadline_exceeded: false,
+            },
+            facts: Facts {
+                may_act: true,
+                ..Facts::default()
+            },
+        }
+    }
+
+    fn failing(now: Timestamp) -> Vec<SignalResult> {
+        let outcome = Outcome::Fail {
+            measured: Measurement::ratio(0.302),
+            threshold: Threshold::Max {
+                limit: Measurement::ratio(0.05),
+            },
+            baseline: Some(0.001),
+            sentence: String::new(),
+        };
+        // A new sample each tick: evidence counts once.
+        vec![SignalResult::new(SignalId::ErrorRate, outcome, now)]
+    }
+
+    fn passing(now: Timestamp) -> Vec<SignalResult> {
+        vec![SignalResult::new(SignalId::ErrorRate, Outcome::pass(), now)]
+    }
+
+    /// One tick of the world at `now`, as the run loop calls it.
+    fn tick(
+        w: &mut World,
+        memory: &mut RevisionState,
+        results: Vec<SignalResult>,
+        now: Timestamp,
+    ) -> Decision {
+        w.state.now = now;
+        memory.for_revision(
+            Some((w.subject.revision, w.subject.pod_template_hash.clone())),
+            now,
+        );
+        decide(
+            memory,
+            &Input {
+                target: &w.target,
+                state: &w.state,
+                subject: &w.subject,
+                results: &results,
+                facts: &w.facts,
+                now,
+            },
+        )
+    }
+
+    /// Ticks until the verdict is Bad (at most 10), returning that decision.
+    fn until_bad(w: &mut World, memory: &mut RevisionState, from: u32) -> (u32, Decision) {
+        for n in from..from + 10 {
+            let d = tick(w, memory, failing(at(n)), at(n));
+            if d.judgement.verdict == Verdict::Bad {
+                return (n, d);
+            }
+            assert_eq!(d.action, Action::None, "acted before Bad at tick {n}");
+        }
+        panic!("never Bad");
+    }
+
+    fn is_rollback(a: &Action) -> bool {
+        matches!(a, Action::RollBack(_))
+    }
+
+    #[test]
+    fn a_bad_revision_is_rolled_back_once_and_the_next_revision_is_judged_afresh() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        let Action::RollBack(order) = &bad.action else {
+            panic!("{:?}", bad.action)
+        };
+        assert_eq!(order.judged_hash, "h2");
+        assert_eq!(order.signals.len(), 1);
+        assert_eq!(
+            order.reason.as_deref(),
+            bad.status_reasons.first().map(String::as_str)
+        );
+        assert!(!order.blocklisted_redeploy);
+        assert_eq!(memory.acted(), Some(Acted::RolledBack));
+        // Still Bad next tick: no second order.
+        let again = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert_eq!(again.judgement.verdict, Verdict::Bad);
+        assert_eq!(again.action, Action::None);
+        // A new revision starts from scratch.
+        w.subject.revision = 3;
+        w.subject.pod_template_hash = "h3".into();
+        let (_, next) = until_bad(&mut w, &mut memory, n + 2);
+        assert!(is_rollback(&next.action), "{:?}", next.action);
+    }
+
+    #[test]
+    fn detection_is_measured_once_per_revision_from_the_rollout_start() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        let expected = at(n)
+            .duration_since(w.subject.rollout_started)
+            .as_secs_f64();
+        assert_eq!(bad.detection_seconds, Some(expected));
+        assert_eq!(memory.detected_at(), Some(at(n)));
+        let again = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert_eq!(again.detection_seconds, None);
+    }
+
+    #[test]
+    fn a_revision_the_watchdog_restored_escalates_instead_of_rolling_back() {
+        let mut w = world("");
+        // One of our rollbacks, recorded as this revision's rollout began.
+        w.facts.rollbacks = vec![w.subject.rollout_started + jiff::SignedDuration::from_secs(5)];
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        let Action::Escalate { sentence } = &bad.action else {
+            panic!("{:?}", bad.action)
+        };
+        assert!(
+            sentence.starts_with("revision 2 was restored by the watchdog's own rollback and is bad too: no second automatic rollback; a person must act ("),
+            "{sentence}"
+        );
+        assert_eq!(memory.acted(), Some(Acted::Escalated));
+        let again = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert_eq!(again.action, Action::None, "escalated once");
+    }
+
+    #[test]
+    fn an_old_rollback_does_not_make_a_new_revision_ours() {
+        let mut w = world("");
+        w.facts.rollbacks = vec![w.subject.rollout_started - jiff::SignedDuration::from_mins(10)];
+        let mut memory = RevisionState::default();
+        let (_, bad) = until_bad(&mut w, &mut memory, 0);
+        assert!(is_rollback(&bad.action), "{:?}", bad.action);
+    }
+
+    #[test]
+    fn the_known_good_revision_deployed_again_and_bad_escalates() {
+        let mut w = world("");
+        // A person's `rollout undo` to the known-good template: same hash,
+        // a new revision number.
+        w.state.known_good = Some(KnownGood {
+            revision: 1,
+            pod_template_hash: "h2".into(),
+            images: vec!["web:v2".into()],
+            at: t0().to_string(),
+        });
+        let mut memory = RevisionState::default();
+        let (_, bad) = until_bad(&mut w, &mut memory, 0);
+        let Action::Escalate { sentence } = &bad.action else {
+            panic!("{:?}", bad.action)
+        };
+        assert!(
+            sentence.starts_with(
+                "revision 2 is the last known-good revision, deployed again, and is bad now"
+            ),
+            "{sentence}"
+        );
+    }
+
+    #[test]
+    fn a_replica_that_may_not_act_judges_but_spends_no_decision() {
+        let mut w = world("");
+        w.facts.may_act = false;
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        assert_eq!(bad.action, Action::None);
+        assert_eq!(memory.acted(), None);
+        // It takes over: the decision is still there to make.
+        w.facts.may_act = true;
+        let now_leading = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert!(is_rollback(&now_leading.action), "{:?}", now_leading.action);
+    }
+
+    #[test]
+    fn a_decision_given_back_is_made_again() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        assert!(is_rollback(&bad.action));
+        memory.give_back_decision();
+        let again = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert!(is_rollback(&again.action), "{:?}", again.action);
+    }
+
+    #[test]
+    fn an_in_flight_rollback_is_resumed_and_a_request_annotation_answered_before_any_verdict() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        w.facts.in_flight = true;
+        w.facts.in_flight_to_resume = true;
+        w.facts.annotation_request = true;
+        let d = tick(&mut w, &mut memory, passing(at(0)), at(0));
+        assert_eq!(d.action, Action::Resume);
+        w.facts.in_flight_to_resume = false;
+        let d = tick(&mut w, &mut memory, failing(at(1)), at(1));
+        assert_eq!(d.action, Action::Annotation);
+        assert_eq!(memory.acted(), None, "a request spends no verdict");
+    }
+
+    #[test]
+    fn a_template_rolled_back_before_is_judged_with_threshold_one() {
+        let mut w = world("failure_threshold = 3");
+        let mut memory = RevisionState::default();
+        let first = tick(&mut w, &mut memory, failing(at(0)), at(0));
+        assert_ne!(first.judgement.verdict, Verdict::Bad, "threshold 3");
+
+        let mut w = world("failure_threshold = 3");
+        let entry = json!([{"podTemplateHash": "h2", "images": ["web:v2"], "revision": 2, "reason": "error ratio", "at": "2026-11-27T09:00:00Z"}]);
+        let mut d = (*w.target.deployment).clone();
+        d.metadata.annotations = Some(
+            [(BLOCKLIST.to_string(), entry.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        w.target.deployment = Arc::new(d);
+        let mut memory = RevisionState::default();
+        let first = tick(&mut w, &mut memory, failing(at(0)), at(0));
+        assert_eq!(first.judgement.verdict, Verdict::Bad);
+        let Action::RollBack(order) = &first.action else {
+            panic!("{:?}", first.action)
+        };
+        assert!(order.blocklisted_redeploy);
+        assert!(
+            first.status_reasons.iter().any(|r| r
+                == "this template was rolled back before (revision 2): judged with failure_threshold = 1"),
+            "{:?}",
+            first.status_reasons
+        );
+    }
+
+    #[test]
+    fn dry_run_and_paused_still_decide_once_the_pipeline_rehearses_or_refuses() {
+        // Dry run and pause are the pipeline's to apply (it rehearses or
+        // refuses, and says so); the decision is made once either way.
+        for config in ["dry_run = true", "paused = true"] {
+            let mut w = world(config);
+            let mut memory = RevisionState::default();
+            let (n, bad) = until_bad(&mut w, &mut memory, 0);
+            assert!(is_rollback(&bad.action), "{config}: {:?}", bad.action);
+            let again = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+            assert_eq!(again.action, Action::None, "{config}");
+        }
+    }
+
+    #[test]
+    fn degraded_outside_the_window_is_reported_once_and_nothing_is_rolled_back() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        let closed = at(100);
+        let mut seen = Vec::new();
+        for n in 0..6 {
+            let now = closed + TICK * n;
+            seen.push(tick(&mut w, &mut memory, failing(now), now).action);
+        }
+        let reports: Vec<&Action> = seen
+            .iter()
+            .filter(|a| matches!(a, Action::ReportDegraded { .. }))
+            .collect();
+        assert_eq!(reports.len(), 1, "{seen:?}");
+        assert!(!seen.iter().any(is_rollback), "{seen:?}");
+    }
+
+    /// A window that closed at `closes`; the state is read at `now`.
+    fn close_window(w: &mut World) -> Timestamp {
+        w.state.window.as_ref().map(|w| w.closes).expect("a window") + TICK
+    }
+
+    #[test]
+    fn known_good_needs_a_healthy_tick_and_no_bad_one_in_the_window() {
+        // Healthy during the window: recorded on the first healthy tick after.
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        assert!(tick(&mut w, &mut memory, passing(at(0)), at(0))
+            .known_good
+            .is_none());
+        let after = close_window(&mut w);
+        let d = tick(&mut w, &mut memory, passing(after), after);
+        let write = d.known_good.expect("recorded");
+        assert_eq!((write.record.revision, write.adopted), (2, false));
+        assert_eq!(d.unverified, None);
+        memory.known_good_recorded();
+        let again = tick(&mut w, &mut memory, passing(after + TICK), after + TICK);
+        assert!(again.known_good.is_none(), "recorded once");
+
+        // Bad in the window, healthy after: never known-good.
+        let mut w = world("");
+        w.facts.may_act = false;
+        let mut memory = RevisionState::default();
+        until_bad(&mut w, &mut memory, 0);
+        for n in 20..24 {
+            tick(&mut w, &mut memory, passing(at(n)), at(n));
+        }
+        assert_eq!(memory.evidence(), Evidence::Failed);
+        let after = close_window(&mut w);
+        assert!(tick(&mut w, &mut memory, passing(after), after)
+            .known_good
+            .is_none());
+    }
+
+    #[test]
+    fn a_window_that_closed_unverified_is_said_once_and_not_recorded() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        let inconclusive = |now| {
+            vec![SignalResult::new(
+                SignalId::ErrorRate,
+                Outcome::inconclusive("no traffic"),
+                now,
+            )]
+        };
+        tick(&mut w, &mut memory, inconclusive(at(0)), at(0));
+        let after = close_window(&mut w);
+        let d = tick(&mut w, &mut memory, inconclusive(after), after);
+        assert_eq!(
+            d.unverified.as_deref(),
+            Some("the observation window of revision 2 closed without one healthy evaluation; it is not recorded as known-good")
+        );
+        assert!(d.known_good.is_none());
+        let again = tick(
+            &mut w,
+            &mut memory,
+            inconclusive(after + TICK),
+            after + TICK,
+        );
+        assert_eq!(again.unverified, None, "said once");
+    }
+
+    #[test]
+    fn a_revision_already_old_at_start_up_is_adopted_but_never_while_a_rollback_is_in_flight() {
+        let mut w = world("");
+        let after = close_window(&mut w);
+        w.facts.in_flight = true;
+        let mut memory = RevisionState::default();
+        let d = tick(&mut w, &mut memory, passing(after), after);
+        assert!(d.known_good.is_none(), "in flight");
+        w.facts.in_flight = false;
+        let d = tick(&mut w, &mut memory, passing(after + TICK), after + TICK);
+        let write = d.known_good.expect("adopted");
+        assert!(write.adopted);
+        // Not on a tick that is not Healthy now.
+        let mut memory = RevisionState::default();
+        let d = tick(&mut w, &mut memory, failing(after), after);
+        assert!(d.known_good.is_none());
+    }
+}
