@@ -271,9 +271,10 @@ async fn metrics_pass_promtool_and_both_python_parsers_with_every_metric_issue_6
         };
         serde_json::from_str::<StatusReport>(&body).is_ok_and(|r| {
             r.ready
-                && r.targets
-                    .iter()
-                    .any(|t| t.name == "kailash-kaizen" && t.verdict != "unknown")
+                && r.targets.iter().any(|t| {
+                    t.name == "kailash-kaizen"
+                        && t.verdict != rollback_watchdog::report::status::StatusVerdict::Unknown
+                })
         })
     })
     .await;

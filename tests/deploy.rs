@@ -863,7 +863,10 @@ fn exported_metric_names() -> BTreeSet<String> {
             outcome: "delivered".into(),
         })
         .inc();
-    metrics.set_verdict(&target, "bad", &["healthy", "bad"]);
+    metrics.set_verdict(
+        &target,
+        rollback_watchdog::report::status::StatusVerdict::Bad,
+    );
     let text = rollback_watchdog::report::metrics::render(
         &registry,
         rollback_watchdog::report::metrics::Format::OpenMetrics,

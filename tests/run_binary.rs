@@ -74,10 +74,11 @@ async fn run_serves_its_status_and_metrics_and_status_reads_them() {
         if let Ok(resp) = http.get(format!("{base}/status")).send().await {
             if let Ok(report) = resp.json::<StatusReport>().await {
                 if report.ready
-                    && report
-                        .targets
-                        .iter()
-                        .any(|t| t.name == "kailash-kaizen" && t.verdict != "unknown")
+                    && report.targets.iter().any(|t| {
+                        t.name == "kailash-kaizen"
+                            && t.verdict
+                                != rollback_watchdog::report::status::StatusVerdict::Unknown
+                    })
                 {
                     break report;
                 }

@@ -105,7 +105,7 @@ async fn a_revision_with_critical_errors_is_judged_bad_naming_the_error_ratio() 
         "{events:?}"
     );
     let status = s.admin.snapshot();
-    assert_eq!(status.targets[0].verdict, "bad");
+    assert_eq!(status.targets[0].verdict.as_str(), "bad");
     assert_eq!(status.targets[0].revision, Some(2));
     s.wait_rolled_out("web:v2-errors").await;
 }

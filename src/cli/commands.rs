@@ -30,7 +30,7 @@ use crate::pipeline::{
 };
 use crate::report::incident::{IncidentSink, Trigger};
 use crate::report::metrics::Metrics;
-use crate::report::status::{self, Role, StatusReport};
+use crate::report::status::{self, Role, StatusReport, StatusVerdict};
 use crate::runtime::admin::{self, AdminState};
 use crate::runtime::daemon::Daemon;
 use crate::runtime::lease::{Elector, Leadership, LeaseSettings};
@@ -842,7 +842,7 @@ pub async fn status(
     let bad = report
         .targets
         .iter()
-        .any(|t| t.verdict == "bad" || t.verdict == "degraded");
+        .any(|t| matches!(t.verdict, StatusVerdict::Bad | StatusVerdict::Degraded));
     if args.once && bad {
         EXIT_FAILURE
     } else {

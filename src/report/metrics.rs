@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::report::status::StatusVerdict;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetResult {
     pub target: String,
@@ -207,14 +209,14 @@ impl Metrics {
 
     /// Records one tick's verdict for a target, keeping exactly one verdict
     /// series at 1.
-    pub fn set_verdict(&self, target: &str, verdict: &str, all_verdicts: &[&str]) {
-        for v in all_verdicts {
+    pub fn set_verdict(&self, target: &str, verdict: StatusVerdict) {
+        for v in StatusVerdict::ALL {
             self.verdict
                 .get_or_create(&TargetVerdict {
                     target: target.to_string(),
-                    verdict: (*v).to_string(),
+                    verdict: v.as_str().to_string(),
                 })
-                .set(i64::from(*v == verdict));
+                .set(i64::from(v == verdict));
         }
     }
 }
@@ -399,7 +401,7 @@ mod tests {
                 outcome: "succeeded".into(),
             })
             .inc();
-        metrics.set_verdict("production/web", "bad", &["healthy", "bad"]);
+        metrics.set_verdict("production/web", StatusVerdict::Bad);
         // Labelled families show only once they have a series.
         metrics
             .evaluations

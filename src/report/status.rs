@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decide::judge::Verdict;
 use crate::signals::{Outcome, SignalResult};
 
 /// Which part this replica plays.
@@ -21,6 +22,61 @@ pub enum Role {
     Standalone,
     /// `status --once`: one evaluation, nothing acts.
     OneShot,
+}
+
+/// A target's verdict as `/status` shows it: the judge's, or `unknown`
+/// before its revision was first evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusVerdict {
+    Healthy,
+    Inconclusive,
+    Suspect,
+    Bad,
+    Degraded,
+    #[default]
+    Unknown,
+}
+
+impl StatusVerdict {
+    /// Every value, in the order of the one-hot verdict gauge.
+    pub const ALL: [StatusVerdict; 6] = [
+        StatusVerdict::Healthy,
+        StatusVerdict::Inconclusive,
+        StatusVerdict::Suspect,
+        StatusVerdict::Bad,
+        StatusVerdict::Degraded,
+        StatusVerdict::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusVerdict::Healthy => "healthy",
+            StatusVerdict::Inconclusive => "inconclusive",
+            StatusVerdict::Suspect => "suspect",
+            StatusVerdict::Bad => "bad",
+            StatusVerdict::Degraded => "degraded",
+            StatusVerdict::Unknown => "unknown",
+        }
+    }
+}
+
+impl From<Verdict> for StatusVerdict {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Healthy => StatusVerdict::Healthy,
+            Verdict::Inconclusive => StatusVerdict::Inconclusive,
+            Verdict::Suspect => StatusVerdict::Suspect,
+            Verdict::Bad => StatusVerdict::Bad,
+            Verdict::Degraded => StatusVerdict::Degraded,
+        }
+    }
+}
+
+impl std::fmt::Display for StatusVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The whole snapshot.
@@ -49,9 +105,7 @@ pub struct TargetStatus {
     pub images: Vec<String>,
     pub window: Option<WindowStatus>,
     pub known_good: Option<KnownGoodStatus>,
-    /// `healthy`, `inconclusive`, `suspect`, `bad`, `degraded`, or
-    /// `unknown` before the first evaluation.
-    pub verdict: String,
+    pub verdict: StatusVerdict,
     /// Sentences behind the verdict, decisive first.
     pub reasons: Vec<String>,
     pub signals: Vec<SignalStatus>,
@@ -173,7 +227,7 @@ pub fn render_table(report: &StatusReport) -> String {
             hash,
             window,
             known_good,
-            t.verdict.to_uppercase(),
+            t.verdict.as_str().to_uppercase(),
             if t.blind { "  BLIND" } else { "" }
         );
         if !t.images.is_empty() {
@@ -242,7 +296,7 @@ mod tests {
                 name: "kailash-kaizen".into(),
                 revision: Some(2),
                 pod_template_hash: Some("7f455f8bb7".into()),
-                verdict: "bad".into(),
+                verdict: StatusVerdict::Bad,
                 signals: vec![SignalStatus::from_result(&fail, 3)],
                 window: Some(WindowStatus {
                     remaining_seconds: 600,
@@ -265,5 +319,33 @@ mod tests {
         let json = serde_json::to_string(&report).unwrap();
         let back: StatusReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn the_verdict_is_one_lower_case_word_on_the_wire() {
+        let words: Vec<String> = StatusVerdict::ALL
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap())
+            .collect();
+        assert_eq!(
+            words,
+            [
+                r#""healthy""#,
+                r#""inconclusive""#,
+                r#""suspect""#,
+                r#""bad""#,
+                r#""degraded""#,
+                r#""unknown""#
+            ]
+        );
+        for v in StatusVerdict::ALL {
+            assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{v}\""));
+        }
+        let fresh = serde_json::to_value(TargetStatus::default()).unwrap();
+        assert_eq!(fresh["verdict"], "unknown");
+        assert_eq!(
+            StatusVerdict::from(Verdict::Degraded),
+            StatusVerdict::Degraded
+        );
     }
 }

@@ -31,23 +31,13 @@ use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::report::metrics::TargetOutcome;
 use crate::report::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
 use crate::report::status::{
-    KnownGoodStatus, Role, SignalStatus, StatusReport, TargetStatus, WindowStatus,
+    KnownGoodStatus, Role, SignalStatus, StatusReport, StatusVerdict, TargetStatus, WindowStatus,
 };
 use crate::runtime::admin::AdminState;
 use crate::runtime::lease::Leadership;
 use crate::signals::health::HealthProber;
 use crate::signals::prometheus::PrometheusSource;
 use crate::signals::{Outcome, SignalResult, Signals, Subject};
-
-/// Every verdict name, for the one-hot verdict gauge.
-const VERDICTS: [&str; 6] = [
-    "healthy",
-    "inconclusive",
-    "suspect",
-    "bad",
-    "degraded",
-    "unknown",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -566,7 +556,7 @@ impl Daemon {
                 result: verdict.into(),
             })
             .inc();
-        self.metrics.set_verdict(&name, verdict, &VERDICTS);
+        self.metrics.set_verdict(&name, judgement.verdict.into());
         for r in results {
             self.metrics
                 .signal_results
@@ -1027,7 +1017,7 @@ fn base_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) 
             revision: k.revision,
             pod_template_hash: k.pod_template_hash.clone(),
         }),
-        verdict: "unknown".into(),
+        verdict: StatusVerdict::Unknown,
         warnings: state.warnings.clone(),
         last_evaluated: Some(now.to_string()),
         ..TargetStatus::default()
@@ -1037,7 +1027,7 @@ fn base_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) 
 /// A target without a revision to judge yet.
 fn unknown_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) -> TargetStatus {
     let mut status = base_status(target, state, now);
-    status.verdict = "unknown".into();
+    status.verdict = StatusVerdict::Unknown;
     status.reasons = state.warnings.clone();
     if let revision::Rollout::Pending { why } = &state.rollout {
         status.reasons.push(format!("rollout pending: {why}"));
@@ -1055,7 +1045,7 @@ fn judged_status(
 ) -> TargetStatus {
     let judgement = &decision.judgement;
     let mut status = base_status(target, state, now);
-    status.verdict = judgement.verdict.as_str().into();
+    status.verdict = judgement.verdict.into();
     status.reasons = decision.status_reasons.clone();
     status.blind = judgement.state.blind_since.is_some();
     status.signals = results
