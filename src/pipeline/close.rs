@@ -13,121 +13,19 @@ impl Pipeline {
         signals: Vec<SignalResult>,
         patch: Vec<Value>,
     ) -> RollbackOutcome {
-        let (ns, name) = split_target(&in_flight.id);
-        let target = format!("{ns}/{name}");
-        let policy = match self.get(&ns, &name).await {
-            Ok(Some(d)) => self.ctx.policy_for(&d),
-            _ => self.ctx.config.opt_in_policy(),
+        let ended = match self.wait_and_verify(&in_flight, &mut steps).await {
+            Ok(ended) => ended,
+            Err(step) => return self.handed_over(&in_flight, steps, patch, step, None),
         };
-        let waited = self.wait(&ns, &name, &in_flight, &policy).await;
-        let (result, failed_step, error, final_deployment) = match waited {
-            Waited::Done(d) => {
-                self.record(
-                    &mut steps,
-                    &in_flight.id,
-                    &target,
-                    Step::Wait,
-                    StepOutcome::Ok,
-                    format!("{target} is fully rolled out"),
-                    json!({"revision": revision_annotation(&d)}),
-                );
-                match self.verify(&d, &in_flight, &policy).await {
-                    Verified::HandedOver => {
-                        return self.handed_over(&in_flight, steps, patch, Step::Verify, None)
-                    }
-                    Verified::Passed { summary, details } => {
-                        self.record(
-                            &mut steps,
-                            &in_flight.id,
-                            &target,
-                            Step::Verify,
-                            StepOutcome::Ok,
-                            summary,
-                            details,
-                        );
-                        (RollbackResult::Succeeded, None, None, Some(d))
-                    }
-                    Verified::Failed { summary, details } => {
-                        self.record(
-                            &mut steps,
-                            &in_flight.id,
-                            &target,
-                            Step::Verify,
-                            StepOutcome::Failed,
-                            summary.clone(),
-                            details,
-                        );
-                        (
-                            RollbackResult::Escalated,
-                            Some(Step::Verify),
-                            Some(summary),
-                            Some(d),
-                        )
-                    }
-                    Verified::Superseded(why, d) => {
-                        self.record(
-                            &mut steps,
-                            &in_flight.id,
-                            &target,
-                            Step::Verify,
-                            StepOutcome::Conflict,
-                            why.clone(),
-                            Value::Null,
-                        );
-                        (
-                            RollbackResult::Conflict,
-                            Some(Step::Verify),
-                            Some(why),
-                            Some(*d),
-                        )
-                    }
-                }
-            }
-            Waited::HandedOver => {
-                return self.handed_over(&in_flight, steps, patch, Step::Wait, None)
-            }
-            Waited::Failed(why, d) => {
-                self.record(
-                    &mut steps,
-                    &in_flight.id,
-                    &target,
-                    Step::Wait,
-                    StepOutcome::Failed,
-                    why.clone(),
-                    Value::Null,
-                );
-                (RollbackResult::Escalated, Some(Step::Wait), Some(why), d)
-            }
-            Waited::Superseded(why, d) => {
-                self.record(
-                    &mut steps,
-                    &in_flight.id,
-                    &target,
-                    Step::Wait,
-                    StepOutcome::Conflict,
-                    why.clone(),
-                    Value::Null,
-                );
-                (
-                    RollbackResult::Conflict,
-                    Some(Step::Wait),
-                    Some(why),
-                    Some(d),
-                )
-            }
-        };
-
         // Leadership may have gone while verifying: the closing write, the
         // report and the notification belong to whoever leads now.
         if !(self.ctx.may_write)() {
             return self.handed_over(&in_flight, steps, patch, Step::Verify, None);
         }
         // Close the record; keep known-good on the restored template.
-        if let Some(d) = &final_deployment {
-            if let Err(why) = self
-                .close(d, &in_flight, result == RollbackResult::Succeeded)
-                .await
-            {
+        if let Some(d) = &ended.deployment {
+            let succeeded = ended.result == RollbackResult::Succeeded;
+            if let Err(why) = self.close(d, &in_flight, succeeded).await {
                 // The record is still on the Deployment: telling on-call
                 // now would be told again by whoever resumes it. Leave it
                 // to the next tick (or the next leader), which resumes.
@@ -137,30 +35,131 @@ impl Pipeline {
                 return self.handed_over(&in_flight, steps, patch, Step::Verify, Some(why));
             }
         }
+        let incident = self.conclude(&in_flight, &ended, &signals, &patch).await;
+        self.notify(&mut steps, &incident);
+        RollbackOutcome {
+            result: ended.result,
+            incident,
+            steps,
+            patch,
+        }
+    }
 
+    /// Wait, then Verify, each recorded; the step at which leadership
+    /// went, if it did.
+    async fn wait_and_verify(
+        &self,
+        in_flight: &InFlight,
+        steps: &mut Vec<StepRecord>,
+    ) -> Result<Ended, Step> {
+        let (ns, name) = split_target(&in_flight.id);
+        let target = format!("{ns}/{name}");
+        let policy = match self.get(&ns, &name).await {
+            Ok(Some(d)) => self.ctx.policy_for(&d),
+            _ => self.ctx.config.opt_in_policy(),
+        };
+        let id = &in_flight.id;
+        let d = match self.wait(&ns, &name, in_flight, &policy).await {
+            Waited::Done(d) => d,
+            Waited::HandedOver => return Err(Step::Wait),
+            Waited::Failed(why, d) => {
+                let line = (StepOutcome::Failed, why.clone(), Value::Null);
+                self.record_line(steps, id, &target, Step::Wait, line);
+                return Ok(Ended::stopped(
+                    RollbackResult::Escalated,
+                    Step::Wait,
+                    why,
+                    d,
+                ));
+            }
+            Waited::Superseded(why, d) => {
+                let line = (StepOutcome::Conflict, why.clone(), Value::Null);
+                self.record_line(steps, id, &target, Step::Wait, line);
+                return Ok(Ended::stopped(
+                    RollbackResult::Conflict,
+                    Step::Wait,
+                    why,
+                    Some(d),
+                ));
+            }
+        };
+        let done = (
+            StepOutcome::Ok,
+            format!("{target} is fully rolled out"),
+            json!({"revision": revision_annotation(&d)}),
+        );
+        self.record_line(steps, id, &target, Step::Wait, done);
+        Ok(match self.verify(&d, in_flight, &policy).await {
+            Verified::HandedOver => return Err(Step::Verify),
+            Verified::Passed { summary, details } => {
+                let line = (StepOutcome::Ok, summary, details);
+                self.record_line(steps, id, &target, Step::Verify, line);
+                Ended {
+                    result: RollbackResult::Succeeded,
+                    failed_step: None,
+                    error: None,
+                    deployment: Some(d),
+                }
+            }
+            Verified::Failed { summary, details } => {
+                let line = (StepOutcome::Failed, summary.clone(), details);
+                self.record_line(steps, id, &target, Step::Verify, line);
+                Ended::stopped(RollbackResult::Escalated, Step::Verify, summary, Some(d))
+            }
+            Verified::Superseded(why, d) => {
+                let line = (StepOutcome::Conflict, why.clone(), Value::Null);
+                self.record_line(steps, id, &target, Step::Verify, line);
+                Ended::stopped(RollbackResult::Conflict, Step::Verify, why, Some(*d))
+            }
+        })
+    }
+
+    /// [`Self::record`] with the outcome, summary and details as one value.
+    fn record_line(
+        &self,
+        steps: &mut Vec<StepRecord>,
+        id: &str,
+        target: &str,
+        step: Step,
+        (outcome, summary, details): (StepOutcome, String, Value),
+    ) {
+        self.record(steps, id, target, step, outcome, summary, details);
+    }
+
+    /// The incident of a finished rollback: the Event, the escalation log
+    /// line, the audit report and the result kept with the backup.
+    async fn conclude(
+        &self,
+        in_flight: &InFlight,
+        ended: &Ended,
+        signals: &[SignalResult],
+        patch: &[Value],
+    ) -> Incident {
+        let (result, error) = (ended.result, ended.error.clone().unwrap_or_default());
         let kind = match result {
             RollbackResult::Succeeded => EventKind::RollbackSucceeded,
             RollbackResult::Conflict => EventKind::Conflict,
             _ => EventKind::Escalation,
         };
-        let mut incident = self.incident_from(&in_flight, kind, &signals);
+        let mut incident = self.incident_from(in_flight, kind, signals);
         incident.finished_at = Some(rfc3339(self.ctx.now()));
-        incident.failed_step = failed_step.map(|s| s.as_str().to_owned());
-        incident.error = error.clone();
-        incident.changes = changes(&patch);
-        if let Some(d) = &final_deployment {
+        incident.failed_step = ended.failed_step.map(|s| s.as_str().to_owned());
+        incident.error = ended.error.clone();
+        incident.changes = changes(patch);
+        if let Some(d) = &ended.deployment {
             let (warning, reason, note) = match result {
                 RollbackResult::Succeeded => (false, "RolledBack", format!(
                     "Rolled back from {} to {} and verified: {}", describe_ref(&in_flight.from), describe_ref(&in_flight.to), in_flight.reason)),
-                RollbackResult::Conflict => (true, "RollbackConflict", error.clone().unwrap_or_default()),
+                RollbackResult::Conflict => (true, "RollbackConflict", error.clone()),
                 _ => (true, "RollbackEscalated", format!(
-                    "Rolled back to {} but it is not healthy ({}): a person must act; the watchdog will not roll back again",
-                    describe_ref(&in_flight.to), error.clone().unwrap_or_default())),
+                    "Rolled back to {} but it is not healthy ({error}): a person must act; the watchdog will not roll back again",
+                    describe_ref(&in_flight.to))),
             };
             self.event(d, warning, reason, note).await;
         }
         if result == RollbackResult::Escalated {
-            tracing::error!(target = %target, error = %error.clone().unwrap_or_default(),
+            let target = incident.target();
+            tracing::error!(target = %target, error = %error,
                 "ESCALATION: the rollback of {target} did not bring back a healthy revision; a person must act");
         }
         self.report(&incident).await;
@@ -173,13 +172,7 @@ impl Pipeline {
                 }
             }
         }
-        self.notify(&mut steps, &incident);
-        RollbackOutcome {
-            result,
-            incident,
-            steps,
-            patch,
-        }
+        incident
     }
 
     /// Clears the in-flight record; on success keeps the restored revision
@@ -490,6 +483,26 @@ impl Pipeline {
             changes: Vec::new(),
             dashboard_url: None,
             runbook_url: None,
+        }
+    }
+}
+
+/// How Wait and Verify ended, before the closing write.
+pub(super) struct Ended {
+    result: RollbackResult,
+    failed_step: Option<Step>,
+    error: Option<String>,
+    /// The Deployment as last read, for the closing write and the Event.
+    deployment: Option<Deployment>,
+}
+
+impl Ended {
+    fn stopped(result: RollbackResult, step: Step, why: String, d: Option<Deployment>) -> Self {
+        Ended {
+            result,
+            failed_step: Some(step),
+            error: Some(why),
+            deployment: d,
         }
     }
 }
