@@ -9,8 +9,6 @@ impl Pipeline {
     /// template, annotations including the in-flight record). A human's
     /// change in between is a conflict: reported, never overwritten.
     pub async fn update(&self, plan: &mut Plan) -> Result<InFlight, Box<RollbackOutcome>> {
-        let target = plan.target();
-        let api = self.ctx.deployments(&plan.request.namespace);
         let mut attempt = 0;
         loop {
             if !(self.ctx.may_write)() {
@@ -19,147 +17,136 @@ impl Pipeline {
             }
             let in_flight = self.in_flight_record(plan);
             let ops = patch_ops(plan, &in_flight);
-            let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops.clone())) {
-                Ok(p) => p,
-                Err(e) => {
-                    let why = format!("cannot build the patch for {target}: {e}");
-                    let plan = plan.clone();
-                    return Err(Box::new(
-                        self.stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
-                            .await,
-                    ));
-                }
-            };
-            let pp = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..Default::default()
-            };
-            let sent = tokio::time::timeout(
-                self.ctx.api_timeout,
-                api.patch(&plan.request.name, &pp, &Patch::<Value>::Json(patch)),
-            )
-            .await;
-            match sent {
-                Ok(Ok(_)) => {
-                    plan.patch = ops.clone();
-                    let summary = format!(
-                        "patched {target}: template of {} in place of {}",
-                        describe_ref(&plan.to),
-                        describe_ref(&plan.from)
-                    );
-                    let (id, t) = (plan.id.clone(), target.clone());
-                    self.record(
-                        &mut plan.steps,
-                        &id,
-                        &t,
-                        Step::Update,
-                        StepOutcome::Ok,
-                        summary,
-                        json!({"patch": ops}),
-                    );
-                    let mut started = self.incident_from(
-                        &in_flight,
-                        EventKind::RollbackStarted,
-                        &plan.request.signals,
-                    );
-                    started.changes = changes(&ops);
-                    self.ctx.sink.emit(&started);
-                    self.event(
-                        &plan.deployment,
-                        false,
-                        "RollbackStarted",
-                        format!(
-                            "Rolling back from {} to {}: {}",
-                            describe_ref(&plan.from),
-                            describe_ref(&plan.to),
-                            plan.reason
-                        ),
-                    )
-                    .await;
+            let why = match self.send_patch(plan, &ops).await {
+                Ok(()) => {
+                    self.patched(plan, &in_flight, ops).await;
                     return Ok(in_flight);
                 }
-                Ok(Err(kube::Error::Api(status))) if status.code == 422 || status.code == 409 => {
-                    // Did a person change the spec, or did the controller
-                    // only write the status? The generation tells.
-                    let fresh = match self.get(&plan.request.namespace, &plan.request.name).await {
-                        Ok(Some(d)) => d,
-                        Ok(None) => {
-                            let why =
-                                format!("{target}: Deployment deleted before the rollback patch");
-                            let plan = plan.clone();
-                            return Err(Box::new(
-                                self.stop_before_update(
-                                    plan,
-                                    Step::Update,
-                                    StepOutcome::Failed,
-                                    why,
-                                )
-                                .await,
-                            ));
+                Err(NotPatched::Failed(why)) => why,
+                Err(NotPatched::Moved(message)) => {
+                    match self.moved(plan, &message, attempt).await {
+                        Moved::StatusOnly(version) => {
+                            attempt += 1;
+                            tracing::info!(target = %plan.target(), "resourceVersion moved by a status write only; patching again with the fresh version");
+                            plan.deployment.metadata.resource_version = version;
+                            continue;
                         }
-                        Err(e) => {
+                        Moved::Changed(fresh, why) => {
                             let plan = plan.clone();
-                            return Err(Box::new(
-                                self.stop_before_update(
-                                    plan,
-                                    Step::Update,
-                                    StepOutcome::Failed,
-                                    e.to_string(),
-                                )
-                                .await,
-                            ));
+                            let outcome = self.conflict_before_update(plan, *fresh, why, ops).await;
+                            return Err(Box::new(outcome));
                         }
-                    };
-                    // Only the status may differ: annotations and labels
-                    // (a pause, a GitOps label, a rollback-to) do not move
-                    // the generation, so compare them too.
-                    let same_spec = without_replicas(&fresh) == without_replicas(&plan.deployment)
-                        && fresh.metadata.labels == plan.deployment.metadata.labels
-                        && fresh.metadata.annotations == plan.deployment.metadata.annotations
-                        && fresh.annotations().get(IN_FLIGHT).is_none();
-                    if same_spec && attempt < STATUS_RACE_RETRIES {
-                        attempt += 1;
-                        tracing::info!(target = %target, "resourceVersion moved by a status write only; patching again with the fresh version");
-                        plan.deployment.metadata.resource_version =
-                            fresh.metadata.resource_version.clone();
-                        continue;
+                        Moved::Unreadable(why) => why,
                     }
-                    let why = format!(
-                        "{target} changed after the rollback was validated (resourceVersion {} -> {}, generation {} -> {}): someone deployed meanwhile; the watchdog does not overwrite it. API server: {}",
-                        plan.deployment.resource_version().unwrap_or_default(),
-                        fresh.resource_version().unwrap_or_default(),
-                        plan.deployment.metadata.generation.unwrap_or(0),
-                        fresh.metadata.generation.unwrap_or(0),
-                        status.message
-                    );
-                    let plan = plan.clone();
-                    return Err(Box::new(
-                        self.conflict_before_update(plan, fresh, why, ops).await,
-                    ));
                 }
-                Ok(Err(e)) => {
-                    let why = format!("{target}: the rollback patch was rejected: {e}");
-                    let plan = plan.clone();
-                    return Err(Box::new(
-                        self.stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
-                            .await,
-                    ));
-                }
-                Err(_) => {
-                    // The patch may or may not have landed: if it did, the
-                    // in-flight record says so and `resume` finishes it.
-                    let why = format!(
-                        "{target}: the API server did not answer the rollback patch within {:?}; if it was applied, the in-flight record {IN_FLIGHT} lets the next start resume it",
-                        self.ctx.api_timeout
-                    );
-                    let plan = plan.clone();
-                    return Err(Box::new(
-                        self.stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
-                            .await,
-                    ));
-                }
-            }
+            };
+            let plan = plan.clone();
+            let outcome = self
+                .stop_before_update(plan, Step::Update, StepOutcome::Failed, why)
+                .await;
+            return Err(Box::new(outcome));
         }
+    }
+
+    /// Sends the patch, bounded by the API timeout.
+    async fn send_patch(&self, plan: &Plan, ops: &[Value]) -> Result<(), NotPatched> {
+        let target = plan.target();
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec()))
+            .map_err(|e| NotPatched::Failed(format!("cannot build the patch for {target}: {e}")))?;
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let api = self.ctx.deployments(&plan.request.namespace);
+        let sent = tokio::time::timeout(
+            self.ctx.api_timeout,
+            api.patch(&plan.request.name, &pp, &Patch::<Value>::Json(patch)),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(kube::Error::Api(status))) if status.code == 422 || status.code == 409 => {
+                Err(NotPatched::Moved(status.message))
+            }
+            Ok(Err(e)) => Err(NotPatched::Failed(format!(
+                "{target}: the rollback patch was rejected: {e}"
+            ))),
+            // The patch may or may not have landed: if it did, the
+            // in-flight record says so and `resume` finishes it.
+            Err(_) => Err(NotPatched::Failed(format!(
+                "{target}: the API server did not answer the rollback patch within {:?}; if it was applied, the in-flight record {IN_FLIGHT} lets the next start resume it",
+                self.ctx.api_timeout
+            ))),
+        }
+    }
+
+    /// The patch landed: recorded, and announced to the sinks and on the
+    /// Deployment.
+    async fn patched(&self, plan: &mut Plan, in_flight: &InFlight, ops: Vec<Value>) {
+        let summary = format!(
+            "patched {}: template of {} in place of {}",
+            plan.target(),
+            describe_ref(&plan.to),
+            describe_ref(&plan.from)
+        );
+        plan.patch = ops.clone();
+        let (id, t) = (plan.id.clone(), plan.target());
+        let details = json!({"patch": ops});
+        self.record(
+            &mut plan.steps,
+            &id,
+            &t,
+            Step::Update,
+            StepOutcome::Ok,
+            summary,
+            details,
+        );
+        let mut started =
+            self.incident_from(in_flight, EventKind::RollbackStarted, &plan.request.signals);
+        started.changes = changes(&ops);
+        self.ctx.sink.emit(&started);
+        let note = format!(
+            "Rolling back from {} to {}: {}",
+            describe_ref(&plan.from),
+            describe_ref(&plan.to),
+            plan.reason
+        );
+        self.event(&plan.deployment, false, "RollbackStarted", note)
+            .await;
+    }
+
+    /// After a 409/422: did a person change the Deployment, or did the
+    /// controller only write its status? The generation, labels and
+    /// annotations tell.
+    async fn moved(&self, plan: &Plan, api_message: &str, attempt: usize) -> Moved {
+        let target = plan.target();
+        let fresh = match self.get(&plan.request.namespace, &plan.request.name).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Moved::Unreadable(format!(
+                    "{target}: Deployment deleted before the rollback patch"
+                ))
+            }
+            Err(e) => return Moved::Unreadable(e.to_string()),
+        };
+        // Only the status may differ: annotations and labels (a pause, a
+        // GitOps label, a rollback-to) do not move the generation, so
+        // compare them too.
+        let same_spec = without_replicas(&fresh) == without_replicas(&plan.deployment)
+            && fresh.metadata.labels == plan.deployment.metadata.labels
+            && fresh.metadata.annotations == plan.deployment.metadata.annotations
+            && fresh.annotations().get(IN_FLIGHT).is_none();
+        if same_spec && attempt < STATUS_RACE_RETRIES {
+            return Moved::StatusOnly(fresh.metadata.resource_version.clone());
+        }
+        let why = format!(
+            "{target} changed after the rollback was validated (resourceVersion {} -> {}, generation {} -> {}): someone deployed meanwhile; the watchdog does not overwrite it. API server: {api_message}",
+            plan.deployment.resource_version().unwrap_or_default(),
+            fresh.resource_version().unwrap_or_default(),
+            plan.deployment.metadata.generation.unwrap_or(0),
+            fresh.metadata.generation.unwrap_or(0),
+        );
+        Moved::Changed(Box::new(fresh), why)
     }
 
     pub(super) async fn stop_before_update(
@@ -345,4 +332,22 @@ pub fn change_cause(plan: &Plan) -> String {
         describe_to(&plan.to),
         plan.reason
     )
+}
+
+/// Why the patch did not land.
+pub(super) enum NotPatched {
+    /// 409 or 422: the resourceVersion moved; the API server's message.
+    Moved(String),
+    /// Anything else, as the audit line says it.
+    Failed(String),
+}
+
+/// What moved the resourceVersion.
+pub(super) enum Moved {
+    /// Only a status write: patch again with this version.
+    StatusOnly(Option<String>),
+    /// Someone changed the Deployment: a conflict, never overwritten.
+    Changed(Box<Deployment>, String),
+    /// It could not be read again.
+    Unreadable(String),
 }
