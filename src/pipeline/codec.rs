@@ -1,59 +1,19 @@
 //! The annotations the pipeline reads and writes on the Deployment: the
-//! in-flight record, the rollback times and a person's `rollback-to`.
+//! in-flight record, the rollback times and a person's `rollback-to`. The
+//! records' types and readers are [`crate::decide::request`]'s, where the
+//! plan's rules read them too.
 
 use super::*;
+use crate::decide::request::read_in_flight;
 
-/// The in-flight record kept in [`IN_FLIGHT`] from the patch until the
-/// pipeline finishes: enough to resume at Wait/Verify after a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InFlight {
-    pub id: String,
-    /// The next step: always `wait` (Wait then Verify).
-    pub step: String,
-    pub trigger: Trigger,
-    pub reason: String,
-    pub from: RevisionRef,
-    pub to: RevisionRef,
-    /// The backup ConfigMap, `namespace/name`.
-    pub backup: Option<String>,
-    /// When the pipeline started, RFC 3339.
-    pub started: String,
-    /// The Deployment's generation our patch produced: a higher one means
-    /// someone changed it after us.
-    pub generation: i64,
-    #[serde(default)]
-    pub rollout_started_at: Option<String>,
-    #[serde(default)]
-    pub detected_at: Option<String>,
-    /// The failing signals as sentences.
-    #[serde(default)]
-    pub measured: Vec<String>,
-}
+pub use crate::decide::request::{rollbacks_of, InFlight};
 
 /// The in-flight record on a Deployment, if any.
 pub fn in_flight_of(d: &Deployment) -> Result<Option<InFlight>, RollbackError> {
-    match d.annotations().get(IN_FLIGHT) {
-        None => Ok(None),
-        Some(t) if t.trim().is_empty() => Ok(None),
-        Some(t) => serde_json::from_str(t)
-            .map(Some)
-            .map_err(|source| RollbackError::BadInFlight {
-                target: target_of(d),
-                source,
-            }),
-    }
-}
-
-/// Times of the watchdog's rollbacks recorded on a Deployment.
-pub fn rollbacks_of(d: &Deployment) -> Vec<jiff::Timestamp> {
-    d.annotations()
-        .get(ROLLBACKS)
-        .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect()
+    read_in_flight(d).map_err(|source| RollbackError::BadInFlight {
+        target: target_of(d),
+        source,
+    })
 }
 
 /// The request a person made with [`ROLLBACK_TO`] on the Deployment, for

@@ -19,16 +19,18 @@
 //! - [`ROLLBACKS`], JSON list of RFC 3339 times of its rollbacks (cooldown
 //!   and budget survive restarts);
 //! - [`crate::k8s::keys::BLOCKLIST`], [`crate::k8s::keys::KNOWN_GOOD`];
-//! - it honours [`crate::k8s::keys::PAUSED`], [`IRREVERSIBLE`] and GitOps
-//!   labels, and sets `kubernetes.io/change-cause`.
+//! - it honours [`crate::k8s::keys::PAUSED`], [`crate::k8s::keys::IRREVERSIBLE`]
+//!   and GitOps labels, and sets `kubernetes.io/change-cause`.
 //!
-//! One file per step: `validate` (and its refusals),
+//! One file per step: `validate` (the reads; the rules that choose the
+//! revision or refuse are the pure [`crate::decide::plan`]),
 //! `backup_step` (the ConfigMap store is [`backup`]),
 //! `update`, `wait`, `verify`
 //! and `close` (the closing write, audit and notify). The
 //! annotation codec is `codec`, the bounded API reads `reader`, the words
-//! used in reports `words`. This file holds the types, the context and the
-//! order the steps run in.
+//! used in reports `words`. This file holds the outcome types, the context
+//! and the order the steps run in; the request and the plan are
+//! [`crate::decide`]'s, re-exported here.
 
 pub mod backup;
 mod backup_step;
@@ -41,6 +43,10 @@ mod verify;
 mod wait;
 mod words;
 
+pub use crate::decide::plan::{
+    gitops_manager, tag_is_well_formed, with_tag, Plan, Step, StepOutcome, StepRecord,
+};
+pub use crate::decide::request::{RollbackRequest, Target};
 pub use codec::*;
 pub use reader::*;
 pub use update::*;
@@ -50,24 +56,25 @@ pub use words::*;
 
 use crate::k8s::keys;
 use crate::k8s::keys::{
-    CHANGE_CAUSE, FIELD_MANAGER, IN_FLIGHT, IRREVERSIBLE, KNOWN_GOOD, ROLLBACKS, ROLLBACK_TO,
+    CHANGE_CAUSE, FIELD_MANAGER, IN_FLIGHT, KNOWN_GOOD, ROLLBACKS, ROLLBACK_TO,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::{Config, EventKind, Policy};
+use crate::decide::plan::{sub, template_value, PlanInput, Refusal};
 use crate::observe::blocklist;
 use crate::observe::cache::Snapshot;
-use crate::observe::revision::{self, Revision, Rollout};
+use crate::observe::revision::{self, Rollout};
 use crate::pipeline::backup::{Backups, Record};
 use crate::report::audit::{AuditLine, AuditLog, EventPublisher, Notice};
 use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
@@ -113,141 +120,6 @@ pub enum RollbackError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// What to roll back to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Target {
-    /// The last known-good revision, else the highest older revision that
-    /// is not blocklisted.
-    Previous,
-    /// A revision number, as `kubectl rollout history` lists it.
-    Revision(i64),
-    /// `kubectl set image` semantics: this tag on the named container, or on
-    /// the only one.
-    ImageTag {
-        container: Option<String>,
-        tag: String,
-    },
-    /// A pod template from a backup (`restore`).
-    Template {
-        backup: String,
-        template: Box<PodTemplateSpec>,
-    },
-}
-
-/// One request to roll a Deployment back.
-#[derive(Debug, Clone)]
-pub struct RollbackRequest {
-    pub namespace: String,
-    pub name: String,
-    pub to: Target,
-    pub trigger: Trigger,
-    /// Why, in one sentence; derived from the failing signals when None.
-    pub reason: Option<String>,
-    /// The failing signals behind the decision.
-    pub signals: Vec<SignalResult>,
-    /// Validate and report the patch only (ORed with the policy's and the
-    /// global `dry_run`).
-    pub dry_run: bool,
-    pub rollout_started_at: Option<jiff::Timestamp>,
-    pub detected_at: Option<jiff::Timestamp>,
-    /// The target's effective policy (the run loop has it); None: resolved
-    /// from the config like the run loop would.
-    pub policy: Option<Policy>,
-    /// The bad revision re-deploys a blocklisted template (flagged in the
-    /// notifications).
-    pub blocklisted_redeploy: bool,
-    /// The `pod-template-hash` the verdict was about. When the Deployment's
-    /// current revision is another one by the time Validate reads it (a
-    /// person deployed or undid meanwhile), the rollback is refused: a
-    /// verdict on one revision never rolls back another.
-    pub judged_hash: Option<String>,
-}
-
-impl RollbackRequest {
-    /// A request with nothing but the essentials; fill in the rest.
-    pub fn new(namespace: &str, name: &str, to: Target, trigger: Trigger) -> Self {
-        RollbackRequest {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            to,
-            trigger,
-            reason: None,
-            signals: Vec::new(),
-            dry_run: false,
-            rollout_started_at: None,
-            detected_at: None,
-            policy: None,
-            blocklisted_redeploy: false,
-            judged_hash: None,
-        }
-    }
-
-    pub fn target(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The pipeline's steps, as the audit log names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    Validate,
-    Backup,
-    Update,
-    Wait,
-    Verify,
-    Audit,
-    Notify,
-}
-
-impl Step {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Validate => "validate",
-            Step::Backup => "backup",
-            Step::Update => "update",
-            Step::Wait => "wait",
-            Step::Verify => "verify",
-            Step::Audit => "audit",
-            Step::Notify => "notify",
-        }
-    }
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOutcome {
-    Ok,
-    Refused,
-    Failed,
-    Conflict,
-    DryRun,
-}
-
-impl StepOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepOutcome::Ok => "ok",
-            StepOutcome::Refused => "refused",
-            StepOutcome::Failed => "failed",
-            StepOutcome::Conflict => "conflict",
-            StepOutcome::DryRun => "dry_run",
-        }
-    }
-}
-
-/// One step's outcome, as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepRecord {
-    pub step: Step,
-    pub outcome: StepOutcome,
-    /// One sentence.
-    pub summary: String,
-    pub details: Value,
-    pub at: String,
 }
 
 /// How the whole rollback ended.
@@ -436,42 +308,6 @@ pub fn policy_for(config: &Config, d: &Deployment) -> Policy {
     policy.dry_run |= config.watchdog.dry_run;
     policy.paused |= config.watchdog.paused;
     policy
-}
-
-/// A validated rollback, ready for Backup and Update.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub id: String,
-    pub request: RollbackRequest,
-    pub policy: Policy,
-    /// The Deployment as validated; its resourceVersion guards the patch.
-    pub deployment: Deployment,
-    pub from: RevisionRef,
-    pub to: RevisionRef,
-    /// The pod template the patch puts in place (no `pod-template-hash`).
-    pub template: Value,
-    pub reason: String,
-    pub dry_run: bool,
-    /// Things on-call should know ("the target was never verified").
-    pub notes: Vec<String>,
-    /// `namespace/name` of the backup, once written.
-    pub backup: Option<String>,
-    pub started: jiff::Timestamp,
-    pub steps: Vec<StepRecord>,
-    /// The JSON Patch sent, once sent.
-    pub patch: Vec<Value>,
-}
-
-impl Plan {
-    pub fn target(&self) -> String {
-        self.request.target()
-    }
-
-    /// Whether the rolled-back revision goes on the blocklist: not when a
-    /// person restores a backup (that undoes a rollback on purpose).
-    fn blocklists_from(&self) -> bool {
-        !matches!(self.request.trigger, Trigger::Restore { .. })
-    }
 }
 
 /// The pipeline. Build one per process (or per command) from a [`Context`].
@@ -737,103 +573,6 @@ fn without_replicas(d: &Deployment) -> Option<k8s_openapi::api::apps::v1::Deploy
     })
 }
 
-fn template_value(t: &PodTemplateSpec) -> Value {
-    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
-    if let Some(labels) = v
-        .pointer_mut("/metadata/labels")
-        .and_then(Value::as_object_mut)
-    {
-        labels.remove(keys::POD_TEMPLATE_HASH);
-    }
-    v
-}
-
-fn template_images(t: &PodTemplateSpec) -> Vec<String> {
-    t.spec
-        .as_ref()
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| c.image.clone().unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `image` with its tag (and any digest) replaced by `tag`.
-pub fn with_tag(image: &str, tag: &str) -> String {
-    let base = image.split('@').next().unwrap_or(image);
-    let slash = base.rfind('/').map(|i| i + 1).unwrap_or(0);
-    let repo = match base[slash..].rfind(':') {
-        Some(i) => &base[..slash + i],
-        None => base,
-    };
-    format!("{repo}:{tag}")
-}
-
-/// Docker's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub fn tag_is_well_formed(tag: &str) -> bool {
-    let first = tag
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-    first
-        && tag.len() <= 128
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-/// Which GitOps tool manages the Deployment, if any.
-pub fn gitops_manager(d: &Deployment) -> Option<String> {
-    let labels = d.labels();
-    let annotations = d.annotations();
-    if labels.contains_key("argocd.argoproj.io/instance") {
-        return Some("Argo CD (label argocd.argoproj.io/instance)".to_owned());
-    }
-    if labels.contains_key("app.kubernetes.io/instance")
-        && annotations
-            .keys()
-            .any(|k| k.starts_with("argocd.argoproj.io/"))
-    {
-        return Some(
-            "Argo CD (label app.kubernetes.io/instance with argocd.argoproj.io/ annotations)"
-                .to_owned(),
-        );
-    }
-    for key in [
-        "kustomize.toolkit.fluxcd.io/name",
-        "helm.toolkit.fluxcd.io/name",
-    ] {
-        if labels.contains_key(key) {
-            return Some(format!("Flux (label {key})"));
-        }
-    }
-    None
-}
-
-/// The revision is marked irreversible on its ReplicaSet or pod template.
-fn is_irreversible(d: &Deployment, rs: Option<&ReplicaSet>) -> bool {
-    let yes = |m: Option<&BTreeMap<String, String>>| {
-        m.and_then(|a| a.get(IRREVERSIBLE)).map(|v| v.trim()) == Some("true")
-    };
-    let rs_yes = rs.is_some_and(|rs| {
-        yes(rs.metadata.annotations.as_ref())
-            || yes(rs
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.as_ref())
-                .and_then(|t| t.metadata.as_ref())
-                .and_then(|m| m.annotations.as_ref()))
-    });
-    rs_yes
-        || yes(d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref()))
-}
-
 fn pod_running_and_ready(p: &Pod) -> bool {
     let status = p.status.as_ref();
     status.and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -889,42 +628,9 @@ pub fn rfc3339(t: jiff::Timestamp) -> String {
     t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string()
 }
 
-fn add(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
-    jiff::SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_add(d).ok())
-        .unwrap_or(jiff::Timestamp::MAX)
-}
-
-fn sub(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
-    jiff::SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_sub(d).ok())
-        .unwrap_or(jiff::Timestamp::MIN)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_tag_replaces_the_tag_and_digest_but_keeps_the_registry_port() {
-        assert_eq!(
-            with_tag("kailash-kaizen:v2", "v1.2.3"),
-            "kailash-kaizen:v1.2.3"
-        );
-        assert_eq!(
-            with_tag("registry:5000/team/web", "v1"),
-            "registry:5000/team/web:v1"
-        );
-        assert_eq!(
-            with_tag("ghcr.io/o/web:v2@sha256:abc", "v1"),
-            "ghcr.io/o/web:v1"
-        );
-        assert!(tag_is_well_formed("v1.2.3"));
-        assert!(!tag_is_well_formed("-v1"));
-        assert!(!tag_is_well_formed("v1 2"));
-    }
 
     #[test]
     fn annotation_keys_are_escaped_as_json_pointers() {
@@ -933,25 +639,5 @@ mod tests {
             "kubernetes.io~1change-cause"
         );
         assert_eq!(escape_pointer("a~b/c"), "a~0b~1c");
-    }
-
-    #[test]
-    fn gitops_labels_are_recognised() {
-        let mut d = Deployment::default();
-        assert!(gitops_manager(&d).is_none());
-        d.metadata.labels = Some(
-            [(
-                "kustomize.toolkit.fluxcd.io/name".to_string(),
-                "apps".to_string(),
-            )]
-            .into(),
-        );
-        assert!(gitops_manager(&d).unwrap().starts_with("Flux"));
-        d.metadata.labels =
-            Some([("app.kubernetes.io/instance".to_string(), "web".to_string())].into());
-        assert!(gitops_manager(&d).is_none());
-        d.metadata.annotations =
-            Some([("argocd.argoproj.io/sync-wave".to_string(), "1".to_string())].into());
-        assert!(gitops_manager(&d).unwrap().starts_with("Argo CD"));
     }
 }

@@ -1,0 +1,139 @@
+//! What a rollback is asked to do, and what the Deployment records of the
+//! watchdog's own rollbacks: the one in flight and the times of past ones.
+//! The pipeline writes those records; the plan's rules (in flight,
+//! cooldown, budget) are judged on them. Reading never fails the caller.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Policy;
+use crate::k8s::keys::{IN_FLIGHT, ROLLBACKS};
+use crate::report::incident::{RevisionRef, Trigger};
+use crate::signals::SignalResult;
+
+/// What to roll back to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The last known-good revision, else the highest older revision that
+    /// is not blocklisted.
+    Previous,
+    /// A revision number, as `kubectl rollout history` lists it.
+    Revision(i64),
+    /// `kubectl set image` semantics: this tag on the named container, or on
+    /// the only one.
+    ImageTag {
+        container: Option<String>,
+        tag: String,
+    },
+    /// A pod template from a backup (`restore`).
+    Template {
+        backup: String,
+        template: Box<PodTemplateSpec>,
+    },
+}
+
+/// One request to roll a Deployment back.
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    pub namespace: String,
+    pub name: String,
+    pub to: Target,
+    pub trigger: Trigger,
+    /// Why, in one sentence; derived from the failing signals when None.
+    pub reason: Option<String>,
+    /// The failing signals behind the decision.
+    pub signals: Vec<SignalResult>,
+    /// Validate and report the patch only (ORed with the policy's and the
+    /// global `dry_run`).
+    pub dry_run: bool,
+    pub rollout_started_at: Option<jiff::Timestamp>,
+    pub detected_at: Option<jiff::Timestamp>,
+    /// The target's effective policy (the run loop has it); None: resolved
+    /// from the config like the run loop would.
+    pub policy: Option<Policy>,
+    /// The bad revision re-deploys a blocklisted template (flagged in the
+    /// notifications).
+    pub blocklisted_redeploy: bool,
+    /// The `pod-template-hash` the verdict was about. When the Deployment's
+    /// current revision is another one by the time Validate reads it (a
+    /// person deployed or undid meanwhile), the rollback is refused: a
+    /// verdict on one revision never rolls back another.
+    pub judged_hash: Option<String>,
+}
+
+impl RollbackRequest {
+    /// A request with nothing but the essentials; fill in the rest.
+    pub fn new(namespace: &str, name: &str, to: Target, trigger: Trigger) -> Self {
+        RollbackRequest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            to,
+            trigger,
+            reason: None,
+            signals: Vec::new(),
+            dry_run: false,
+            rollout_started_at: None,
+            detected_at: None,
+            policy: None,
+            blocklisted_redeploy: false,
+            judged_hash: None,
+        }
+    }
+
+    pub fn target(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The in-flight record kept in [`IN_FLIGHT`] from the patch until the
+/// pipeline finishes: enough to resume at Wait/Verify after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    pub id: String,
+    /// The next step: always `wait` (Wait then Verify).
+    pub step: String,
+    pub trigger: Trigger,
+    pub reason: String,
+    pub from: RevisionRef,
+    pub to: RevisionRef,
+    /// The backup ConfigMap, `namespace/name`.
+    pub backup: Option<String>,
+    /// When the pipeline started, RFC 3339.
+    pub started: String,
+    /// The Deployment's generation our patch produced: a higher one means
+    /// someone changed it after us.
+    pub generation: i64,
+    #[serde(default)]
+    pub rollout_started_at: Option<String>,
+    #[serde(default)]
+    pub detected_at: Option<String>,
+    /// The failing signals as sentences.
+    #[serde(default)]
+    pub measured: Vec<String>,
+}
+
+/// The in-flight record on a Deployment: None without one (or with an
+/// empty annotation), the parse error when the annotation is not a record.
+pub fn read_in_flight(d: &Deployment) -> Result<Option<InFlight>, serde_json::Error> {
+    match annotation(d, IN_FLIGHT) {
+        None => Ok(None),
+        Some(t) if t.trim().is_empty() => Ok(None),
+        Some(t) => serde_json::from_str(t).map(Some),
+    }
+}
+
+/// Times of the watchdog's rollbacks recorded on a Deployment.
+pub fn rollbacks_of(d: &Deployment) -> Vec<jiff::Timestamp> {
+    annotation(d, ROLLBACKS)
+        .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+pub(crate) fn annotation<'a>(d: &'a Deployment, key: &str) -> Option<&'a String> {
+    d.metadata.annotations.as_ref().and_then(|a| a.get(key))
+}
