@@ -2,6 +2,7 @@
 //! admin server, the start-up self-check and logging.
 
 pub mod admin;
+pub mod app;
 pub mod daemon;
 pub mod lease;
 pub mod selfcheck;
