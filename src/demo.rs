@@ -686,54 +686,13 @@ async fn summary(
     watch: &Watcher,
 ) -> Result<DemoReport, DemoError> {
     let incident = &outcome.incident;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SEED_NAMESPACE);
-    let d = bounded(
-        &format!("read {SEED_NAMESPACE}/{SEED_DEPLOYMENT}"),
-        deployments.get(SEED_DEPLOYMENT),
-    )
-    .await?;
-    let final_image = first_image(&d);
-    if final_image != SEED_IMAGE {
-        return Err(DemoError::NotVerified(format!(
-            "the Deployment's template runs {final_image}, not {SEED_IMAGE}"
-        )));
-    }
-
-    // The backup: the full v2 Deployment and the rollback record.
-    let backup = incident
-        .backup
-        .clone()
-        .ok_or_else(|| DemoError::NotVerified("the incident names no backup ConfigMap".into()))?;
-    let (backup_ns, backup_name) = backup
-        .split_once('/')
-        .unwrap_or((WATCHDOG_NAMESPACE, backup.as_str()));
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), backup_ns);
-    let cm = bounded(
-        &format!("read the backup ConfigMap {backup}"),
-        configmaps.get(backup_name),
-    )
-    .await?;
-    let data = cm.data.unwrap_or_default();
-    let saved: Option<Deployment> = data
-        .get("deployment.json")
-        .and_then(|s| serde_json::from_str(s).ok());
-    let Some(saved) = saved else {
-        return Err(DemoError::NotVerified(format!(
-            "the backup ConfigMap {backup} holds no readable deployment.json"
-        )));
-    };
-    let saved_image = first_image(&saved);
-    if saved_image != bad {
-        return Err(DemoError::NotVerified(format!(
-            "the backup ConfigMap {backup} holds a Deployment running {saved_image}, not {bad}"
-        )));
-    }
-    let bad_hash = incident
-        .from
-        .as_ref()
-        .map(|f| f.pod_template_hash.clone())
-        .unwrap_or_default();
-    let blocklisted = crate::observe::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
+    let ReadBack {
+        final_image,
+        backup,
+        saved,
+        saved_image,
+        blocklisted,
+    } = read_back(client, incident, bad).await?;
 
     let detect = incident.time_to_detect().or_else(|| {
         watch
@@ -742,34 +701,13 @@ async fn summary(
     });
     let recover = incident.time_to_recover();
     let secs = |s: Option<f64>| s.map_or("unknown".to_string(), |s| format!("{s:.1}s"));
-    let revision = |r: Option<&crate::report::incident::RevisionRef>| {
-        r.map_or("unknown".to_string(), |r| {
-            let mark = if r.known_good { ", known-good" } else { "" };
-            format!(
-                "revision {} ({}, pod-template-hash {}{mark})",
-                r.revision,
-                r.images.join(", "),
-                r.pod_template_hash
-            )
-        })
-    };
     let (from, to) = (
-        revision(incident.from.as_ref()),
-        revision(incident.to.as_ref()),
+        describe_revision(incident.from.as_ref()),
+        describe_revision(incident.to.as_ref()),
     );
     let audit = &feeds.audit;
     let slack_messages = feeds.shown_messages;
-    let told: Vec<String> = emitted
-        .iter()
-        .map(|i| {
-            let how = feeds
-                .deliveries
-                .iter()
-                .find(|d| d.incident_id == i.id && d.kind == i.kind)
-                .map_or("no delivery outcome yet", |d| d.result.label());
-            format!("{} {how}", i.kind.as_str())
-        })
-        .collect();
+    let told = told(emitted, feeds);
     let audit_lines = audit.lines.len();
     let audit_steps: Vec<&str> = audit.lines.iter().map(|l| l.step.as_str()).collect();
 
@@ -859,6 +797,110 @@ async fn summary(
         rollbacks_metric: scrape.rollbacks.clone(),
         metrics_file: scrape.file.clone(),
     })
+}
+
+/// What the demo read back from the cluster after the rollback.
+struct ReadBack {
+    /// The Deployment's image now.
+    final_image: String,
+    /// The backup ConfigMap, as NAMESPACE/NAME.
+    backup: String,
+    /// The Deployment as the backup holds it.
+    saved: Deployment,
+    saved_image: String,
+    blocklisted: Option<crate::observe::blocklist::Entry>,
+}
+
+/// Reads back what a user would check: the Deployment runs v1 again, the
+/// backup holds the bad Deployment, and the bad revision is blocklisted.
+async fn read_back(
+    client: &kube::Client,
+    incident: &Incident,
+    bad: &str,
+) -> Result<ReadBack, DemoError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SEED_NAMESPACE);
+    let d = bounded(
+        &format!("read {SEED_NAMESPACE}/{SEED_DEPLOYMENT}"),
+        deployments.get(SEED_DEPLOYMENT),
+    )
+    .await?;
+    let final_image = first_image(&d);
+    if final_image != SEED_IMAGE {
+        return Err(DemoError::NotVerified(format!(
+            "the Deployment's template runs {final_image}, not {SEED_IMAGE}"
+        )));
+    }
+
+    // The backup: the full v2 Deployment and the rollback record.
+    let backup = incident
+        .backup
+        .clone()
+        .ok_or_else(|| DemoError::NotVerified("the incident names no backup ConfigMap".into()))?;
+    let (backup_ns, backup_name) = backup
+        .split_once('/')
+        .unwrap_or((WATCHDOG_NAMESPACE, backup.as_str()));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), backup_ns);
+    let cm = bounded(
+        &format!("read the backup ConfigMap {backup}"),
+        configmaps.get(backup_name),
+    )
+    .await?;
+    let data = cm.data.unwrap_or_default();
+    let saved: Option<Deployment> = data
+        .get("deployment.json")
+        .and_then(|s| serde_json::from_str(s).ok());
+    let Some(saved) = saved else {
+        return Err(DemoError::NotVerified(format!(
+            "the backup ConfigMap {backup} holds no readable deployment.json"
+        )));
+    };
+    let saved_image = first_image(&saved);
+    if saved_image != bad {
+        return Err(DemoError::NotVerified(format!(
+            "the backup ConfigMap {backup} holds a Deployment running {saved_image}, not {bad}"
+        )));
+    }
+    let bad_hash = incident
+        .from
+        .as_ref()
+        .map(|f| f.pod_template_hash.clone())
+        .unwrap_or_default();
+    let blocklisted = crate::observe::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
+    Ok(ReadBack {
+        final_image,
+        backup,
+        saved,
+        saved_image,
+        blocklisted,
+    })
+}
+
+/// `revision N (images, pod-template-hash H, known-good)`.
+fn describe_revision(r: Option<&crate::report::incident::RevisionRef>) -> String {
+    r.map_or("unknown".to_string(), |r| {
+        let mark = if r.known_good { ", known-good" } else { "" };
+        format!(
+            "revision {} ({}, pod-template-hash {}{mark})",
+            r.revision,
+            r.images.join(", "),
+            r.pod_template_hash
+        )
+    })
+}
+
+/// Each decision told, with what became of its delivery.
+fn told(emitted: &[Incident], feeds: &Feeds) -> Vec<String> {
+    emitted
+        .iter()
+        .map(|i| {
+            let how = feeds
+                .deliveries
+                .iter()
+                .find(|d| d.incident_id == i.id && d.kind == i.kind)
+                .map_or("no delivery outcome yet", |d| d.result.label());
+            format!("{} {how}", i.kind.as_str())
+        })
+        .collect()
 }
 
 fn result_word(result: RollbackResult) -> &'static str {
