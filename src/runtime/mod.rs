@@ -1,5 +1,6 @@
-//! The process around the decisions: the run loop, leader election, the
-//! admin server, the start-up self-check and logging.
+//! The process around the decisions: the run loop and the one place that
+//! assembles it (`app`), leader election, the admin server, the start-up
+//! self-check and logging.
 
 pub mod admin;
 pub mod app;
