@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,16 +21,14 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::config::{ConfigError, Loader, MissingSecrets};
+use crate::config::{Config, ConfigError, Loader, MissingSecrets};
 use crate::decide::judge::Verdict;
 use crate::observe::revision::first_image;
 use crate::pipeline::{self, RollbackError, RollbackOutcome, RollbackResult};
 use crate::report::incident::{Collected, Incident, IncidentSink};
-use crate::report::metrics::Metrics;
-use crate::report::notify::{
-    DeliveryOutcome, DeliveryResult, MetricsObserver, Notifier, NotifyError,
-};
-use crate::runtime::admin::{self, AdminState};
+use crate::report::notify::{DeliveryOutcome, DeliveryResult, Notifier, NotifyError};
+use crate::runtime::admin::{self, AdminError, AdminServer};
+use crate::runtime::app::{App, AppError, PipelineOptions, Record};
 use crate::runtime::daemon::{Daemon, DaemonError, Evaluation};
 use crate::signals::Outcome;
 use crate::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
@@ -80,6 +79,8 @@ const OVERALL_LIMIT: Duration = Duration::from_secs(150);
 /// Prometheus is killed after this whatever happens (its guard also kills
 /// it as soon as this process is gone).
 const PROMETHEUS_LIFETIME: Duration = Duration::from_secs(180);
+/// Where the watchdog's admin server listens: a free loopback port.
+const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -99,6 +100,8 @@ pub enum DemoError {
     Daemon(#[from] DaemonError),
     #[error("cannot build the rollback pipeline: {0}")]
     Pipeline(#[source] RollbackError),
+    #[error(transparent)]
+    Watchdog(AppError),
     #[error("the simulated API server refused to {what}: {source}")]
     Kube {
         what: String,
@@ -117,6 +120,18 @@ pub enum DemoError {
     },
     #[error("the rollback reported success, but {0}")]
     NotVerified(String),
+}
+
+impl From<AppError> for DemoError {
+    /// The demo's own words for what it assembles itself.
+    fn from(e: AppError) -> DemoError {
+        match e {
+            AppError::Notify(e) => DemoError::Notify(e),
+            AppError::Pipeline(e) => DemoError::Pipeline(e),
+            AppError::Daemon(e) => DemoError::Daemon(e),
+            other => DemoError::Watchdog(other),
+        }
+    }
 }
 
 /// What the demo can be told.
@@ -186,7 +201,7 @@ impl Parts {
             n.shutdown(Duration::from_secs(2)).await;
         }
         if let Some(a) = self.admin.take() {
-            a.stop().await;
+            a.stop(Duration::from_secs(3)).await;
         }
         if let Some(mut p) = self.prometheus.take() {
             p.stop().await;
@@ -205,7 +220,87 @@ async fn story(
     options: &DemoOptions,
     parts: &mut Parts,
 ) -> Result<DemoReport, DemoError> {
-    // 1. The cluster, Prometheus (or why not), the Slack receiver.
+    let stage = set_stage(tl, options, parts).await?;
+    let with_prometheus = stage.prometheus_url.is_some();
+    let mut w = start_watchdog(tl, &stage, parts).await?;
+    let mut watch = Watcher::new(w.config.defaults.failure_threshold);
+    let feeds = Feeds::start(
+        tl,
+        AuditTail::new(&w.audit_path),
+        stage.messages.clone(),
+        w.deliveries.clone(),
+    );
+    wait_known_good(tl, &mut w.daemon, &mut watch).await?;
+
+    // 4. The bad v2.
+    let bad = if with_prometheus { V2_ERRORS } else { V2_CRASH };
+    let what = if with_prometheus {
+        "30 % of its requests answer 5xx"
+    } else {
+        "every pod crash-loops"
+    };
+    deploy(&stage.client, bad).await?;
+    let deployed = Instant::now();
+    tl.say(format!(
+        "deploying {bad} ({what}), like `kubectl set image deployment/{SEED_DEPLOYMENT} app={bad}`"
+    ));
+    let outcome = wait_rolled_back(tl, &mut w.daemon, &mut watch, bad, deployed).await?;
+    feeds.poll(tl);
+    tl.say(format!(
+        "rollback finished: {}",
+        outcome
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.step.as_str(), s.outcome.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    // Every decision handed to the notifier has been dealt with (bounded).
+    let emitted = w.collected.all();
+    let wait_until = Instant::now() + DELIVERY_LIMIT;
+    while lock(&w.deliveries).len() < emitted.len() && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let feeds = feeds.stop(tl).await;
+    if feeds.shown_messages == 0 {
+        return Err(DemoError::NotVerified(
+            "no Slack message reached the local receiver".into(),
+        ));
+    }
+
+    // 6. Read back what a user would check, and the summary.
+    let scrape = scrape_metrics(&w.metrics_url, &w.dir).await?;
+    summary(
+        tl,
+        &stage.client,
+        &outcome,
+        &emitted,
+        &feeds,
+        &scrape,
+        bad,
+        with_prometheus,
+        deployed,
+        &watch,
+    )
+    .await
+}
+
+/// What the watchdog runs against: the simulated cluster, Prometheus (or
+/// not) and the Slack receiver.
+struct Stage {
+    client: kube::Client,
+    prometheus_url: Option<String>,
+    receiver_url: String,
+    messages: Arc<Mutex<Vec<Value>>>,
+}
+
+/// Step 1: the cluster, Prometheus (or why not), the Slack receiver.
+async fn set_stage(
+    tl: &Timeline,
+    options: &DemoOptions,
+    parts: &mut Parts,
+) -> Result<Stage, DemoError> {
     let sim = parts.sim.insert(
         SimCluster::start(SimOptions {
             seed: true,
@@ -247,14 +342,40 @@ async fn story(
             }
         }
     };
-    let with_prometheus = prometheus_url.is_some();
     let receiver = parts.receiver.insert(Receiver::start().await?);
     tl.say(format!(
         "Slack receiver listening at {} (stands in for hooks.slack.com)",
         receiver.url
     ));
+    Ok(Stage {
+        client,
+        prometheus_url,
+        receiver_url: receiver.url.clone(),
+        messages: receiver.messages.clone(),
+    })
+}
 
-    // 2. The watchdog: config, notifier, run loop with its pipeline.
+/// The watchdog as the demo runs it, and what the demo reads of it.
+struct Watchdog {
+    config: Arc<Config>,
+    daemon: Daemon,
+    /// Every decision handed to the notifier.
+    collected: Collected,
+    /// The notifier's delivery outcomes.
+    deliveries: Arc<Mutex<Vec<DeliveryOutcome>>>,
+    /// The demo's directory, kept after it: the audit log, the scrape.
+    dir: PathBuf,
+    audit_path: PathBuf,
+    metrics_url: String,
+}
+
+/// Step 2, the watchdog: config, notifier, admin server, run loop with
+/// its pipeline, assembled as `run` assembles it.
+async fn start_watchdog(
+    tl: &Timeline,
+    stage: &Stage,
+    parts: &mut Parts,
+) -> Result<Watchdog, DemoError> {
     let dir = tempfile::Builder::new()
         .prefix("rollback-watchdog-demo-")
         .tempdir()
@@ -263,10 +384,10 @@ async fn story(
     let dir = dir.keep();
     let audit_path = dir.join("audit.jsonl");
     let text = config_toml(
-        prometheus_url.as_deref().unwrap_or(&closed_port()),
-        with_prometheus,
+        stage.prometheus_url.as_deref().unwrap_or(&closed_port()),
+        stage.prometheus_url.is_some(),
         &audit_path,
-        &receiver.url,
+        &stage.receiver_url,
     );
     let config = Loader::from_toml(text)
         .env(Vec::<(String, String)>::new())
@@ -275,75 +396,88 @@ async fn story(
         .map_err(DemoError::Config)?
         .config;
     let config = Arc::new(config);
-    let (metrics, registry) = Metrics::new();
+    let app = App::new(config.clone(), stage.client.clone());
     // One process, no election: it acts, as `run` does standalone.
-    metrics.leader.set(1);
+    app.metrics().leader.set(1);
     let deliveries: Arc<Mutex<Vec<DeliveryOutcome>>> = Arc::default();
     let observed = deliveries.clone();
-    let notifier = Arc::new(
-        Notifier::builder(&config.notify)
-            .observer(MetricsObserver(metrics.clone()))
-            .observer(move |o: &DeliveryOutcome| {
-                lock(&observed).push(o.clone());
-            })
-            .start()
-            .map_err(DemoError::Notify)?,
-    );
-    metrics.set_sinks(&notifier.sink_names());
+    let notifier = Arc::new(app.notifier(Record::InMemory(Arc::new(
+        move |o: &DeliveryOutcome| lock(&observed).push(o.clone()),
+    )))?);
     parts.notifier = Some(notifier.clone());
     let collected = Collected::default();
     let sink: Arc<dyn IncidentSink> =
         Arc::new(Fanout(vec![Arc::new(collected.clone()), notifier.clone()]));
-    let admin = AdminState::new(registry, Duration::from_secs(5));
-    let admin_server = parts.admin.insert(AdminServer::start(admin.clone()).await?);
-    let metrics_url = format!("{}/metrics", admin_server.url);
+    let admin_server =
+        parts
+            .admin
+            .insert(
+                admin::start(LOOPBACK, app.admin().clone())
+                    .await
+                    .map_err(|e| match e {
+                        AdminError::Bind { source, .. } | AdminError::LocalAddr(source) => {
+                            DemoError::Admin(source)
+                        }
+                    })?,
+            );
+    let metrics_url = format!("{}/metrics", admin_server.url());
     tl.say(format!(
         "the watchdog's admin endpoints at {} (/readyz, /status, /metrics) while the demo runs",
-        admin_server.url
+        admin_server.url()
     ));
     let progress_tl = tl.clone();
     let last_progress = Mutex::new(String::new());
-    let ctx = pipeline::Context::new(client.clone(), config.clone(), sink.clone())
-        .map_err(DemoError::Pipeline)?
-        .with_poll_interval(Duration::from_millis(250))
-        .with_progress(Arc::new(move |p: &pipeline::Progress| {
-            let line = p.to_string();
-            let mut last = last_progress.lock().unwrap_or_else(|e| e.into_inner());
-            if *last != line {
-                progress_tl.say(format!("  rollout {line}"));
-                *last = line;
-            }
-        }));
-    let mut daemon = Daemon::new(config.clone(), client.clone(), metrics, admin)?
-        .with_pipeline_context(ctx, sink);
+    let progress = Arc::new(move |p: &pipeline::Progress| {
+        let line = p.to_string();
+        let mut last = last_progress.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != line {
+            progress_tl.say(format!("  rollout {line}"));
+            *last = line;
+        }
+    });
+    let daemon = app
+        .daemon()
+        .pipeline(
+            PipelineOptions::new(sink)
+                .poll_interval(Duration::from_millis(250))
+                .progress(progress),
+        )
+        .build()?;
     daemon.wait_synced(SYNC_LIMIT).await?;
     let policy = &config.defaults;
     tl.say(format!(
         "watchdog running: ticks every {}, watch window {WATCH_WINDOW}, Bad after {} failing ticks in a row; signals: {}",
         humantime::format_duration(config.watchdog.interval),
         policy.failure_threshold,
-        if with_prometheus {
+        if stage.prometheus_url.is_some() {
             "error ratio and latency (Prometheus), pods, health of each pod"
         } else {
             "pods, health of each pod"
         }
     ));
+    Ok(Watchdog {
+        config,
+        daemon,
+        collected,
+        deliveries,
+        dir,
+        audit_path,
+        metrics_url,
+    })
+}
 
-    let mut watch = Watcher::new(policy.failure_threshold);
-    let feeds = Feeds::start(
-        tl,
-        AuditTail::new(&audit_path),
-        receiver.messages.clone(),
-        deliveries.clone(),
-    );
-
-    // 3. v1 becomes known-good.
+/// Step 3: v1 becomes known-good.
+async fn wait_known_good(
+    tl: &Timeline,
+    daemon: &mut Daemon,
+    watch: &mut Watcher,
+) -> Result<(), DemoError> {
     let limit = Instant::now() + KNOWN_GOOD_LIMIT;
     loop {
-        let e = tick(&mut daemon).await?;
+        let e = tick(daemon).await?;
         watch.observe(tl, &e);
         if e.state.known_good.as_ref().is_some_and(|k| k.revision == 1) {
-            break;
+            return Ok(());
         }
         if Instant::now() >= limit {
             return Err(DemoError::TimedOut(format!(
@@ -354,27 +488,23 @@ async fn story(
         }
         tokio::time::sleep(TICK).await;
     }
+}
 
-    // 4. The bad v2.
-    let bad = if with_prometheus { V2_ERRORS } else { V2_CRASH };
-    let what = if with_prometheus {
-        "30 % of its requests answer 5xx"
-    } else {
-        "every pod crash-loops"
-    };
-    deploy(&client, bad).await?;
-    let deployed = Instant::now();
-    tl.say(format!(
-        "deploying {bad} ({what}), like `kubectl set image deployment/{SEED_DEPLOYMENT} app={bad}`"
-    ));
-
-    // 5. The loop judges, the pipeline rolls back; print as it happens.
+/// Step 5: the loop judges the bad release, the pipeline rolls it back;
+/// what happens is printed as it happens. Ok only for a verified rollback.
+async fn wait_rolled_back(
+    tl: &Timeline,
+    daemon: &mut Daemon,
+    watch: &mut Watcher,
+    bad: &str,
+    deployed: Instant,
+) -> Result<RollbackOutcome, DemoError> {
     let limit = deployed + ROLLBACK_LIMIT;
     let mut next_tick = Instant::now();
     let outcome: RollbackOutcome = loop {
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + TICK;
-            let e = tick(&mut daemon).await?;
+            let e = tick(daemon).await?;
             watch.observe(tl, &e);
             if daemon.pipelines_running() && !watch.pipeline_seen {
                 watch.pipeline_seen = true;
@@ -414,45 +544,7 @@ async fn story(
                 .join("; "),
         });
     }
-    feeds.poll(tl);
-    tl.say(format!(
-        "rollback finished: {}",
-        outcome
-            .steps
-            .iter()
-            .map(|s| format!("{} {}", s.step.as_str(), s.outcome.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-
-    // Every decision handed to the notifier has been dealt with (bounded).
-    let emitted = collected.all();
-    let wait_until = Instant::now() + DELIVERY_LIMIT;
-    while lock(&deliveries).len() < emitted.len() && Instant::now() < wait_until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let feeds = feeds.stop(tl).await;
-    if feeds.shown_messages == 0 {
-        return Err(DemoError::NotVerified(
-            "no Slack message reached the local receiver".into(),
-        ));
-    }
-
-    // 6. Read back what a user would check, and the summary.
-    let scrape = scrape_metrics(&metrics_url, &dir).await?;
-    summary(
-        tl,
-        &client,
-        &outcome,
-        &emitted,
-        &feeds,
-        &scrape,
-        bad,
-        with_prometheus,
-        deployed,
-        &watch,
-    )
-    .await
+    Ok(outcome)
 }
 
 /// What `/metrics` said at the end of the story.
@@ -505,13 +597,6 @@ async fn scrape_metrics(url: &str, dir: &Path) -> Result<Scrape, DemoError> {
     })
 }
 
-/// The watchdog's admin server on a free loopback port, for the demo's
-/// duration.
-struct AdminServer {
-    url: String,
-    served: Served<std::io::Result<()>>,
-}
-
 /// A server task that stops gracefully when told, or is aborted after 3 s.
 struct Served<T> {
     stop: Option<oneshot::Sender<()>>,
@@ -529,30 +614,6 @@ impl<T> Served<T> {
         {
             self.task.abort();
         }
-    }
-}
-
-impl AdminServer {
-    async fn start(state: AdminState) -> Result<AdminServer, DemoError> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(DemoError::Admin)?;
-        let addr = listener.local_addr().map_err(DemoError::Admin)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(admin::serve(listener, state, async move {
-            let _ = stopped.await;
-        }));
-        Ok(AdminServer {
-            url: format!("http://{addr}"),
-            served: Served {
-                stop: Some(stop),
-                task,
-            },
-        })
-    }
-
-    async fn stop(self) {
-        self.served.stop().await;
     }
 }
 
@@ -625,54 +686,13 @@ async fn summary(
     watch: &Watcher,
 ) -> Result<DemoReport, DemoError> {
     let incident = &outcome.incident;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SEED_NAMESPACE);
-    let d = bounded(
-        &format!("read {SEED_NAMESPACE}/{SEED_DEPLOYMENT}"),
-        deployments.get(SEED_DEPLOYMENT),
-    )
-    .await?;
-    let final_image = first_image(&d);
-    if final_image != SEED_IMAGE {
-        return Err(DemoError::NotVerified(format!(
-            "the Deployment's template runs {final_image}, not {SEED_IMAGE}"
-        )));
-    }
-
-    // The backup: the full v2 Deployment and the rollback record.
-    let backup = incident
-        .backup
-        .clone()
-        .ok_or_else(|| DemoError::NotVerified("the incident names no backup ConfigMap".into()))?;
-    let (backup_ns, backup_name) = backup
-        .split_once('/')
-        .unwrap_or((WATCHDOG_NAMESPACE, backup.as_str()));
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), backup_ns);
-    let cm = bounded(
-        &format!("read the backup ConfigMap {backup}"),
-        configmaps.get(backup_name),
-    )
-    .await?;
-    let data = cm.data.unwrap_or_default();
-    let saved: Option<Deployment> = data
-        .get("deployment.json")
-        .and_then(|s| serde_json::from_str(s).ok());
-    let Some(saved) = saved else {
-        return Err(DemoError::NotVerified(format!(
-            "the backup ConfigMap {backup} holds no readable deployment.json"
-        )));
-    };
-    let saved_image = first_image(&saved);
-    if saved_image != bad {
-        return Err(DemoError::NotVerified(format!(
-            "the backup ConfigMap {backup} holds a Deployment running {saved_image}, not {bad}"
-        )));
-    }
-    let bad_hash = incident
-        .from
-        .as_ref()
-        .map(|f| f.pod_template_hash.clone())
-        .unwrap_or_default();
-    let blocklisted = crate::observe::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
+    let ReadBack {
+        final_image,
+        backup,
+        saved,
+        saved_image,
+        blocklisted,
+    } = read_back(client, incident, bad).await?;
 
     let detect = incident.time_to_detect().or_else(|| {
         watch
@@ -681,34 +701,13 @@ async fn summary(
     });
     let recover = incident.time_to_recover();
     let secs = |s: Option<f64>| s.map_or("unknown".to_string(), |s| format!("{s:.1}s"));
-    let revision = |r: Option<&crate::report::incident::RevisionRef>| {
-        r.map_or("unknown".to_string(), |r| {
-            let mark = if r.known_good { ", known-good" } else { "" };
-            format!(
-                "revision {} ({}, pod-template-hash {}{mark})",
-                r.revision,
-                r.images.join(", "),
-                r.pod_template_hash
-            )
-        })
-    };
     let (from, to) = (
-        revision(incident.from.as_ref()),
-        revision(incident.to.as_ref()),
+        describe_revision(incident.from.as_ref()),
+        describe_revision(incident.to.as_ref()),
     );
     let audit = &feeds.audit;
     let slack_messages = feeds.shown_messages;
-    let told: Vec<String> = emitted
-        .iter()
-        .map(|i| {
-            let how = feeds
-                .deliveries
-                .iter()
-                .find(|d| d.incident_id == i.id && d.kind == i.kind)
-                .map_or("no delivery outcome yet", |d| d.result.label());
-            format!("{} {how}", i.kind.as_str())
-        })
-        .collect();
+    let told = told(emitted, feeds);
     let audit_lines = audit.lines.len();
     let audit_steps: Vec<&str> = audit.lines.iter().map(|l| l.step.as_str()).collect();
 
@@ -798,6 +797,110 @@ async fn summary(
         rollbacks_metric: scrape.rollbacks.clone(),
         metrics_file: scrape.file.clone(),
     })
+}
+
+/// What the demo read back from the cluster after the rollback.
+struct ReadBack {
+    /// The Deployment's image now.
+    final_image: String,
+    /// The backup ConfigMap, as NAMESPACE/NAME.
+    backup: String,
+    /// The Deployment as the backup holds it.
+    saved: Deployment,
+    saved_image: String,
+    blocklisted: Option<crate::observe::blocklist::Entry>,
+}
+
+/// Reads back what a user would check: the Deployment runs v1 again, the
+/// backup holds the bad Deployment, and the bad revision is blocklisted.
+async fn read_back(
+    client: &kube::Client,
+    incident: &Incident,
+    bad: &str,
+) -> Result<ReadBack, DemoError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SEED_NAMESPACE);
+    let d = bounded(
+        &format!("read {SEED_NAMESPACE}/{SEED_DEPLOYMENT}"),
+        deployments.get(SEED_DEPLOYMENT),
+    )
+    .await?;
+    let final_image = first_image(&d);
+    if final_image != SEED_IMAGE {
+        return Err(DemoError::NotVerified(format!(
+            "the Deployment's template runs {final_image}, not {SEED_IMAGE}"
+        )));
+    }
+
+    // The backup: the full v2 Deployment and the rollback record.
+    let backup = incident
+        .backup
+        .clone()
+        .ok_or_else(|| DemoError::NotVerified("the incident names no backup ConfigMap".into()))?;
+    let (backup_ns, backup_name) = backup
+        .split_once('/')
+        .unwrap_or((WATCHDOG_NAMESPACE, backup.as_str()));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), backup_ns);
+    let cm = bounded(
+        &format!("read the backup ConfigMap {backup}"),
+        configmaps.get(backup_name),
+    )
+    .await?;
+    let data = cm.data.unwrap_or_default();
+    let saved: Option<Deployment> = data
+        .get("deployment.json")
+        .and_then(|s| serde_json::from_str(s).ok());
+    let Some(saved) = saved else {
+        return Err(DemoError::NotVerified(format!(
+            "the backup ConfigMap {backup} holds no readable deployment.json"
+        )));
+    };
+    let saved_image = first_image(&saved);
+    if saved_image != bad {
+        return Err(DemoError::NotVerified(format!(
+            "the backup ConfigMap {backup} holds a Deployment running {saved_image}, not {bad}"
+        )));
+    }
+    let bad_hash = incident
+        .from
+        .as_ref()
+        .map(|f| f.pod_template_hash.clone())
+        .unwrap_or_default();
+    let blocklisted = crate::observe::blocklist::is_blocklisted(&d, &bad_hash, &[bad.to_string()]);
+    Ok(ReadBack {
+        final_image,
+        backup,
+        saved,
+        saved_image,
+        blocklisted,
+    })
+}
+
+/// `revision N (images, pod-template-hash H, known-good)`.
+fn describe_revision(r: Option<&crate::report::incident::RevisionRef>) -> String {
+    r.map_or("unknown".to_string(), |r| {
+        let mark = if r.known_good { ", known-good" } else { "" };
+        format!(
+            "revision {} ({}, pod-template-hash {}{mark})",
+            r.revision,
+            r.images.join(", "),
+            r.pod_template_hash
+        )
+    })
+}
+
+/// Each decision told, with what became of its delivery.
+fn told(emitted: &[Incident], feeds: &Feeds) -> Vec<String> {
+    emitted
+        .iter()
+        .map(|i| {
+            let how = feeds
+                .deliveries
+                .iter()
+                .find(|d| d.incident_id == i.id && d.kind == i.kind)
+                .map_or("no delivery outcome yet", |d| d.result.label());
+            format!("{} {how}", i.kind.as_str())
+        })
+        .collect()
 }
 
 fn result_word(result: RollbackResult) -> &'static str {

@@ -15,9 +15,7 @@ use rollback_watchdog::config::{Config, Loader, MissingSecrets};
 use rollback_watchdog::decide::judge::Verdict;
 use rollback_watchdog::observe::revision::first_image;
 use rollback_watchdog::pipeline::RollbackResult;
-use rollback_watchdog::report::metrics::Metrics;
-use rollback_watchdog::runtime::admin::AdminState;
-use rollback_watchdog::runtime::daemon::Daemon;
+use rollback_watchdog::runtime::app::{App, PipelineOptions, Record};
 use rollback_watchdog::runtime::selfcheck::{self, Permission, Requirement};
 use rollback_watchdog::sim::rbac::service_account_rules;
 use rollback_watchdog::sim::{
@@ -373,17 +371,13 @@ async fn under_the_shipped_rbac_a_crash_looping_deploy_is_rolled_back() {
     );
 
     // The watchdog, acting.
-    let (metrics, registry) = Metrics::new();
-    let admin = AdminState::new(registry, Duration::from_secs(5));
-    let notifier =
-        Arc::new(rollback_watchdog::cli::commands::notifier(&config, &metrics).expect("notifiers"));
-    let ctx =
-        rollback_watchdog::pipeline::Context::new(client.clone(), config.clone(), notifier.clone())
-            .expect("pipeline context")
-            .with_poll_interval(Duration::from_millis(250));
-    let mut daemon = Daemon::new(config.clone(), client.clone(), metrics, admin)
-        .expect("daemon")
-        .with_pipeline_context(ctx, notifier);
+    let app = App::new(config.clone(), client.clone());
+    let notifier = Arc::new(app.notifier(Record::AuditLog).expect("notifiers"));
+    let mut daemon = app
+        .daemon()
+        .pipeline(PipelineOptions::new(notifier).poll_interval(Duration::from_millis(250)))
+        .build()
+        .expect("daemon");
     daemon
         .wait_synced(Duration::from_secs(30))
         .await

@@ -409,13 +409,11 @@ async fn two_hundred_targets_tick_without_a_single_list_or_get_request() {
     )
     .replace("name = \"web\"", &format!("name = \"{}\"", names[0]));
     let config = support::watch::load(&toml);
-    let (metrics, registry) = rollback_watchdog::report::metrics::Metrics::new();
-    let admin =
-        rollback_watchdog::runtime::admin::AdminState::new(registry, Duration::from_secs(5));
     let client = sim.client().await.expect("client");
-    let mut daemon =
-        rollback_watchdog::runtime::daemon::Daemon::new(Arc::new(config), client, metrics, admin)
-            .expect("daemon");
+    let mut daemon = rollback_watchdog::runtime::app::App::new(Arc::new(config), client)
+        .daemon()
+        .build()
+        .expect("daemon");
     daemon
         .wait_synced(Duration::from_secs(60))
         .await

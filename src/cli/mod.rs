@@ -1,18 +1,24 @@
-//! The command line: every subcommand with its arguments and help, and the
-//! commands that need nothing but the config (`check-config`,
-//! `notify-test`).
+//! The command line: every subcommand with its arguments and help, and
+//! [`dispatch`], which runs one. The handlers live one file per family:
+//! [`config`] (`check-config`, `notify-test`), [`run`] (`run`, `status`,
+//! `self-check`), [`rollback`] (`rollback`, `restore`, `history`,
+//! `validate`). Nothing below `cli` may call into it.
 
-pub mod commands;
+pub mod config;
+pub mod rollback;
+pub mod run;
+pub mod setup;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, ConfigError, Loader, MissingSecrets};
+use crate::runtime::admin::AdminError;
+use crate::runtime::app::AppError;
 use crate::runtime::telemetry::LogFormat;
+use crate::sim::standalone::StandaloneError;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -33,7 +39,7 @@ pub const EXIT_CONFIG: u8 = 2;
 )]
 pub struct Cli {
     /// Config file (TOML). Keys can also be set with ROLLBACK_WATCHDOG_<SECTION>__<KEY>.
-    #[arg(long, global = true, value_name = "PATH", env = "ROLLBACK_WATCHDOG_CONFIG", default_value = config::DEFAULT_PATH)]
+    #[arg(long, global = true, value_name = "PATH", env = "ROLLBACK_WATCHDOG_CONFIG", default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
 
     /// Log line format, written to stderr.
@@ -219,6 +225,69 @@ impl SimArgs {
     }
 }
 
+/// What the command line cannot turn into an exit code by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Sim(#[from] StandaloneError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl Cli {
+    /// The log filter: `--log`, else for the demo (whose story is its
+    /// stdout) only trouble unless `RUST_LOG` says otherwise, else none
+    /// (`RUST_LOG` or the default).
+    pub fn log_filter(&self) -> Option<&str> {
+        let demo_quiet = matches!(self.command, Command::Demo(_))
+            && std::env::var("RUST_LOG").map_or(true, |v| v.trim().is_empty());
+        self.log
+            .as_deref()
+            .or(demo_quiet.then_some(crate::demo::LOG_FILTER))
+    }
+}
+
+/// Runs the subcommand; its exit code. Call inside a Tokio runtime.
+pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let path = cli.config.as_path();
+    Ok(match &cli.command {
+        Command::CheckConfig(args) => {
+            let path = args.path.as_deref().unwrap_or(path);
+            config::check_config(path, args.strict, &mut out, &mut err)
+        }
+        Command::NotifyTest { sink } => config::notify_test(path, *sink, &mut out, &mut err).await,
+        Command::Run => run::run(path, &mut err, termination()).await,
+        Command::SelfCheck => run::self_check(path, &mut out, &mut err).await,
+        Command::Status(args) => run::status(path, args, &mut out, &mut err).await,
+        Command::Rollback(args) => {
+            let mut io = rollback::Io::with_stdin(&mut out, &mut err);
+            rollback::rollback(path, args, rollback::default_sink(), &mut io).await
+        }
+        Command::Restore(args) => {
+            let mut io = rollback::Io::with_stdin(&mut out, &mut err);
+            rollback::restore(path, args, rollback::default_sink(), &mut io).await
+        }
+        Command::History { target } => rollback::history(path, target, &mut out, &mut err).await,
+        Command::Validate { target } => rollback::validate(path, target, &mut out, &mut err).await,
+        Command::Sim(args) => {
+            crate::sim::standalone::run(args.options(), &mut out, termination()).await?;
+            EXIT_OK
+        }
+        Command::Demo(args) => {
+            match crate::demo::run(args.options(), Box::new(std::io::stdout())).await {
+                Ok(_) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("rollback-watchdog demo failed: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+    })
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn termination() {
     let ctrl_c = async {
@@ -333,126 +402,6 @@ impl Command {
             Command::NotifyTest { .. } => "notify-test",
             Command::Demo(_) => "demo",
             Command::Sim(_) => "sim",
-        }
-    }
-}
-
-/// `check-config`: the effective config, redacted, on `out`; warnings and
-/// problems one per line on `err`. Returns the exit code.
-pub fn check_config(
-    path: &std::path::Path,
-    strict: bool,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    let policy = if strict {
-        MissingSecrets::Error
-    } else {
-        MissingSecrets::Warn
-    };
-    let result = Loader::from_file(path).missing_secrets(policy).load();
-    let shown = path.display();
-    match result {
-        Ok(loaded) => {
-            for w in &loaded.warnings {
-                let _ = writeln!(err, "warning: {w}");
-            }
-            match loaded.config.to_redacted_toml() {
-                Ok(text) => {
-                    let _ = write!(out, "{text}");
-                    tracing::info!(
-                        path = %shown,
-                        targets = loaded.config.targets.len(),
-                        sinks = loaded.config.notify.len(),
-                        warnings = loaded.warnings.len(),
-                        "config is valid"
-                    );
-                    EXIT_OK
-                }
-                Err(e) => {
-                    let _ = writeln!(err, "error: {e}");
-                    EXIT_FAILURE
-                }
-            }
-        }
-        Err(ConfigError::Invalid { problems, warnings }) => {
-            let n = problems.len();
-            let _ = writeln!(
-                err,
-                "error: {shown} is not a valid config ({n} problem{}):",
-                if n == 1 { "" } else { "s" }
-            );
-            for p in &problems {
-                let _ = writeln!(err, "{p}");
-            }
-            for w in &warnings {
-                let _ = writeln!(err, "warning: {w}");
-            }
-            EXIT_CONFIG
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            EXIT_CONFIG
-        }
-    }
-}
-
-/// `notify-test`: sends a clearly marked test message through every sink
-/// (or only `--sink N`) directly, not through the delivery ledger, and
-/// prints one line per sink. Exit 0 when every sink took it, 1 when one
-/// did not, 2 when the config is wrong.
-pub fn notify_test(
-    path: &std::path::Path,
-    only: Option<usize>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    let loaded = match Loader::from_file(path).load() {
-        Ok(l) => l,
-        Err(ConfigError::Invalid { problems, .. }) => {
-            let n = problems.len();
-            let _ = writeln!(
-                err,
-                "error: {} is not a valid config ({n} problem{}):",
-                path.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            for p in &problems {
-                let _ = writeln!(err, "{p}");
-            }
-            return EXIT_CONFIG;
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let policy = crate::report::notify::RetryPolicy::default();
-    match runtime.block_on(crate::report::notify::send_test(
-        &loaded.config,
-        only,
-        &policy,
-    )) {
-        Ok(results) => {
-            let mut code = EXIT_OK;
-            for r in &results {
-                let _ = writeln!(out, "{r}");
-                if r.report.result != crate::report::notify::DeliveryResult::Delivered {
-                    code = EXIT_FAILURE;
-                }
-            }
-            code
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            EXIT_CONFIG
         }
     }
 }

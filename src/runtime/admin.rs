@@ -31,6 +31,8 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the admin server's own address: {0}")]
+    LocalAddr(#[source] std::io::Error),
 }
 
 /// What the admin server serves; cheap to clone, shared with the loop.
@@ -111,6 +113,48 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, AdminErro
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// The admin server running in the background, as `run` and the demo
+/// start it. Dropping it without [`AdminServer::stop`] also stops it
+/// (gracefully, in the background).
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `addr` (port 0 picks a free one) and serves `state` until stopped.
+pub async fn start(addr: SocketAddr, state: AdminState) -> Result<AdminServer, AdminError> {
+    let listener = bind(addr).await?;
+    let addr = listener.local_addr().map_err(AdminError::LocalAddr)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Ok(AdminServer { addr, stop, task })
+}
+
+impl AdminServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for people and scrapers.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking connections and lets requests in progress finish;
+    /// whatever still runs after `limit` is cut off.
+    pub async fn stop(self, limit: Duration) {
+        let AdminServer { stop, mut task, .. } = self;
+        let _ = stop.send(());
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 /// Serves until `shutdown` completes, then lets requests in progress

@@ -170,19 +170,8 @@ impl Daemon {
         })
     }
 
-    /// Acts on Bad verdicts: builds the rollback pipeline, whose decisions
-    /// go to `sink` (the notifiers). Call after [`Self::with_role`] so the
-    /// pipeline shares the write guard.
-    pub fn with_pipeline(mut self, sink: Arc<dyn IncidentSink>) -> Result<Self, DaemonError> {
-        let ctx = pipeline::Context::new(self.client.clone(), self.config.clone(), sink.clone())?
-            .with_may_write(self.may_write.clone());
-        self.pipeline = Some(Arc::new(Pipeline::new(ctx)));
-        self.sink = Some(sink);
-        Ok(self)
-    }
-
-    /// Like [`Self::with_pipeline`], with a context the caller built (the
-    /// demo and tests shorten its poll interval or watch its progress).
+    /// Acts on Bad verdicts through a pipeline on `ctx`, whose decisions
+    /// go to `sink` (the notifiers). [`crate::runtime::app`] builds both.
     pub fn with_pipeline_context(
         mut self,
         ctx: pipeline::Context,
@@ -313,8 +302,7 @@ impl Daemon {
 
     /// Acts only while `leadership` allows: followers evaluate and report
     /// in `/status` but start no pipeline, write no Event and tell no
-    /// sink. Call before [`Self::with_pipeline`] so the pipeline shares
-    /// the guard.
+    /// sink. The pipeline's context needs the same guard.
     pub fn with_leadership(mut self, leadership: Leadership) -> Self {
         self.may_write = leadership.guard();
         self.role = leadership.role();

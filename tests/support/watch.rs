@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use rollback_watchdog::config::{Config, Loader, MissingSecrets};
-use rollback_watchdog::report::metrics::Metrics;
 use rollback_watchdog::runtime::admin::AdminState;
+use rollback_watchdog::runtime::app::{App, PipelineOptions, Record};
 use rollback_watchdog::runtime::daemon::{Daemon, Evaluation};
 use rollback_watchdog::sim::prometheus::{PrometheusOptions, PrometheusServer};
 use rollback_watchdog::sim::{self, Behaviours, SimClock, SimCluster, SimOptions};
@@ -117,10 +117,9 @@ impl Scenario {
             &audit.display().to_string(),
             extra,
         )));
-        let (metrics, registry) = Metrics::new();
-        let admin = AdminState::new(registry, Duration::from_secs(5));
-        let daemon =
-            Daemon::new(config.clone(), client.clone(), metrics, admin.clone()).expect("daemon");
+        let app = App::new(config.clone(), client.clone());
+        let admin = app.admin().clone();
+        let daemon = app.daemon().build().expect("daemon");
         daemon
             .wait_synced(Duration::from_secs(30))
             .await
@@ -186,27 +185,18 @@ impl Scenario {
     /// before each write (leadership as the pipeline sees it); the loop
     /// itself still decides as leader.
     pub async fn with_pipeline_guarded(&mut self, may_write: Arc<dyn Fn() -> bool + Send + Sync>) {
-        let (metrics, registry) = Metrics::new();
-        self.admin = AdminState::new(registry, Duration::from_secs(5));
-        let notifier = Arc::new(
-            rollback_watchdog::cli::commands::notifier(&self.config, &metrics).expect("notifiers"),
-        );
-        let ctx = rollback_watchdog::pipeline::Context::new(
-            self.client.clone(),
-            self.config.clone(),
-            notifier.clone(),
-        )
-        .expect("pipeline context")
-        .with_poll_interval(Duration::from_millis(250))
-        .with_may_write(may_write);
-        self.daemon = Daemon::new(
-            self.config.clone(),
-            self.client.clone(),
-            metrics,
-            self.admin.clone(),
-        )
-        .expect("daemon")
-        .with_pipeline_context(ctx, notifier);
+        let app = App::new(self.config.clone(), self.client.clone());
+        self.admin = app.admin().clone();
+        let notifier = Arc::new(app.notifier(Record::AuditLog).expect("notifiers"));
+        self.daemon = app
+            .daemon()
+            .pipeline(
+                PipelineOptions::new(notifier)
+                    .poll_interval(Duration::from_millis(250))
+                    .may_write(may_write),
+            )
+            .build()
+            .expect("daemon");
         self.daemon
             .wait_synced(Duration::from_secs(30))
             .await
