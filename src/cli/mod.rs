@@ -319,35 +319,8 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `NAMESPACE/NAME` of a Deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeploymentRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl FromStr for DeploymentRef {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(DeploymentRef {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                })
-            }
-            _ => Err(format!(
-                "{s:?} is not NAMESPACE/NAME, e.g. production/kailash-kaizen"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for DeploymentRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+/// `NAMESPACE/NAME` of a Deployment, as the subcommands take it.
+pub type DeploymentRef = crate::k8s::DeploymentKey;
 
 /// What `rollback` rolls back to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use serde::Serialize;
+
 use serde_json::Value;
 
 pub use super::refusal::{Refusal, Rule};
@@ -24,75 +24,16 @@ use super::request::{annotation, read_in_flight, rollbacks_of, RollbackRequest, 
 use super::words::default_reason;
 use crate::config::Policy;
 use crate::k8s::keys::{IN_FLIGHT, IRREVERSIBLE, PAUSED, POD_TEMPLATE_HASH};
+use crate::k8s::DeploymentKey;
 use crate::observe::blocklist::{self, Entry};
 use crate::observe::revision::{self, KnownGood, Revision, Rollout};
-use crate::report::incident::{RevisionRef, Trigger};
-
-/// The pipeline's steps, as the audit log names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    Validate,
-    Backup,
-    Update,
-    Wait,
-    Verify,
-    Audit,
-    Notify,
-}
-
-impl Step {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Validate => "validate",
-            Step::Backup => "backup",
-            Step::Update => "update",
-            Step::Wait => "wait",
-            Step::Verify => "verify",
-            Step::Audit => "audit",
-            Step::Notify => "notify",
-        }
-    }
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOutcome {
-    Ok,
-    Refused,
-    Failed,
-    Conflict,
-    DryRun,
-}
-
-impl StepOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepOutcome::Ok => "ok",
-            StepOutcome::Refused => "refused",
-            StepOutcome::Failed => "failed",
-            StepOutcome::Conflict => "conflict",
-            StepOutcome::DryRun => "dry_run",
-        }
-    }
-}
-
-/// One step's outcome, as recorded.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepRecord {
-    pub step: Step,
-    pub outcome: StepOutcome,
-    /// One sentence.
-    pub summary: String,
-    pub details: Value,
-    pub at: String,
-}
+pub use crate::report::audit::{Step, StepOutcome, StepRecord};
+use crate::report::incident::{IncidentId, RevisionRef, Trigger};
 
 /// A validated rollback, ready for Backup and Update.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub id: String,
+    pub id: IncidentId,
     pub request: RollbackRequest,
     pub policy: Policy,
     /// The Deployment as validated; its resourceVersion guards the patch.
@@ -266,7 +207,6 @@ fn decide(input: &PlanInput) -> Result<Plan, Rule> {
         current,
         known_good,
         notes,
-        target,
         ..
     } = choice;
     let from = revision_ref(
@@ -278,11 +218,7 @@ fn decide(input: &PlanInput) -> Result<Plan, Rule> {
         .clone()
         .unwrap_or_else(|| default_reason(request));
     Ok(Plan {
-        id: format!(
-            "{target}/r{}/{}",
-            current.number,
-            input.started.as_millisecond()
-        ),
+        id: IncidentId::rollback(DeploymentKey::of(d), current.number, input.started),
         request: request.clone(),
         policy: policy.clone(),
         deployment: d.clone(),
@@ -825,7 +761,7 @@ mod tests {
             known_good: false,
         };
         serde_json::to_string(&InFlight {
-            id: "production/web/r3/1".into(),
+            id: "production/web/r3/1".parse().expect("an incident id"),
             step: "wait".into(),
             trigger: Trigger::Verdict,
             reason: "pods crash".into(),
@@ -1182,7 +1118,7 @@ mod tests {
         let case = Case::previous().with(|c| c.policy.dry_run = true);
         let plan = case.plan().expect("a plan");
         assert_eq!(
-            plan.id,
+            plan.id.to_string(),
             format!("production/web/r3/{}", ts(NOW).as_millisecond())
         );
         assert_eq!(

@@ -82,7 +82,7 @@ impl RollbackRequest {
     }
 
     pub fn target(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        crate::k8s::DeploymentKey::new(&self.namespace, &self.name).to_string()
     }
 }
 
@@ -91,7 +91,7 @@ impl RollbackRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InFlight {
-    pub id: String,
+    pub id: crate::report::incident::IncidentId,
     /// The next step: always `wait` (Wait then Verify).
     pub step: String,
     pub trigger: Trigger,

@@ -4,9 +4,59 @@
 pub mod keys;
 pub mod selector;
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Client, ResourceExt};
+
+/// A Deployment's namespace and name: `namespace/name` in every log line,
+/// Event, audit line, notification and on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeploymentKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl DeploymentKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        DeploymentKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The key of a Deployment object.
+    pub fn of(d: &Deployment) -> Self {
+        DeploymentKey {
+            namespace: d.namespace().unwrap_or_default(),
+            name: d.name_any(),
+        }
+    }
+}
+
+impl fmt::Display for DeploymentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for DeploymentKey {
+    type Err = String;
+
+    /// `NAMESPACE/NAME`, both parts non-empty.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(DeploymentKey::new(ns, name))
+            }
+            _ => Err(format!(
+                "{s:?} is not NAMESPACE/NAME, e.g. production/kailash-kaizen"
+            )),
+        }
+    }
+}
 
 /// How long connecting to the cluster may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -61,7 +61,7 @@ pub fn read(d: &Deployment) -> Result<Vec<Entry>, BlocklistError> {
         None => Ok(Vec::new()),
         Some(text) if text.trim().is_empty() => Ok(Vec::new()),
         Some(text) => serde_json::from_str(text).map_err(|source| BlocklistError::Malformed {
-            target: format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()),
+            target: crate::k8s::DeploymentKey::of(d).to_string(),
             source,
         }),
     }

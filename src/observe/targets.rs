@@ -89,7 +89,11 @@ pub struct WatchedDeployment {
 impl WatchedDeployment {
     /// `production/kailash-kaizen`.
     pub fn display_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        self.key().to_string()
+    }
+
+    pub fn key(&self) -> crate::k8s::DeploymentKey {
+        crate::k8s::DeploymentKey::new(&self.namespace, &self.name)
     }
 
     /// The Deployment's uid: what revision state is keyed by, so a

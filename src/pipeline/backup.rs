@@ -118,7 +118,7 @@ impl Backups {
     }
 
     fn target(record: &Record) -> String {
-        format!("{}/{}", record.namespace, record.deployment)
+        crate::k8s::DeploymentKey::new(&record.namespace, &record.deployment).to_string()
     }
 
     /// Writes the backup; returns the ConfigMap's name (`rb-<deploy>-xxxxx`).

@@ -12,7 +12,7 @@ impl Pipeline {
             return Err(Box::new(self.not_leader(plan, Step::Backup).await));
         }
         let record = Record {
-            id: plan.id.clone(),
+            id: plan.id.to_string(),
             namespace: plan.request.namespace.clone(),
             deployment: plan.request.name.clone(),
             trigger: plan.request.trigger.clone(),
@@ -46,15 +46,11 @@ impl Pipeline {
                 }
                 let summary = format!("backed up {} to ConfigMap {full}", plan.target());
                 let details = json!({"backup": full, "pruned": pruned, "problems": problems});
-                let (id, target) = (plan.id.clone(), plan.target());
+                let id = plan.id.clone();
                 self.record(
                     &mut plan.steps,
                     &id,
-                    &target,
-                    Step::Backup,
-                    StepOutcome::Ok,
-                    summary,
-                    details,
+                    Line::new(Step::Backup, StepOutcome::Ok, summary).with(details),
                 );
                 Ok(())
             }

@@ -36,7 +36,7 @@ impl Pipeline {
             }
         }
         let incident = self.conclude(&in_flight, &ended, &signals, &patch).await;
-        self.notify(&mut steps, &incident);
+        self.notify(&mut steps, &in_flight.id, &incident);
         RollbackOutcome {
             result: ended.result,
             incident,
@@ -52,19 +52,22 @@ impl Pipeline {
         in_flight: &InFlight,
         steps: &mut Vec<StepRecord>,
     ) -> Result<Ended, Step> {
-        let (ns, name) = split_target(&in_flight.id);
-        let target = format!("{ns}/{name}");
-        let policy = match self.get(&ns, &name).await {
+        let key = &in_flight.id.deployment;
+        let (ns, name, target) = (&key.namespace, &key.name, key.to_string());
+        let policy = match self.get(ns, name).await {
             Ok(Some(d)) => self.ctx.policy_for(&d),
             _ => self.ctx.config.opt_in_policy(),
         };
         let id = &in_flight.id;
-        let d = match self.wait(&ns, &name, in_flight, &policy).await {
+        let d = match self.wait(ns, name, in_flight, &policy).await {
             Waited::Done(d) => d,
             Waited::HandedOver => return Err(Step::Wait),
             Waited::Failed(why, d) => {
-                let line = (StepOutcome::Failed, why.clone(), Value::Null);
-                self.record_line(steps, id, &target, Step::Wait, line);
+                self.record(
+                    steps,
+                    id,
+                    Line::new(Step::Wait, StepOutcome::Failed, why.clone()),
+                );
                 return Ok(Ended::stopped(
                     RollbackResult::Escalated,
                     Step::Wait,
@@ -73,8 +76,11 @@ impl Pipeline {
                 ));
             }
             Waited::Superseded(why, d) => {
-                let line = (StepOutcome::Conflict, why.clone(), Value::Null);
-                self.record_line(steps, id, &target, Step::Wait, line);
+                self.record(
+                    steps,
+                    id,
+                    Line::new(Step::Wait, StepOutcome::Conflict, why.clone()),
+                );
                 return Ok(Ended::stopped(
                     RollbackResult::Conflict,
                     Step::Wait,
@@ -83,17 +89,21 @@ impl Pipeline {
                 ));
             }
         };
-        let done = (
+        let done = Line::new(
+            Step::Wait,
             StepOutcome::Ok,
             format!("{target} is fully rolled out"),
-            json!({"revision": revision_annotation(&d)}),
-        );
-        self.record_line(steps, id, &target, Step::Wait, done);
+        )
+        .with(json!({"revision": revision_annotation(&d)}));
+        self.record(steps, id, done);
         Ok(match self.verify(&d, in_flight, &policy).await {
             Verified::HandedOver => return Err(Step::Verify),
             Verified::Passed { summary, details } => {
-                let line = (StepOutcome::Ok, summary, details);
-                self.record_line(steps, id, &target, Step::Verify, line);
+                self.record(
+                    steps,
+                    id,
+                    Line::new(Step::Verify, StepOutcome::Ok, summary).with(details),
+                );
                 Ended {
                     result: RollbackResult::Succeeded,
                     failed_step: None,
@@ -102,28 +112,22 @@ impl Pipeline {
                 }
             }
             Verified::Failed { summary, details } => {
-                let line = (StepOutcome::Failed, summary.clone(), details);
-                self.record_line(steps, id, &target, Step::Verify, line);
+                self.record(
+                    steps,
+                    id,
+                    Line::new(Step::Verify, StepOutcome::Failed, summary.clone()).with(details),
+                );
                 Ended::stopped(RollbackResult::Escalated, Step::Verify, summary, Some(d))
             }
             Verified::Superseded(why, d) => {
-                let line = (StepOutcome::Conflict, why.clone(), Value::Null);
-                self.record_line(steps, id, &target, Step::Verify, line);
+                self.record(
+                    steps,
+                    id,
+                    Line::new(Step::Verify, StepOutcome::Conflict, why.clone()),
+                );
                 Ended::stopped(RollbackResult::Conflict, Step::Verify, why, Some(*d))
             }
         })
-    }
-
-    /// [`Self::record`] with the outcome, summary and details as one value.
-    fn record_line(
-        &self,
-        steps: &mut Vec<StepRecord>,
-        id: &str,
-        target: &str,
-        step: Step,
-        (outcome, summary, details): (StepOutcome, String, Value),
-    ) {
-        self.record(steps, id, target, step, outcome, summary, details);
     }
 
     /// The incident of a finished rollback: the Event, the escalation log
@@ -252,26 +256,26 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn record(
-        &self,
-        steps: &mut Vec<StepRecord>,
-        id: &str,
-        target: &str,
-        step: Step,
-        outcome: StepOutcome,
-        summary: String,
-        details: Value,
-    ) {
+    /// One step's outcome: an audit line, a log line, and a record in
+    /// `steps` for the outcome.
+    pub(super) fn record(&self, steps: &mut Vec<StepRecord>, id: &IncidentId, line: Line) {
+        let Line {
+            step,
+            outcome,
+            summary,
+            details,
+        } = line;
+        let target = id.deployment.to_string();
         let at = rfc3339(self.ctx.now());
-        let line = AuditLine {
+        let audit = AuditLine {
             time: at.clone(),
-            target: target.to_owned(),
-            rollback: id.to_owned(),
-            step: step.as_str().to_owned(),
-            outcome: outcome.as_str().to_owned(),
+            target: target.clone(),
+            rollback: id.to_string(),
+            step,
+            outcome: AuditOutcome::Step(outcome),
             details: json!({"summary": summary, "details": details}),
         };
-        if let Err(e) = self.ctx.audit.append(&line) {
+        if let Err(e) = self.ctx.audit.append(&audit) {
             tracing::error!(target = %target, step = step.as_str(), "{e}");
         }
         match outcome {
@@ -298,8 +302,8 @@ impl Pipeline {
             time: at,
             target: incident.target(),
             rollback: incident.id.clone(),
-            step: "report".to_owned(),
-            outcome: kind_name(incident.kind),
+            step: Step::Report,
+            outcome: AuditOutcome::Incident(incident.kind),
             details: serde_json::to_value(incident).unwrap_or(Value::Null),
         };
         if let Err(e) = self.ctx.audit.append(&line) {
@@ -308,35 +312,35 @@ impl Pipeline {
         tracing::info!(target = %incident.target(), rollback = %incident.id, kind = %kind_name(incident.kind), reason = %incident.reason, "incident report");
     }
 
-    pub(super) fn notify(&self, steps: &mut Vec<StepRecord>, incident: &Incident) {
+    pub(super) fn notify(&self, steps: &mut Vec<StepRecord>, id: &IncidentId, incident: &Incident) {
         // The leader tells on-call; a replica that lost the Lease while
         // deciding leaves it to the leader, which decides for itself.
         if !(self.ctx.may_write)() {
-            let target = incident.target();
             self.record(
                 steps,
-                &incident.id,
-                &target,
-                Step::Notify,
-                StepOutcome::Refused,
-                format!(
-                    "{} not sent: this watchdog is no longer the leader",
-                    kind_name(incident.kind)
-                ),
-                json!({"kind": incident.kind}),
+                id,
+                Line::new(
+                    Step::Notify,
+                    StepOutcome::Refused,
+                    format!(
+                        "{} not sent: this watchdog is no longer the leader",
+                        kind_name(incident.kind)
+                    ),
+                )
+                .with(json!({"kind": incident.kind})),
             );
             return;
         }
         self.ctx.sink.emit(incident);
-        let target = incident.target();
         self.record(
             steps,
-            &incident.id,
-            &target,
-            Step::Notify,
-            StepOutcome::Ok,
-            format!("{} handed to the notifiers", kind_name(incident.kind)),
-            json!({"kind": incident.kind}),
+            id,
+            Line::new(
+                Step::Notify,
+                StepOutcome::Ok,
+                format!("{} handed to the notifiers", kind_name(incident.kind)),
+            )
+            .with(json!({"kind": incident.kind})),
         );
     }
 
@@ -363,19 +367,14 @@ impl Pipeline {
         step: Step,
         why: Option<String>,
     ) -> RollbackOutcome {
-        let (ns, name) = split_target(&in_flight.id);
-        let target = format!("{ns}/{name}");
+        let target = in_flight.id.deployment.to_string();
         let why = why.unwrap_or_else(|| format!(
             "{target}: this watchdog is no longer the leader (or is shutting down); it stopped before its next write, and the next leader resumes this rollback from its in-flight record at Wait/Verify"
         ));
         self.record(
             &mut steps,
             &in_flight.id,
-            &target,
-            step,
-            StepOutcome::Failed,
-            why.clone(),
-            json!({"handed_over": true}),
+            Line::new(step, StepOutcome::Failed, why.clone()).with(json!({"handed_over": true})),
         );
         let mut incident = self.incident_from(in_flight, EventKind::RollbackFailed, &[]);
         incident.failed_step = Some(step.as_str().to_owned());
@@ -398,11 +397,7 @@ impl Pipeline {
         self.record(
             &mut plan.steps,
             &id,
-            &target,
-            step,
-            StepOutcome::Failed,
-            why.clone(),
-            Value::Null,
+            Line::new(step, StepOutcome::Failed, why.clone()),
         );
         let in_flight = self.in_flight_record(&plan);
         let mut incident =
@@ -420,12 +415,12 @@ impl Pipeline {
     pub(super) fn base_incident(
         &self,
         request: &RollbackRequest,
-        id: &str,
+        id: &IncidentId,
         kind: EventKind,
         at: jiff::Timestamp,
     ) -> Incident {
         Incident {
-            id: id.to_owned(),
+            id: id.to_string(),
             kind,
             cluster: self.ctx.config.watchdog.cluster_name.clone(),
             namespace: request.namespace.clone(),
@@ -459,9 +454,10 @@ impl Pipeline {
         kind: EventKind,
         signals: &[SignalResult],
     ) -> Incident {
-        let (namespace, deployment) = split_target(&f.id);
+        let key = &f.id.deployment;
+        let (namespace, deployment) = (key.namespace.clone(), key.name.clone());
         Incident {
-            id: f.id.clone(),
+            id: f.id.to_string(),
             kind,
             cluster: self.ctx.config.watchdog.cluster_name.clone(),
             namespace,
@@ -504,5 +500,31 @@ impl Ended {
             error: Some(why),
             deployment: d,
         }
+    }
+}
+
+/// A step's outcome as the pipeline records it.
+pub(super) struct Line {
+    step: Step,
+    outcome: StepOutcome,
+    /// One sentence.
+    summary: String,
+    details: Value,
+}
+
+impl Line {
+    pub(super) fn new(step: Step, outcome: StepOutcome, summary: String) -> Self {
+        Line {
+            step,
+            outcome,
+            summary,
+            details: Value::Null,
+        }
+    }
+
+    /// The step's facts: the patch, the backup, measured values.
+    pub(super) fn with(mut self, details: Value) -> Self {
+        self.details = details;
+        self
     }
 }

@@ -47,6 +47,7 @@ pub use crate::decide::plan::{
     gitops_manager, tag_is_well_formed, with_tag, Plan, Step, StepOutcome, StepRecord,
 };
 pub use crate::decide::request::{RollbackRequest, Target};
+use close::Line;
 pub use codec::*;
 pub use reader::*;
 pub use update::*;
@@ -58,6 +59,7 @@ use crate::k8s::keys;
 use crate::k8s::keys::{
     CHANGE_CAUSE, FIELD_MANAGER, IN_FLIGHT, KNOWN_GOOD, ROLLBACKS, ROLLBACK_TO,
 };
+use crate::k8s::DeploymentKey;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,7 +78,8 @@ use crate::observe::blocklist;
 use crate::observe::cache::Snapshot;
 use crate::observe::revision::{self, Rollout};
 use crate::pipeline::backup::{Backups, Record};
-use crate::report::audit::{AuditLine, AuditLog, EventPublisher, Notice};
+use crate::report::audit::{AuditLine, AuditLog, AuditOutcome, EventPublisher, Notice};
+use crate::report::incident::IncidentId;
 use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::signals::{SignalResult, Signals, Subject};
 
@@ -366,15 +369,11 @@ impl Pipeline {
                     "from": plan.from, "to": plan.to, "reason": plan.reason,
                     "notes": plan.notes, "dry_run": plan.dry_run,
                 });
-                let (id, target) = (plan.id.clone(), plan.target());
+                let id = plan.id.clone();
                 self.record(
                     &mut plan.steps,
                     &id,
-                    &target,
-                    Step::Validate,
-                    StepOutcome::Ok,
-                    summary,
-                    details,
+                    Line::new(Step::Validate, StepOutcome::Ok, summary).with(details),
                 );
                 Ok(plan)
             }
@@ -436,18 +435,10 @@ impl Pipeline {
             return None;
         }
         let mut steps = Vec::new();
-        self.record(
-            &mut steps,
-            &in_flight.id,
-            &key,
-            Step::Wait,
-            StepOutcome::Ok,
-            format!(
+        self.record(&mut steps, &in_flight.id, Line::new(Step::Wait, StepOutcome::Ok, format!(
                 "resuming the rollback of {key} found in flight (started {}): Wait and Verify, no second patch",
                 in_flight.started
-            ),
-            json!({"resumed": true, "in_flight": in_flight}),
-        );
+            )).with(json!({"resumed": true, "in_flight": in_flight})));
         let outcome = self.finish(in_flight, steps, Vec::new(), Vec::new()).await;
         self.release(&key);
         Some(outcome)
@@ -467,11 +458,7 @@ impl Pipeline {
         self.record(
             &mut plan.steps,
             &id,
-            &target,
-            Step::Update,
-            StepOutcome::DryRun,
-            summary,
-            json!({"patch": ops}),
+            Line::new(Step::Update, StepOutcome::DryRun, summary).with(json!({"patch": ops})),
         );
         let mut incident =
             self.incident_from(&in_flight, EventKind::WouldRollBack, &plan.request.signals);
@@ -491,7 +478,7 @@ impl Pipeline {
         )
         .await;
         self.report(&incident).await;
-        self.notify(&mut plan.steps, &incident);
+        self.notify(&mut plan.steps, &plan.id, &incident);
         RollbackOutcome {
             result: RollbackResult::WouldRollBack,
             incident,
@@ -613,15 +600,7 @@ fn revision_annotation(d: &Deployment) -> Option<String> {
 }
 
 fn target_of(d: &Deployment) -> String {
-    format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any())
-}
-
-/// `ns/name/r5/123` → (ns, name).
-fn split_target(id: &str) -> (String, String) {
-    let mut parts = id.splitn(3, '/');
-    let ns = parts.next().unwrap_or_default().to_owned();
-    let name = parts.next().unwrap_or_default().to_owned();
-    (ns, name)
+    DeploymentKey::of(d).to_string()
 }
 
 pub fn rfc3339(t: jiff::Timestamp) -> String {

@@ -45,11 +45,13 @@ impl Reader {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
         match tokio::time::timeout(self.timeout, api.get_opt(name)).await {
             Ok(Ok(d)) => Ok(d),
-            Ok(Err(e)) => {
-                Err(self.api_error(format!("{ns}/{name}"), "cannot read the Deployment", Ok(e)))
-            }
+            Ok(Err(e)) => Err(self.api_error(
+                DeploymentKey::new(ns, name).to_string(),
+                "cannot read the Deployment",
+                Ok(e),
+            )),
             Err(_) => Err(self.api_error(
-                format!("{ns}/{name}"),
+                DeploymentKey::new(ns, name).to_string(),
                 "cannot read the Deployment",
                 Err(()),
             )),

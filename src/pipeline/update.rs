@@ -90,16 +90,12 @@ impl Pipeline {
             describe_ref(&plan.from)
         );
         plan.patch = ops.clone();
-        let (id, t) = (plan.id.clone(), plan.target());
+        let id = plan.id.clone();
         let details = json!({"patch": ops});
         self.record(
             &mut plan.steps,
             &id,
-            &t,
-            Step::Update,
-            StepOutcome::Ok,
-            summary,
-            details,
+            Line::new(Step::Update, StepOutcome::Ok, summary).with(details),
         );
         let mut started =
             self.incident_from(in_flight, EventKind::RollbackStarted, &plan.request.signals);
@@ -156,17 +152,8 @@ impl Pipeline {
         outcome: StepOutcome,
         why: String,
     ) -> RollbackOutcome {
-        let target = plan.target();
         let id = plan.id.clone();
-        self.record(
-            &mut plan.steps,
-            &id,
-            &target,
-            step,
-            outcome,
-            why.clone(),
-            Value::Null,
-        );
+        self.record(&mut plan.steps, &id, Line::new(step, outcome, why.clone()));
         let in_flight = self.in_flight_record(&plan);
         let mut incident =
             self.incident_from(&in_flight, EventKind::RollbackFailed, &plan.request.signals);
@@ -181,7 +168,7 @@ impl Pipeline {
         )
         .await;
         self.report(&incident).await;
-        self.notify(&mut plan.steps, &incident);
+        self.notify(&mut plan.steps, &plan.id, &incident);
         RollbackOutcome {
             result: if outcome == StepOutcome::Refused {
                 RollbackResult::Refused
@@ -201,16 +188,11 @@ impl Pipeline {
         why: String,
         ops: Vec<Value>,
     ) -> RollbackOutcome {
-        let target = plan.target();
         let id = plan.id.clone();
         self.record(
             &mut plan.steps,
             &id,
-            &target,
-            Step::Update,
-            StepOutcome::Conflict,
-            why.clone(),
-            json!({"patch": ops}),
+            Line::new(Step::Update, StepOutcome::Conflict, why.clone()).with(json!({"patch": ops})),
         );
         let in_flight = self.in_flight_record(&plan);
         let mut incident =
@@ -220,7 +202,7 @@ impl Pipeline {
         incident.finished_at = Some(rfc3339(self.ctx.now()));
         self.event(&fresh, true, "RollbackConflict", why).await;
         self.report(&incident).await;
-        self.notify(&mut plan.steps, &incident);
+        self.notify(&mut plan.steps, &plan.id, &incident);
         RollbackOutcome {
             result: RollbackResult::Conflict,
             incident,

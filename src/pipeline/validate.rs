@@ -56,8 +56,8 @@ impl Pipeline {
         refusal: Refusal,
         started: jiff::Timestamp,
     ) -> RollbackOutcome {
-        let target = request.target();
-        let id = format!("{target}/r0/{}", started.as_millisecond());
+        let key = DeploymentKey::new(&request.namespace, &request.name);
+        let id = IncidentId::rollback(key, 0, started);
         let mut steps = Vec::new();
         let why = refusal.to_string();
         let outcome = if refusal.is_read_failure() {
@@ -68,11 +68,7 @@ impl Pipeline {
         self.record(
             &mut steps,
             &id,
-            &target,
-            Step::Validate,
-            outcome,
-            why.clone(),
-            Value::Null,
+            Line::new(Step::Validate, outcome, why.clone()),
         );
         let mut incident = self.base_incident(&request, &id, EventKind::RollbackFailed, started);
         incident.failed_step = Some(Step::Validate.as_str().to_owned());
@@ -91,7 +87,7 @@ impl Pipeline {
             request.trigger,
             Trigger::Verdict | Trigger::Annotation { .. }
         ) {
-            self.notify(&mut steps, &incident);
+            self.notify(&mut steps, &id, &incident);
         }
         RollbackOutcome {
             result: if refusal.is_read_failure() {

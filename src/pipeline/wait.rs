@@ -11,7 +11,7 @@ impl Pipeline {
         in_flight: &InFlight,
         policy: &Policy,
     ) -> Waited {
-        let target = format!("{ns}/{name}");
+        let target = DeploymentKey::new(ns, name).to_string();
         let deadline = Instant::now() + policy.rollout_timeout;
         let mut last_progress: Option<Progress> = None;
         let mut last_seen: Option<Deployment> = None;

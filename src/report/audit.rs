@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::EventKind;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
@@ -49,6 +50,83 @@ pub enum AuditError {
     Encode(#[source] serde_json::Error),
 }
 
+/// The pipeline's steps, as the audit log names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Validate,
+    Backup,
+    Update,
+    Wait,
+    Verify,
+    Audit,
+    Notify,
+    /// The final line: the incident report.
+    Report,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Validate => "validate",
+            Step::Backup => "backup",
+            Step::Update => "update",
+            Step::Wait => "wait",
+            Step::Verify => "verify",
+            Step::Audit => "audit",
+            Step::Notify => "notify",
+            Step::Report => "report",
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    Ok,
+    Refused,
+    Failed,
+    Conflict,
+    DryRun,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Ok => "ok",
+            StepOutcome::Refused => "refused",
+            StepOutcome::Failed => "failed",
+            StepOutcome::Conflict => "conflict",
+            StepOutcome::DryRun => "dry_run",
+        }
+    }
+}
+
+/// One step's outcome, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub outcome: StepOutcome,
+    /// One sentence.
+    pub summary: String,
+    pub details: Value,
+    pub at: String,
+}
+
+/// How what an audit line is about ended, in that thing's own words.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AuditOutcome {
+    /// A pipeline step: `ok`, `refused`, `failed`, `conflict`, `dry_run`.
+    Step(StepOutcome),
+    /// The `report` line: the incident's kind (`rollback_succeeded`...).
+    Incident(EventKind),
+    /// A `notify` line: how the delivery ended (`delivered`, `gave_up`,
+    /// `dropped`, `already_delivered`).
+    Delivery(&'static str),
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditLine {
@@ -58,10 +136,8 @@ pub struct AuditLine {
     pub target: String,
     /// The rollback this line belongs to (the incident id).
     pub rollback: String,
-    /// `validate`, `backup`, `update`, `wait`, `verify`, `notify`, `report`.
-    pub step: String,
-    /// `ok`, `refused`, `failed`, `conflict`, `dry_run`, `skipped`.
-    pub outcome: String,
+    pub step: Step,
+    pub outcome: AuditOutcome,
     /// Step-specific facts (the patch, the backup, measured values, the
     /// incident report on the final `report` line).
     pub details: Value,
@@ -204,17 +280,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_kind_of_line_speaks_its_own_vocabulary_on_the_wire() {
+        let words = [
+            (
+                Step::Wait,
+                AuditOutcome::Step(StepOutcome::DryRun),
+                "wait",
+                "dry_run",
+            ),
+            (
+                Step::Report,
+                AuditOutcome::Incident(EventKind::RollbackSucceeded),
+                "report",
+                "rollback_succeeded",
+            ),
+            (
+                Step::Notify,
+                AuditOutcome::Delivery("gave_up"),
+                "notify",
+                "gave_up",
+            ),
+        ];
+        for (step, outcome, step_word, outcome_word) in words {
+            let line = AuditLine {
+                time: "2026-11-27T10:00:00Z".into(),
+                target: "production/web".into(),
+                rollback: "production/web/r2/1".into(),
+                step,
+                outcome,
+                details: Value::Null,
+            };
+            let json = serde_json::to_value(&line).unwrap();
+            assert_eq!(json["step"], step_word);
+            assert_eq!(json["outcome"], outcome_word);
+        }
+    }
+
+    #[test]
     fn every_line_is_one_json_object_on_disk_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/audit.jsonl");
         let log = AuditLog::open(&path).unwrap();
-        for step in ["validate", "backup"] {
+        for step in [Step::Validate, Step::Backup] {
             log.append(&AuditLine {
                 time: "2026-11-27T10:00:00Z".into(),
                 target: "production/web".into(),
                 rollback: "production/web/r2/1".into(),
-                step: step.into(),
-                outcome: "ok".into(),
+                step,
+                outcome: AuditOutcome::Step(StepOutcome::Ok),
                 details: serde_json::json!({"n": 1}),
             })
             .unwrap();

@@ -4,10 +4,102 @@
 //! log stores it, and every notification sink renders it. It holds facts
 //! only: nothing in here decides or sends anything.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::EventKind;
+use crate::k8s::DeploymentKey;
 use crate::signals::SignalResult;
+
+/// An incident's id, `<namespace>/<name>/r<revision>/<suffix>`: stable per
+/// decision, so the sinks and the delivery record never send one twice,
+/// even after a restart. A rollback's suffix is its start in Unix
+/// milliseconds; a notice's is its kind, and for a blind episode
+/// `<kind>/<episode start in Unix seconds>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct IncidentId {
+    pub deployment: DeploymentKey,
+    pub revision: i64,
+    pub suffix: String,
+}
+
+impl IncidentId {
+    /// A rollback of `revision` that started at `started`.
+    pub fn rollback(deployment: DeploymentKey, revision: i64, started: jiff::Timestamp) -> Self {
+        IncidentId {
+            deployment,
+            revision,
+            suffix: started.as_millisecond().to_string(),
+        }
+    }
+
+    /// A notice about `revision` that is not a rollback (blind, degraded,
+    /// escalation); a blind one per episode.
+    pub fn notice(
+        deployment: DeploymentKey,
+        revision: i64,
+        kind: EventKind,
+        episode: Option<jiff::Timestamp>,
+    ) -> Self {
+        let episode = episode
+            .map(|t| format!("/{}", t.as_second()))
+            .unwrap_or_default();
+        IncidentId {
+            deployment,
+            revision,
+            suffix: format!("{}{episode}", kind.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/r{}/{}", self.deployment, self.revision, self.suffix)
+    }
+}
+
+impl std::str::FromStr for IncidentId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not an incident id (<namespace>/<name>/r<revision>/<suffix>)");
+        let mut parts = s.splitn(4, '/');
+        let (Some(ns), Some(name), Some(rev), Some(suffix)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let revision = rev
+            .strip_prefix('r')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
+        if ns.is_empty() || name.is_empty() || suffix.is_empty() {
+            return Err(bad());
+        }
+        Ok(IncidentId {
+            deployment: DeploymentKey::new(ns, name),
+            revision,
+            suffix: suffix.to_owned(),
+        })
+    }
+}
+
+impl From<IncidentId> for String {
+    fn from(id: IncidentId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for IncidentId {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
 
 /// What started the decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +132,9 @@ pub struct RevisionRef {
 /// One decision, with everything needed to explain it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Incident {
-    /// Stable per decision (`<ns>/<name>/r<revision>/<unix-ms>`): sinks and
-    /// the delivery record use it so a restart never sends a decision twice.
+    /// Stable per decision (an [`IncidentId`]; `notify-test/<unix-ms>`
+    /// for a test): sinks and the delivery record use it so a restart
+    /// never sends a decision twice.
     pub id: String,
     pub kind: EventKind,
     /// `[watchdog] cluster_name`.
@@ -81,7 +174,7 @@ pub struct Incident {
 
 impl Incident {
     pub fn target(&self) -> String {
-        format!("{}/{}", self.namespace, self.deployment)
+        crate::k8s::DeploymentKey::new(&self.namespace, &self.deployment).to_string()
     }
 
     /// Seconds from the rollout's start to detection, when both are known.
@@ -125,6 +218,53 @@ impl IncidentSink for Collected {
     fn emit(&self, incident: &Incident) {
         if let Ok(mut v) = self.0.lock() {
             v.push(incident.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incident_id_is_namespace_name_revision_and_suffix_on_the_wire() {
+        let started: jiff::Timestamp = "2026-11-27T10:00:00.123Z".parse().unwrap();
+        let id = IncidentId::rollback(DeploymentKey::new("production", "web"), 3, started);
+        assert_eq!(id.to_string(), "production/web/r3/1795773600123");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            r#""production/web/r3/1795773600123""#
+        );
+        let back: IncidentId =
+            serde_json::from_str(r#""production/web/r3/1795773600123""#).unwrap();
+        assert_eq!(back, id);
+
+        let blind = IncidentId::notice(
+            DeploymentKey::new("production", "web"),
+            3,
+            EventKind::Blind,
+            Some(started),
+        );
+        assert_eq!(blind.to_string(), "production/web/r3/blind/1795773600");
+        assert_eq!(blind.to_string().parse::<IncidentId>().unwrap(), blind);
+    }
+
+    #[test]
+    fn a_malformed_incident_id_is_refused_naming_its_shape() {
+        for bad in [
+            "",
+            "web",
+            "production/web",
+            "production/web/3/1",
+            "production/web/rx/1",
+            "/web/r3/1",
+            "production/web/r3/",
+        ] {
+            let err = bad.parse::<IncidentId>().unwrap_err();
+            assert!(
+                err.contains("<namespace>/<name>/r<revision>/<suffix>"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -13,8 +13,8 @@ use kube::Client;
 
 use crate::config::Config;
 use crate::pipeline::{self, ProgressFn, RollbackError, WriteGuard};
-use crate::report::audit::{AuditError, AuditLine, AuditLog};
-use crate::report::incident::IncidentSink;
+use crate::report::audit::{AuditError, AuditLine, AuditLog, AuditOutcome, Step};
+use crate::report::incident::{IncidentId, IncidentSink};
 use crate::report::metrics::Metrics;
 use crate::report::notify::{
     DeliveryObserver, DeliveryOutcome, FileLedger, MetricsObserver, Notifier, NotifyError,
@@ -150,25 +150,18 @@ impl App {
 
 /// A delivery outcome as a `notify` line of the audit log.
 fn append_outcome(audit: &AuditLog, o: &DeliveryOutcome) {
+    // The Deployment the incident is about; a test incident has none.
     let target = o
         .incident_id
-        .split('/')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join("/");
-    let outcome = serde_json::to_value(o).unwrap_or_default();
-    let word = outcome
-        .get("result")
-        .and_then(|r| r.as_str())
-        .unwrap_or("delivery")
-        .to_string();
+        .parse::<IncidentId>()
+        .map_or_else(|_| o.incident_id.clone(), |id| id.deployment.to_string());
     let line = AuditLine {
         time: jiff::Timestamp::now().to_string(),
         target,
         rollback: o.incident_id.clone(),
-        step: "notify".into(),
-        outcome: word,
-        details: outcome,
+        step: Step::Notify,
+        outcome: AuditOutcome::Delivery(o.result.label()),
+        details: serde_json::to_value(o).unwrap_or_default(),
     };
     if let Err(e) = audit.append(&line) {
         tracing::warn!(error = %e, "cannot write a delivery outcome to the audit log");

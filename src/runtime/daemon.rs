@@ -27,7 +27,7 @@ use crate::observe::cache::Caches;
 use crate::observe::revision::{self, TargetState, Tracker};
 use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
 use crate::pipeline::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
-use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
+use crate::report::incident::{Incident, IncidentId, IncidentSink, RevisionRef, Trigger};
 use crate::report::metrics::TargetOutcome;
 use crate::report::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
 use crate::report::status::{
@@ -289,7 +289,7 @@ impl Daemon {
                     match tokio::time::timeout(Duration::from_secs(10), api.get(&name)).await {
                         Ok(Ok(fresh)) => pipeline.resume(&fresh).await,
                         Ok(Err(e)) => {
-                            tracing::warn!(target = %format!("{ns}/{name}"), error = %e, "cannot read the Deployment to resume its rollback; will retry");
+                            tracing::warn!(target = %crate::k8s::DeploymentKey::new(&ns, &name), error = %e, "cannot read the Deployment to resume its rollback; will retry");
                             None
                         }
                         Err(_) => None,
@@ -517,7 +517,7 @@ impl Daemon {
             in_flight_to_resume: in_flight
                 .ok()
                 .flatten()
-                .is_some_and(|f| !self.completed.contains(&f.id)),
+                .is_some_and(|f| !self.completed.contains(&f.id.to_string())),
             // Seen once per object version, valid or not: a malformed
             // value is reported once and never blocks the verdict.
             annotation_request: pipeline::annotation_request(d).is_some()
@@ -789,7 +789,7 @@ impl Daemon {
         let now: BTreeSet<TargetWarning> = warnings.iter().cloned().collect();
         let new: Vec<TargetWarning> = now.difference(&self.reported_warnings).cloned().collect();
         for w in &new {
-            tracing::warn!(target = %format!("{}/{}", w.namespace, w.subject), "{w}");
+            tracing::warn!(target = %crate::k8s::DeploymentKey::new(&w.namespace, &w.subject), "{w}");
             if w.deployment_exists {
                 let reference = Deployment::object_ref_for(&w.namespace, &w.subject);
                 self.event_ref(
@@ -893,16 +893,7 @@ impl Daemon {
         sink.emit(&Incident {
             // Stable per revision and kind (per episode for blind), so the
             // delivery ledger drops a repeat after a restart.
-            id: format!(
-                "{}/{}/r{}/{}{}",
-                target.namespace,
-                target.name,
-                subject.revision,
-                kind.as_str(),
-                episode
-                    .map(|t| format!("/{}", t.as_second()))
-                    .unwrap_or_default()
-            ),
+            id: IncidentId::notice(target.key(), subject.revision, kind, episode).to_string(),
             kind,
             cluster: self.config.watchdog.cluster_name.clone(),
             namespace: target.namespace.clone(),
