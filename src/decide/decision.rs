@@ -24,6 +24,7 @@ use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
 use crate::observe::blocklist::{self, Entry};
 use crate::observe::revision::{KnownGood, TargetState};
 use crate::observe::targets::WatchedDeployment;
+use crate::report::audit::Reason;
 use crate::signals::{SignalResult, Subject};
 
 /// A revision restored by the watchdog's own rollback is one whose rollout
@@ -185,8 +186,7 @@ pub struct RollbackOrder {
 /// An Event for a verdict that changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerdictEvent {
-    pub warning: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub note: String,
 }
 
@@ -308,12 +308,12 @@ pub fn decide(memory: &mut RevisionState, input: &Input) -> Decision {
 }
 
 fn verdict_event(verdict: Verdict, revision: i64, reasons: &[String]) -> VerdictEvent {
-    let (warning, reason) = match verdict {
-        Verdict::Healthy => (false, "RevisionHealthy"),
-        Verdict::Inconclusive => (false, "RevisionInconclusive"),
-        Verdict::Suspect => (true, "RevisionSuspect"),
-        Verdict::Bad => (true, "RevisionBad"),
-        Verdict::Degraded => (true, "RevisionDegraded"),
+    let reason = match verdict {
+        Verdict::Healthy => Reason::RevisionHealthy,
+        Verdict::Inconclusive => Reason::RevisionInconclusive,
+        Verdict::Suspect => Reason::RevisionSuspect,
+        Verdict::Bad => Reason::RevisionBad,
+        Verdict::Degraded => Reason::RevisionDegraded,
     };
     let verdict = verdict.as_str();
     let note = if reasons.is_empty() {
@@ -321,11 +321,7 @@ fn verdict_event(verdict: Verdict, revision: i64, reasons: &[String]) -> Verdict
     } else {
         format!("revision {revision} is {verdict}: {}", reasons.join("; "))
     };
-    VerdictEvent {
-        warning,
-        reason,
-        note,
-    }
+    VerdictEvent { reason, note }
 }
 
 /// One decision per revision, and only by a replica that may act.

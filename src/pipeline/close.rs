@@ -151,15 +151,15 @@ impl Pipeline {
         incident.error = ended.error.clone();
         incident.changes = changes(patch);
         if let Some(d) = &ended.deployment {
-            let (warning, reason, note) = match result {
-                RollbackResult::Succeeded => (false, "RolledBack", format!(
+            let (reason, note) = match result {
+                RollbackResult::Succeeded => (Reason::RolledBack, format!(
                     "Rolled back from {} to {} and verified: {}", describe_ref(&in_flight.from), describe_ref(&in_flight.to), in_flight.reason)),
-                RollbackResult::Conflict => (true, "RollbackConflict", error.clone()),
-                _ => (true, "RollbackEscalated", format!(
+                RollbackResult::Conflict => (Reason::RollbackConflict, error.clone()),
+                _ => (Reason::RollbackEscalated, format!(
                     "Rolled back to {} but it is not healthy ({error}): a person must act; the watchdog will not roll back again",
                     describe_ref(&in_flight.to))),
             };
-            self.event(d, warning, reason, note).await;
+            self.event(d, reason, note).await;
         }
         if result == RollbackResult::Escalated {
             let target = incident.target();
@@ -344,13 +344,12 @@ impl Pipeline {
         );
     }
 
-    pub(super) async fn event(&self, d: &Deployment, warning: bool, reason: &str, note: String) {
+    pub(super) async fn event(&self, d: &Deployment, reason: Reason, note: String) {
         if !(self.ctx.may_write)() {
             return;
         }
         let notice = Notice {
-            warning,
-            reason: reason.to_owned(),
+            reason,
             action: "Rollback".to_owned(),
             note,
         };

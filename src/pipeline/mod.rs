@@ -78,7 +78,7 @@ use crate::observe::blocklist;
 use crate::observe::cache::Snapshot;
 use crate::observe::revision::{self, Rollout};
 use crate::pipeline::backup::{Backups, Record};
-use crate::report::audit::{AuditLine, AuditLog, AuditOutcome, EventPublisher, Notice};
+use crate::report::audit::{AuditLine, AuditLog, AuditOutcome, EventPublisher, Notice, Reason};
 use crate::report::incident::IncidentId;
 use crate::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
 use crate::signals::{SignalResult, Signals, Subject};
@@ -467,8 +467,7 @@ impl Pipeline {
         incident.finished_at = Some(rfc3339(self.ctx.now()));
         self.event(
             &plan.deployment,
-            false,
-            "WouldRollBack",
+            Reason::WouldRollBack,
             format!(
                 "Dry run: would roll back from {} to {}: {}",
                 describe_ref(&plan.from),

@@ -107,7 +107,7 @@ impl Pipeline {
             describe_ref(&plan.to),
             plan.reason
         );
-        self.event(&plan.deployment, false, "RollbackStarted", note)
+        self.event(&plan.deployment, Reason::RollbackStarted, note)
             .await;
     }
 
@@ -162,8 +162,7 @@ impl Pipeline {
         incident.finished_at = Some(rfc3339(self.ctx.now()));
         self.event(
             &plan.deployment,
-            true,
-            "RollbackFailed",
+            Reason::RollbackFailed,
             format!("Rollback not done ({} failed): {why}", step.as_str()),
         )
         .await;
@@ -200,7 +199,7 @@ impl Pipeline {
         incident.failed_step = Some(Step::Update.as_str().to_owned());
         incident.error = Some(why.clone());
         incident.finished_at = Some(rfc3339(self.ctx.now()));
-        self.event(&fresh, true, "RollbackConflict", why).await;
+        self.event(&fresh, Reason::RollbackConflict, why).await;
         self.report(&incident).await;
         self.notify(&mut plan.steps, &plan.id, &incident);
         RollbackOutcome {

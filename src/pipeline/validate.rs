@@ -76,7 +76,7 @@ impl Pipeline {
         incident.dry_run = request.dry_run;
         incident.finished_at = Some(rfc3339(self.ctx.now()));
         if let Some(d) = refusal.deployment() {
-            self.event(d, true, "RollbackRefused", why).await;
+            self.event(d, Reason::RollbackRefused, why).await;
             if matches!(request.trigger, Trigger::Annotation { .. }) {
                 self.consume_request_annotation(d).await;
             }

@@ -198,12 +198,78 @@ impl AuditLog {
     }
 }
 
+/// Every reason of an Event the watchdog writes, as `kubectl describe`
+/// and `kubectl get events` show it. Whether it is a Warning follows from
+/// the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    RevisionHealthy,
+    RevisionInconclusive,
+    RevisionSuspect,
+    RevisionBad,
+    RevisionDegraded,
+    RevisionUnverified,
+    RevisionKnownGood,
+    WatchdogBlind,
+    TargetWarning,
+    InvalidAnnotation,
+    RollbackStarted,
+    RolledBack,
+    WouldRollBack,
+    RollbackRefused,
+    RollbackConflict,
+    RollbackFailed,
+    RollbackEscalated,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RevisionHealthy => "RevisionHealthy",
+            Reason::RevisionInconclusive => "RevisionInconclusive",
+            Reason::RevisionSuspect => "RevisionSuspect",
+            Reason::RevisionBad => "RevisionBad",
+            Reason::RevisionDegraded => "RevisionDegraded",
+            Reason::RevisionUnverified => "RevisionUnverified",
+            Reason::RevisionKnownGood => "RevisionKnownGood",
+            Reason::WatchdogBlind => "WatchdogBlind",
+            Reason::TargetWarning => "TargetWarning",
+            Reason::InvalidAnnotation => "InvalidAnnotation",
+            Reason::RollbackStarted => "RollbackStarted",
+            Reason::RolledBack => "RolledBack",
+            Reason::WouldRollBack => "WouldRollBack",
+            Reason::RollbackRefused => "RollbackRefused",
+            Reason::RollbackConflict => "RollbackConflict",
+            Reason::RollbackFailed => "RollbackFailed",
+            Reason::RollbackEscalated => "RollbackEscalated",
+        }
+    }
+
+    /// A Warning Event rather than a Normal one: something a person
+    /// should look at.
+    pub fn is_warning(self) -> bool {
+        !matches!(
+            self,
+            Reason::RevisionHealthy
+                | Reason::RevisionInconclusive
+                | Reason::RevisionKnownGood
+                | Reason::RollbackStarted
+                | Reason::RolledBack
+                | Reason::WouldRollBack
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A decision or result told on the Deployment (`kubectl describe`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
-    pub warning: bool,
-    /// PascalCase: `RollbackStarted`, `RolledBack`, `RollbackRefused`...
-    pub reason: String,
+    pub reason: Reason,
     /// PascalCase action: `Rollback`, `Verify`...
     pub action: String,
     pub note: String,
@@ -232,12 +298,12 @@ impl EventPublisher {
     pub async fn publish(&self, deployment: &Deployment, notice: &Notice) -> Result<(), String> {
         let reference = deployment.object_ref(&());
         let event = Event {
-            type_: if notice.warning {
+            type_: if notice.reason.is_warning() {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: notice.reason.clone(),
+            reason: notice.reason.as_str().to_owned(),
             note: Some(truncate(&notice.note, MAX_NOTE)),
             action: notice.action.clone(),
             secondary: None,
@@ -278,6 +344,34 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_good_news_and_a_started_rollback_are_normal_events() {
+        let normal = [
+            Reason::RevisionHealthy,
+            Reason::RevisionInconclusive,
+            Reason::RevisionKnownGood,
+            Reason::RollbackStarted,
+            Reason::RolledBack,
+            Reason::WouldRollBack,
+        ];
+        let warning = [
+            Reason::RevisionSuspect,
+            Reason::RevisionBad,
+            Reason::RevisionDegraded,
+            Reason::RevisionUnverified,
+            Reason::WatchdogBlind,
+            Reason::TargetWarning,
+            Reason::InvalidAnnotation,
+            Reason::RollbackRefused,
+            Reason::RollbackConflict,
+            Reason::RollbackFailed,
+            Reason::RollbackEscalated,
+        ];
+        assert!(normal.iter().all(|r| !r.is_warning()));
+        assert!(warning.iter().all(|r| r.is_warning()));
+        assert_eq!(Reason::RolledBack.to_string(), "RolledBack");
+    }
 
     #[test]
     fn each_kind_of_line_speaks_its_own_vocabulary_on_the_wire() {

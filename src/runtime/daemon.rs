@@ -27,6 +27,7 @@ use crate::observe::cache::Caches;
 use crate::observe::revision::{self, TargetState, Tracker};
 use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
 use crate::pipeline::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
+use crate::report::audit::Reason;
 use crate::report::incident::{Incident, IncidentId, IncidentSink, RevisionRef, Trigger};
 use crate::report::metrics::TargetOutcome;
 use crate::report::metrics::{Metrics, SignalLabels, SignalResultLabels, TargetResult};
@@ -605,23 +606,12 @@ impl Daemon {
         let d = &target.deployment;
         let name = target.display_name();
         if let Some(e) = &decision.verdict_event {
-            let kind = if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            self.event(d, kind, e.reason, "Judge", e.note.clone()).await;
+            self.event(d, e.reason, "Judge", e.note.clone()).await;
         }
         if let Some(blind) = &decision.judgement.blind_report {
             tracing::warn!(target = %name, revision = subject.revision, "{blind}");
-            self.event(
-                d,
-                EventType::Warning,
-                "WatchdogBlind",
-                "Judge",
-                blind.sentence.clone(),
-            )
-            .await;
+            self.event(d, Reason::WatchdogBlind, "Judge", blind.sentence.clone())
+                .await;
             let report = Report {
                 kind: EventKind::Blind,
                 reason: blind.sentence.clone(),
@@ -633,14 +623,8 @@ impl Daemon {
             .await;
         if let Some(note) = decision.unverified {
             tracing::warn!(target = %name, revision = subject.revision, "{note}");
-            self.event(
-                d,
-                EventType::Warning,
-                "RevisionUnverified",
-                "RecordKnownGood",
-                note,
-            )
-            .await;
+            self.event(d, Reason::RevisionUnverified, "RecordKnownGood", note)
+                .await;
         }
         if let Some(write) = decision.known_good {
             self.record_known_good(target, write).await;
@@ -683,14 +667,8 @@ impl Daemon {
                     }
                     Some(Err(problem)) => {
                         tracing::warn!(target = %name, "{problem}");
-                        self.event(
-                            d,
-                            EventType::Warning,
-                            "InvalidAnnotation",
-                            "Rollback",
-                            problem,
-                        )
-                        .await;
+                        self.event(d, Reason::InvalidAnnotation, "Rollback", problem)
+                            .await;
                     }
                     None => {}
                 }
@@ -717,14 +695,8 @@ impl Daemon {
             }
             Action::Escalate { sentence } => {
                 tracing::error!(target = %name, revision = subject.revision, "{sentence}");
-                self.event(
-                    d,
-                    EventType::Warning,
-                    "RollbackEscalated",
-                    "Judge",
-                    sentence.clone(),
-                )
-                .await;
+                self.event(d, Reason::RollbackEscalated, "Judge", sentence.clone())
+                    .await;
                 let report = Report {
                     kind: EventKind::Escalation,
                     reason: sentence,
@@ -772,8 +744,7 @@ impl Daemon {
                 tracing::info!(target = %name, revision = kg.revision, "{note}");
                 self.event(
                     &target.deployment,
-                    EventType::Normal,
-                    "RevisionKnownGood",
+                    Reason::RevisionKnownGood,
                     "RecordKnownGood",
                     note,
                 )
@@ -794,8 +765,7 @@ impl Daemon {
                 let reference = Deployment::object_ref_for(&w.namespace, &w.subject);
                 self.event_ref(
                     &reference,
-                    EventType::Warning,
-                    "TargetWarning",
+                    Reason::TargetWarning,
                     "Resolve",
                     w.message.clone(),
                 )
@@ -805,23 +775,15 @@ impl Daemon {
         self.reported_warnings = now;
     }
 
-    async fn event(
-        &self,
-        d: &Deployment,
-        kind: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
+    async fn event(&self, d: &Deployment, reason: Reason, action: &str, note: String) {
         let reference = d.object_ref(&());
-        self.event_ref(&reference, kind, reason, action, note).await;
+        self.event_ref(&reference, reason, action, note).await;
     }
 
     async fn event_ref(
         &self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
-        kind: EventType,
-        reason: &str,
+        reason: Reason,
         action: &str,
         note: String,
     ) {
@@ -829,8 +791,12 @@ impl Daemon {
             return;
         }
         let event = KubeEvent {
-            type_: kind,
-            reason: reason.into(),
+            type_: if reason.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.as_str().into(),
             note: Some(truncate(&note, 1000)),
             action: action.into(),
             secondary: None,
@@ -842,8 +808,15 @@ impl Daemon {
         .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(reason, error = %e, "cannot record a Kubernetes Event"),
-            Err(_) => tracing::warn!(reason, "recording a Kubernetes Event timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(reason = reason.as_str(), error = %e, "cannot record a Kubernetes Event")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    "recording a Kubernetes Event timed out"
+                )
+            }
         }
     }
 
