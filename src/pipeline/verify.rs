@@ -25,14 +25,12 @@ impl Pipeline {
             .max(Duration::from_millis(100));
         let started = Instant::now();
         let switched = self.ctx.now();
-        let mut ticks = 0u32;
-        let mut consecutive: BTreeMap<String, u32> = BTreeMap::new();
-        let mut inconclusive: BTreeMap<String, String> = BTreeMap::new();
+        let mut tally = Tally::default();
         loop {
             if !(self.ctx.may_write)() {
                 return Verified::HandedOver;
             }
-            ticks += 1;
+            tally.ticks += 1;
             let d = match self.get(&ns, &name).await {
                 Ok(Some(d)) => d,
                 Ok(None) => {
@@ -50,12 +48,13 @@ impl Pipeline {
                 return Verified::Superseded(format!(
                     "{target} was changed by someone else during verification; the watchdog stops and does not touch it"), Box::new(d));
             }
-            let tick = self.verify_tick(&d, switched, policy).await;
-            let tick = match tick {
+            let ticks = tally.ticks;
+            let done = || Instant::now().duration_since(started) >= window && ticks >= 3;
+            let tick = match self.verify_tick(&d, switched, policy).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!("{e}");
-                    if Instant::now().duration_since(started) >= window && ticks >= 3 {
+                    if done() {
                         return Verified::Failed {
                             summary: format!("could not verify {target}: {e}"),
                             details: Value::Null,
@@ -65,31 +64,9 @@ impl Pipeline {
                     continue;
                 }
             };
-            for r in &tick.results {
-                let id = r.signal.id();
-                if r.outcome.is_fail() {
-                    *consecutive.entry(id).or_default() += 1;
-                } else {
-                    consecutive.remove(&id);
-                    if let crate::signals::Outcome::Inconclusive { why } = &r.outcome {
-                        inconclusive.insert(id, why.clone());
-                    }
-                }
-            }
-            let done = Instant::now().duration_since(started) >= window && ticks >= 3;
-            let failing: Vec<String> = tick
-                .results
-                .iter()
-                .filter(|r| {
-                    r.outcome.is_fail()
-                        && (consecutive.get(&r.signal.id()).copied().unwrap_or(0) >= 2 || done)
-                })
-                .map(SignalResult::describe)
-                .collect();
-            let mut problems = failing;
-            if done && !tick.ready_ok {
-                problems.push(tick.ready_line.clone());
-            }
+            tally.count(&tick);
+            let done = done();
+            let problems = tally.problems(&tick, done);
             if !problems.is_empty() {
                 return Verified::Failed {
                     summary: format!(
@@ -97,23 +74,18 @@ impl Pipeline {
                         describe_ref(&in_flight.to),
                         problems.join("; ")
                     ),
-                    details: json!({"checks": tick.lines, "ticks": ticks}),
+                    details: json!({"checks": tick.lines, "ticks": tally.ticks}),
                 };
             }
             if done {
                 let mut summary = format!(
-                    "{} verified over {} ({ticks} checks): {}",
+                    "{} verified over {} ({} checks): {}",
                     describe_ref(&in_flight.to),
                     humantime::format_duration(window),
+                    tally.ticks,
                     tick.ready_line
                 );
-                let metrics: Vec<String> = inconclusive
-                    .iter()
-                    .filter(|(id, _)| {
-                        matches!(id.as_str(), "error_rate" | "latency") || id.starts_with("rule:")
-                    })
-                    .map(|(id, why)| format!("{id}: {why}"))
-                    .collect();
+                let metrics = tally.unverified_metrics();
                 if !metrics.is_empty() {
                     summary.push_str(&format!(
                         "; could not verify metrics ({})",
@@ -122,7 +94,7 @@ impl Pipeline {
                 }
                 return Verified::Passed {
                     summary,
-                    details: json!({"checks": tick.lines, "ticks": ticks, "inconclusive": inconclusive}),
+                    details: json!({"checks": tick.lines, "ticks": tally.ticks, "inconclusive": tally.inconclusive}),
                 };
             }
             tokio::time::sleep(every).await;
@@ -154,4 +126,60 @@ pub(super) enum Verified {
     HandedOver,
     Failed { summary: String, details: Value },
     Superseded(String, Box<Deployment>),
+}
+
+/// What Verify has seen so far.
+#[derive(Default)]
+pub(super) struct Tally {
+    ticks: u32,
+    /// Consecutive failing checks, by signal.
+    consecutive: BTreeMap<String, u32>,
+    /// The last reason each signal could not judge.
+    inconclusive: BTreeMap<String, String>,
+}
+
+impl Tally {
+    fn count(&mut self, tick: &Checks) {
+        for r in &tick.results {
+            let id = r.signal.id();
+            if r.outcome.is_fail() {
+                *self.consecutive.entry(id).or_default() += 1;
+            } else {
+                self.consecutive.remove(&id);
+                if let crate::signals::Outcome::Inconclusive { why } = &r.outcome {
+                    self.inconclusive.insert(id, why.clone());
+                }
+            }
+        }
+    }
+
+    /// What fails verification now: a signal failing on two checks in a
+    /// row, or on the last one; pods not ready at the end.
+    fn problems(&self, tick: &Checks, done: bool) -> Vec<String> {
+        let mut problems: Vec<String> = tick
+            .results
+            .iter()
+            .filter(|r| {
+                r.outcome.is_fail()
+                    && (self.consecutive.get(&r.signal.id()).copied().unwrap_or(0) >= 2 || done)
+            })
+            .map(SignalResult::describe)
+            .collect();
+        if done && !tick.ready_ok {
+            problems.push(tick.ready_line.clone());
+        }
+        problems
+    }
+
+    /// The metric signals that could not judge, said in the summary so a
+    /// pass on pods alone is never mistaken for a full one.
+    fn unverified_metrics(&self) -> Vec<String> {
+        self.inconclusive
+            .iter()
+            .filter(|(id, _)| {
+                matches!(id.as_str(), "error_rate" | "latency") || id.starts_with("rule:")
+            })
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect()
+    }
 }
