@@ -312,14 +312,47 @@ pub fn judge(
         last_verdict: state.last_verdict,
     };
 
-    let mut decisive = Vec::new();
-    let mut failing = Vec::new();
-    let mut held = Vec::new();
-    let mut inconclusive = Vec::new();
-    let mut any_pass = false;
-
+    let mut tally = Tally::default();
     for (signal, seen) in &seen {
         let track = next.signals.entry(signal.clone()).or_default();
+        tally.count(policy, signal, seen, track, now);
+    }
+    let verdict = tally.verdict(policy);
+    let blind_report = blindness(policy, &seen, &mut next, now);
+
+    let verdict_changed = state.last_verdict != Some(verdict);
+    next.last_verdict = Some(verdict);
+    Judgement {
+        verdict,
+        state: next,
+        reasons: tally.into_reasons(),
+        blind_report,
+        verdict_changed,
+    }
+}
+
+/// This tick's reasons, sorted by what they weigh, as the signals are
+/// counted one by one.
+#[derive(Default)]
+struct Tally {
+    decisive: Vec<Reason>,
+    failing: Vec<Reason>,
+    held: Vec<Reason>,
+    inconclusive: Vec<Reason>,
+    any_pass: bool,
+}
+
+impl Tally {
+    /// Moves `signal`'s counters by what it showed this tick and files
+    /// the reason it gives.
+    fn count(
+        &mut self,
+        policy: &JudgePolicy,
+        signal: &SignalId,
+        seen: &Seen,
+        track: &mut SignalTrack,
+        now: Timestamp,
+    ) {
         let needed = policy.threshold_for(signal);
         match seen {
             Seen::Pass(at) => {
@@ -327,7 +360,7 @@ pub fn judge(
                     last_observed: Some(*at),
                     ..SignalTrack::default()
                 };
-                any_pass = true;
+                self.any_pass = true;
             }
             Seen::Fail(at, result) => {
                 track.failing_ticks = track.failing_ticks.saturating_add(1);
@@ -339,65 +372,97 @@ pub fn judge(
                 let is_decisive = immediate || track.failing_ticks >= needed;
                 let reason = failing_reason(result, track, needed, immediate, is_decisive);
                 if is_decisive {
-                    decisive.push(reason);
+                    self.decisive.push(reason);
                 } else {
-                    failing.push(reason);
+                    self.failing.push(reason);
                 }
             }
-            Seen::Inconclusive(why) => {
-                let since = *track.inconclusive_since.get_or_insert(now);
-                if track.failing_ticks > 0 && elapsed(since, now) >= policy.blind_alert_after {
-                    // Evidence on both sides of a blind spell is not consecutive.
-                    track.failing_ticks = 0;
-                    track.held_ticks = 0;
-                }
-                if track.failing_ticks > 0 {
-                    track.held_ticks = track.held_ticks.saturating_add(1);
-                    held.push(Reason {
-                        signal: signal.clone(),
-                        sentence: format!(
-                            "{} failed {} of {needed} consecutive ticks needed; no data this tick ({why}), counter held",
-                            signal.label(),
-                            track.failing_ticks,
-                        ),
-                        finding: Finding::Held {
-                            failing_ticks: track.failing_ticks,
-                            needed_ticks: needed,
-                            why: why.clone(),
-                        },
-                    });
-                } else {
-                    inconclusive.push(Reason {
-                        signal: signal.clone(),
-                        sentence: format!(
-                            "{} inconclusive since {}: {why}",
-                            signal.label(),
-                            rfc3339(since)
-                        ),
-                        finding: Finding::Inconclusive {
-                            why: why.clone(),
-                            since: Some(since),
-                        },
-                    });
-                }
-            }
+            Seen::Inconclusive(why) => self.no_evidence(policy, signal, why, track, needed, now),
         }
     }
 
-    let verdict = if !decisive.is_empty() {
-        if policy.in_window || policy.rollback_outside_window {
-            Verdict::Bad
-        } else {
-            Verdict::Degraded
+    /// An Inconclusive tick: the counter holds (or is dropped after a
+    /// blind spell), and the signal says why it had no evidence.
+    fn no_evidence(
+        &mut self,
+        policy: &JudgePolicy,
+        signal: &SignalId,
+        why: &str,
+        track: &mut SignalTrack,
+        needed: u32,
+        now: Timestamp,
+    ) {
+        let since = *track.inconclusive_since.get_or_insert(now);
+        if track.failing_ticks > 0 && elapsed(since, now) >= policy.blind_alert_after {
+            // Evidence on both sides of a blind spell is not consecutive.
+            track.failing_ticks = 0;
+            track.held_ticks = 0;
         }
-    } else if !failing.is_empty() || !held.is_empty() {
-        Verdict::Suspect
-    } else if inconclusive.is_empty() && any_pass {
-        Verdict::Healthy
-    } else {
-        Verdict::Inconclusive
-    };
+        if track.failing_ticks > 0 {
+            track.held_ticks = track.held_ticks.saturating_add(1);
+            self.held.push(Reason {
+                signal: signal.clone(),
+                sentence: format!(
+                    "{} failed {} of {needed} consecutive ticks needed; no data this tick ({why}), counter held",
+                    signal.label(),
+                    track.failing_ticks,
+                ),
+                finding: Finding::Held {
+                    failing_ticks: track.failing_ticks,
+                    needed_ticks: needed,
+                    why: why.to_owned(),
+                },
+            });
+        } else {
+            self.inconclusive.push(Reason {
+                signal: signal.clone(),
+                sentence: format!(
+                    "{} inconclusive since {}: {why}",
+                    signal.label(),
+                    rfc3339(since)
+                ),
+                finding: Finding::Inconclusive {
+                    why: why.to_owned(),
+                    since: Some(since),
+                },
+            });
+        }
+    }
 
+    fn verdict(&self, policy: &JudgePolicy) -> Verdict {
+        if !self.decisive.is_empty() {
+            if policy.in_window || policy.rollback_outside_window {
+                Verdict::Bad
+            } else {
+                Verdict::Degraded
+            }
+        } else if !self.failing.is_empty() || !self.held.is_empty() {
+            Verdict::Suspect
+        } else if self.inconclusive.is_empty() && self.any_pass {
+            Verdict::Healthy
+        } else {
+            Verdict::Inconclusive
+        }
+    }
+
+    /// Decisive reasons first, then failing, held and inconclusive signals.
+    fn into_reasons(self) -> Vec<Reason> {
+        let mut reasons = self.decisive;
+        reasons.extend(self.failing);
+        reasons.extend(self.held);
+        reasons.extend(self.inconclusive);
+        reasons
+    }
+}
+
+/// Which signals are blind after this tick, and the report when a blind
+/// episode starts (exactly one per episode); `next.blind_since` follows.
+fn blindness(
+    policy: &JudgePolicy,
+    seen: &BTreeMap<SignalId, Seen>,
+    next: &mut JudgeState,
+    now: Timestamp,
+) -> Option<BlindReport> {
     let blind: Vec<BlindSignal> = seen
         .iter()
         .filter_map(|(signal, seen)| {
@@ -412,7 +477,7 @@ pub fn judge(
             })
         })
         .collect();
-    let blind_report = if blind.is_empty() {
+    if blind.is_empty() {
         next.blind_since = None;
         None
     } else if next.blind_since.is_some() {
@@ -420,21 +485,6 @@ pub fn judge(
     } else {
         next.blind_since = Some(now);
         Some(blind_report(blind, now))
-    };
-
-    let verdict_changed = state.last_verdict != Some(verdict);
-    next.last_verdict = Some(verdict);
-
-    let mut reasons = decisive;
-    reasons.extend(failing);
-    reasons.extend(held);
-    reasons.extend(inconclusive);
-    Judgement {
-        verdict,
-        state: next,
-        reasons,
-        blind_report,
-        verdict_changed,
     }
 }
 
