@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
-use super::feeds::Feeds;
+use super::feeds::{AuditTail, Feeds};
 use super::timeline::Timeline;
 use super::watcher::Watcher;
 use super::{bounded, DemoError, DemoReport};
@@ -69,6 +69,8 @@ pub(super) async fn scrape_metrics(url: &str, dir: &Path) -> Result<Scrape, Demo
     })
 }
 
+/// Step 6: reads back what a user would check and prints the summary;
+/// what the demo showed, for the caller.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn summary(
     tl: &Timeline,
@@ -83,60 +85,104 @@ pub(super) async fn summary(
     watch: &Watcher,
 ) -> Result<DemoReport, DemoError> {
     let incident = &outcome.incident;
-    let ReadBack {
-        final_image,
-        backup,
-        saved,
-        saved_image,
-        blocklisted,
-    } = read_back(client, incident, bad).await?;
-
+    let back = read_back(client, incident, bad).await?;
     let detect = incident.time_to_detect().or_else(|| {
         watch
             .bad_at
             .map(|t| t.duration_since(deployed).as_secs_f64())
     });
-    let recover = incident.time_to_recover();
-    let secs = |s: Option<f64>| s.map_or("unknown".to_string(), |s| format!("{s:.1}s"));
+    let report = DemoReport {
+        with_prometheus,
+        bad_image: bad.to_string(),
+        time_to_detect: detect,
+        time_to_recover: incident.time_to_recover(),
+        backup: back.backup.clone(),
+        audit_log: feeds.audit.path.clone(),
+        final_image: back.final_image.clone(),
+        slack_messages: feeds.shown_messages,
+        rollbacks_metric: scrape.rollbacks.clone(),
+        metrics_file: scrape.file.clone(),
+    };
+    let told = told(emitted, feeds);
+    tl.plain("");
+    tl.plain("Summary");
+    what_happened(tl, &report, incident);
+    where_to_check(tl, &report, &back, &feeds.audit, &told, &scrape.url);
+    Ok(report)
+}
+
+/// The summary's first rows: the result, how it was seen, how fast, and
+/// from which revision to which.
+fn what_happened(tl: &Timeline, report: &DemoReport, incident: &Incident) {
+    let DemoReport {
+        with_prometheus,
+        bad_image: bad,
+        time_to_detect: detect,
+        time_to_recover: recover,
+        ..
+    } = report;
+    let secs = |s: &Option<f64>| s.map_or("unknown".to_string(), |s| format!("{s:.1}s"));
     let (from, to) = (
         describe_revision(incident.from.as_ref()),
         describe_revision(incident.to.as_ref()),
     );
-    let audit = &feeds.audit;
-    let slack_messages = feeds.shown_messages;
-    let told = told(emitted, feeds);
-    let audit_lines = audit.lines.len();
-    let audit_steps: Vec<&str> = audit.lines.iter().map(|l| l.step.as_str()).collect();
-
-    tl.plain("");
-    tl.plain("Summary");
-    let row = |k: &str, v: String| tl.plain(format!("  {k:<16} {v}"));
     row(
+        tl,
         "result",
         format!(
             "rolled back and verified: {SEED_NAMESPACE}/{SEED_DEPLOYMENT} runs {SEED_IMAGE} again"
         ),
     );
     row(
+        tl,
         "signals",
-        if with_prometheus {
+        if *with_prometheus {
             "Prometheus (error ratio, latency), pods, per-pod health".into()
         } else {
             "pods and per-pod health (no Prometheus)".into()
         },
     );
     row(
+        tl,
         "time to detect",
         format!("{} (rollout of {bad} -> verdict Bad)", secs(detect)),
     );
     row(
+        tl,
         "time to recover",
         format!("{} (verdict Bad -> rollback verified)", secs(recover)),
     );
-    row("from", from);
-    row("to", to);
-    row("reason", incident.reason.clone());
+    row(tl, "from", from);
+    row(tl, "to", to);
+    row(tl, "reason", incident.reason.clone());
+}
+
+/// The summary's other rows: each thing a user would check, and where.
+fn where_to_check(
+    tl: &Timeline,
+    report: &DemoReport,
+    back: &ReadBack,
+    audit: &AuditTail,
+    told: &[String],
+    metrics_url: &str,
+) {
+    let DemoReport {
+        bad_image: bad,
+        backup,
+        final_image,
+        slack_messages,
+        ..
+    } = report;
+    let ReadBack {
+        saved,
+        saved_image,
+        blocklisted,
+        ..
+    } = back;
+    let audit_lines = audit.lines.len();
+    let audit_steps: Vec<&str> = audit.lines.iter().map(|l| l.step.as_str()).collect();
     row(
+        tl,
         "backed up",
         format!(
             "ConfigMap {backup}: the full Deployment as it was before the rollback ({saved_image}, resourceVersion {}{}) and the rollback record",
@@ -145,6 +191,7 @@ pub(super) async fn summary(
         ),
     );
     row(
+        tl,
         "blocklisted",
         match blocklisted {
             Some(entry) => format!(
@@ -155,6 +202,7 @@ pub(super) async fn summary(
         },
     );
     row(
+        tl,
         "notifications",
         format!(
             "{slack_messages} Slack message(s) received by the local receiver; decisions told: {}",
@@ -162,6 +210,7 @@ pub(super) async fn summary(
         ),
     );
     row(
+        tl,
         "audit log",
         format!(
             "{} ({audit_lines} lines: {}); kept for you to read",
@@ -170,30 +219,25 @@ pub(super) async fn summary(
         ),
     );
     row(
+        tl,
         "metrics",
         format!(
             "{} (from {}; the whole scrape is in {})",
-            scrape.rollbacks,
-            scrape.url,
-            scrape.file.display()
+            report.rollbacks_metric,
+            metrics_url,
+            report.metrics_file.display()
         ),
     );
     row(
+        tl,
         "final image",
         format!("{final_image} (the Deployment's template, read back from the cluster)"),
     );
-    Ok(DemoReport {
-        with_prometheus,
-        bad_image: bad.to_string(),
-        time_to_detect: detect,
-        time_to_recover: recover,
-        backup,
-        audit_log: audit.path.clone(),
-        final_image,
-        slack_messages,
-        rollbacks_metric: scrape.rollbacks.clone(),
-        metrics_file: scrape.file.clone(),
-    })
+}
+
+/// One row of the summary: `  name             value`.
+fn row(tl: &Timeline, name: &str, value: String) {
+    tl.plain(format!("  {name:<16} {value}"));
 }
 
 /// What the demo read back from the cluster after the rollback.
