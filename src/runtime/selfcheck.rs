@@ -110,17 +110,7 @@ impl Requirement {
 /// Every permission `run` needs with this config, sorted (namespace,
 /// group, resource, verb), each once.
 pub fn required(config: &Config) -> Vec<Requirement> {
-    let mut need: BTreeMap<Permission, Vec<String>> = BTreeMap::new();
-    let mut add = |verbs: &[&str], group: &str, resource: &str, ns: Option<&str>, why: &str| {
-        for verb in verbs {
-            let whys = need
-                .entry(Permission::new(verb, group, resource, ns))
-                .or_default();
-            if !whys.iter().any(|w| w == why) {
-                whys.push(why.to_owned());
-            }
-        }
-    };
+    let mut need = Needs::default();
     // The namespaces the caches watch, so the two cannot drift apart.
     let scope = Scope::from_config(config);
     let watched: Vec<Option<&str>> = match &scope {
@@ -128,63 +118,104 @@ pub fn required(config: &Config) -> Vec<Requirement> {
         Scope::Namespaces(set) => set.iter().map(|ns| Some(ns.as_str())).collect(),
     };
     for ns in watched {
-        add(
+        need.watch_caches(ns);
+        need.rollbacks(ns);
+        need.events(ns);
+    }
+    let own = Some(config.watchdog.namespace.as_str());
+    need.backups(own);
+    if config.leader_election.enabled {
+        need.lease(own, &config.leader_election.lease_name);
+    }
+    need.into_requirements()
+}
+
+/// The permissions found so far, each with every use (once each, in the
+/// order found).
+#[derive(Default)]
+struct Needs(BTreeMap<Permission, Vec<String>>);
+
+impl Needs {
+    fn add(&mut self, verbs: &[&str], group: &str, resource: &str, ns: Option<&str>, why: &str) {
+        for verb in verbs {
+            let whys = self
+                .0
+                .entry(Permission::new(verb, group, resource, ns))
+                .or_default();
+            if !whys.iter().any(|w| w == why) {
+                whys.push(why.to_owned());
+            }
+        }
+    }
+
+    /// The watch caches (`observe::cache`) of a watched namespace.
+    fn watch_caches(&mut self, ns: Option<&str>) {
+        self.add(
             &["list", "watch"],
             "apps",
             "deployments",
             ns,
             "the watch cache of Deployments (targets and opt-in annotations)",
         );
-        add(
-            &["get"],
-            "apps",
-            "deployments",
-            ns,
-            "read a Deployment fresh before and during a rollback (Validate, Wait, Verify, resume)",
-        );
-        add(
-            &["patch"],
-            "apps",
-            "deployments",
-            ns,
-            "roll a bad revision back (JSON Patch of the pod template) and write the known-good, in-flight and blocklist annotations",
-        );
-        add(
+        self.add(
             &["list", "watch"],
             "apps",
             "replicasets",
             ns,
             "the watch cache of ReplicaSets (which revision is current, and since when)",
         );
-        add(
-            &["list"],
-            "apps",
-            "replicasets",
-            ns,
-            "list a Deployment's ReplicaSets during a rollback",
-        );
-        add(
+        self.add(
             &["list", "watch"],
             "",
             "pods",
             ns,
             "the watch cache of pods (crash states, per-pod health probes)",
         );
-        add(
+    }
+
+    /// The pipeline's fresh reads and its patches of a Deployment, and the
+    /// known-good, in-flight and blocklist records on it.
+    fn rollbacks(&mut self, ns: Option<&str>) {
+        self.add(
+            &["get"],
+            "apps",
+            "deployments",
+            ns,
+            "read a Deployment fresh before and during a rollback (Validate, Wait, Verify, resume)",
+        );
+        self.add(
+            &["patch"],
+            "apps",
+            "deployments",
+            ns,
+            "roll a bad revision back (JSON Patch of the pod template) and write the known-good, in-flight and blocklist annotations",
+        );
+        self.add(
+            &["list"],
+            "apps",
+            "replicasets",
+            ns,
+            "list a Deployment's ReplicaSets during a rollback",
+        );
+        self.add(
             &["list"],
             "",
             "pods",
             ns,
             "list the restored revision's pods while it rolls out (Wait, Verify)",
         );
-        add(
+    }
+
+    /// kube's event `Recorder`: one Event per decision, on the Deployment.
+    fn events(&mut self, ns: Option<&str>) {
+        self.add(
             &["create"],
             "events.k8s.io",
             "events",
             ns,
             "record each decision as an Event on the Deployment",
         );
-        add(
+        self.add(
             &["patch"],
             "events.k8s.io",
             "events",
@@ -192,52 +223,56 @@ pub fn required(config: &Config) -> Vec<Requirement> {
             "count a repeated Event (kube's event recorder patches its series)",
         );
     }
-    let own = Some(config.watchdog.namespace.as_str());
-    add(
-        &["create"],
-        "",
-        "configmaps",
-        own,
-        "write the backup of a Deployment before rolling it back (watchdog.namespace)",
-    );
-    add(
-        &["patch"],
-        "",
-        "configmaps",
-        own,
-        "add the incident's result to its backup",
-    );
-    add(
-        &["list"],
-        "",
-        "configmaps",
-        own,
-        "find a Deployment's backups to prune the old ones",
-    );
-    add(
-        &["delete"],
-        "",
-        "configmaps",
-        own,
-        "prune backups beyond backup_retention",
-    );
-    if config.leader_election.enabled {
-        let lease = &config.leader_election.lease_name;
-        add(
+
+    /// Backups, in the watchdog's own namespace.
+    fn backups(&mut self, own: Option<&str>) {
+        self.add(
+            &["create"],
+            "",
+            "configmaps",
+            own,
+            "write the backup of a Deployment before rolling it back (watchdog.namespace)",
+        );
+        self.add(
+            &["patch"],
+            "",
+            "configmaps",
+            own,
+            "add the incident's result to its backup",
+        );
+        self.add(
+            &["list"],
+            "",
+            "configmaps",
+            own,
+            "find a Deployment's backups to prune the old ones",
+        );
+        self.add(
+            &["delete"],
+            "",
+            "configmaps",
+            own,
+            "prune backups beyond backup_retention",
+        );
+    }
+
+    /// Leader election's Lease, in the watchdog's own namespace.
+    fn lease(&mut self, own: Option<&str>, lease: &str) {
+        self.add(
             &["get"],
             "coordination.k8s.io",
             "leases",
             own,
             &format!("leader election: read the Lease {lease:?}"),
         );
-        add(
+        self.add(
             &["create"],
             "coordination.k8s.io",
             "leases",
             own,
             &format!("leader election: create the Lease {lease:?} when it does not exist"),
         );
-        add(
+        self.add(
             &["update"],
             "coordination.k8s.io",
             "leases",
@@ -245,9 +280,13 @@ pub fn required(config: &Config) -> Vec<Requirement> {
             &format!("leader election: acquire, renew and release the Lease {lease:?}"),
         );
     }
-    need.into_iter()
-        .map(|(permission, why)| Requirement { permission, why })
-        .collect()
+
+    fn into_requirements(self) -> Vec<Requirement> {
+        self.0
+            .into_iter()
+            .map(|(permission, why)| Requirement { permission, why })
+            .collect()
+    }
 }
 
 /// The answer to one review.

@@ -443,34 +443,50 @@ async fn deliver_until(
     incident: &Incident,
     policy: &RetryPolicy,
     deadline: Instant,
-    mut cutoff: Option<watch::Receiver<Option<Instant>>>,
+    cutoff: Option<watch::Receiver<Option<Instant>>>,
 ) -> DeliveryReport {
-    let give_up = |attempts, failures, reason: String| DeliveryReport {
-        attempts,
-        failures,
-        result: DeliveryResult::GaveUp { reason },
-    };
-    let url = match sink.url.resolve() {
-        Ok(u) => u,
-        Err(source) => {
-            let e = NotifyError::Url {
+    match Request::build(sink, incident) {
+        Ok(request) => {
+            send_with_retries(client, sink, incident, policy, &request, deadline, cutoff).await
+        }
+        Err(reason) => Tries::default().give_up(reason),
+    }
+}
+
+/// What is sent on each attempt: built once, before the first.
+struct Request {
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Request {
+    /// The URL and secret resolved, the payload encoded and signed; `Err`
+    /// is why nothing can be sent (never quoting the URL or the secret).
+    fn build(sink: &NotifySink, incident: &Incident) -> Result<Request, String> {
+        let url = sink.url.resolve().map_err(|source| {
+            NotifyError::Url {
                 sink: sink.name.clone(),
                 source,
-            };
-            return give_up(0, Vec::new(), e.to_string());
-        }
-    };
-    let Ok(url) = reqwest::Url::parse(url.expose()) else {
-        return give_up(
-            0,
-            Vec::new(),
-            "its URL does not parse (not shown: it is a secret)".to_owned(),
-        );
-    };
-    let body = match serde_json::to_vec(&payload(sink, incident)) {
-        Ok(b) => b,
-        Err(e) => return give_up(0, Vec::new(), NotifyError::Encode(e).to_string()),
-    };
+            }
+            .to_string()
+        })?;
+        let Ok(url) = reqwest::Url::parse(url.expose()) else {
+            return Err("its URL does not parse (not shown: it is a secret)".to_owned());
+        };
+        let body = serde_json::to_vec(&payload(sink, incident))
+            .map_err(|e| NotifyError::Encode(e).to_string())?;
+        let headers = headers(sink, incident, &body)?;
+        Ok(Request { url, headers, body })
+    }
+}
+
+/// JSON, and for a webhook its event, delivery id and signature headers.
+fn headers(
+    sink: &NotifySink,
+    incident: &Incident,
+    body: &[u8],
+) -> Result<reqwest::header::HeaderMap, String> {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::CONTENT_TYPE,
@@ -485,69 +501,84 @@ async fn deliver_until(
             headers.insert(webhook::DELIVERY_HEADER, v);
         }
         if let Some(secret) = &sink.secret {
-            let secret = match secret.resolve() {
-                Ok(s) => s,
-                Err(source) => {
-                    let e = NotifyError::Secret {
-                        sink: sink.name.clone(),
-                        source,
-                    };
-                    return give_up(0, Vec::new(), e.to_string());
+            let secret = secret.resolve().map_err(|source| {
+                NotifyError::Secret {
+                    sink: sink.name.clone(),
+                    source,
                 }
-            };
-            let sig = webhook::signature(secret.expose().as_bytes(), &body);
+                .to_string()
+            })?;
+            let sig = webhook::signature(secret.expose().as_bytes(), body);
             if let Ok(v) = reqwest::header::HeaderValue::from_str(&sig) {
                 headers.insert(webhook::SIGNATURE_HEADER, v);
             }
         }
     }
+    Ok(headers)
+}
 
+/// The attempts made so far and why each failed: what the report carries.
+#[derive(Default)]
+struct Tries {
+    attempts: u32,
+    failures: Vec<String>,
+}
+
+impl Tries {
+    fn give_up(self, reason: String) -> DeliveryReport {
+        DeliveryReport {
+            attempts: self.attempts,
+            failures: self.failures,
+            result: DeliveryResult::GaveUp { reason },
+        }
+    }
+
+    fn delivered(self) -> DeliveryReport {
+        DeliveryReport {
+            attempts: self.attempts,
+            failures: self.failures,
+            result: DeliveryResult::Delivered,
+        }
+    }
+}
+
+/// Attempts `request` until it is delivered, a failure is not worth
+/// retrying, the deadline leaves no room for another try, or the shutdown
+/// cuts it off.
+async fn send_with_retries(
+    client: &reqwest::Client,
+    sink: &NotifySink,
+    incident: &Incident,
+    policy: &RetryPolicy,
+    request: &Request,
+    deadline: Instant,
+    mut cutoff: Option<watch::Receiver<Option<Instant>>>,
+) -> DeliveryReport {
     let mut backoff = policy.backoff();
-    let mut attempts = 0u32;
-    let mut failures: Vec<String> = Vec::new();
+    let mut tries = Tries::default();
     loop {
         if cut_off(&cutoff) {
-            return give_up(
-                attempts,
-                failures,
-                "the notifier shut down before it was delivered".to_owned(),
-            );
+            return tries.give_up("the notifier shut down before it was delivered".to_owned());
         }
         let now = Instant::now();
         if now >= deadline {
-            let reason = match failures.last() {
-                Some(last) => format!("{last} (deadline {} reached)", human(sink.deadline)),
-                None => format!(
-                    "its deadline ({}) passed while it waited in the queue",
-                    human(sink.deadline)
-                ),
-            };
-            return give_up(attempts, failures, reason);
+            let reason = deadline_passed(sink, tries.failures.last());
+            return tries.give_up(reason);
         }
-        attempts += 1;
+        tries.attempts += 1;
         let attempt_deadline = (now + sink.timeout).min(deadline);
-        tracing::debug!(sink = %sink.name, incident = %incident.id, attempt = attempts, "sending notification");
+        tracing::debug!(sink = %sink.name, incident = %incident.id, attempt = tries.attempts, "sending notification");
         let failure = match until(
-            attempt(client, &url, &headers, &body),
+            attempt(client, &request.url, &request.headers, &request.body),
             attempt_deadline,
             &mut cutoff,
         )
         .await
         {
-            Some(Ok(())) => {
-                return DeliveryReport {
-                    attempts,
-                    failures,
-                    result: DeliveryResult::Delivered,
-                }
-            }
+            Some(Ok(())) => return tries.delivered(),
             Some(Err(f)) => f,
             None if cut_off(&cutoff) => {
-                return give_up(
-                    attempts,
-                    failures,
-                    "the notifier shut down during delivery".to_owned(),
-                )
+                return tries.give_up("the notifier shut down during delivery".to_owned())
             }
             None => Failure {
                 reason: format!("timed out after {}", human(attempt_deadline - now)),
@@ -555,33 +586,15 @@ async fn deliver_until(
                 retry_after: None,
             },
         };
-        failures.push(failure.reason.clone());
-        if !failure.retry {
-            return give_up(
-                attempts,
-                failures,
-                format!("{} (not retried)", failure.reason),
-            );
-        }
-        let mut delay = backoff.next().unwrap_or(policy.max_delay);
-        if let Some(after) = failure.retry_after {
-            delay = delay.max(after);
-        }
-        if Instant::now() + delay >= deadline {
-            return give_up(
-                attempts,
-                failures,
-                format!(
-                    "{} (deadline {} reached)",
-                    failure.reason,
-                    human(sink.deadline)
-                ),
-            );
-        }
+        tries.failures.push(failure.reason.clone());
+        let delay = match retry_delay(&failure, &mut backoff, policy, sink, deadline) {
+            Ok(delay) => delay,
+            Err(reason) => return tries.give_up(reason),
+        };
         tracing::warn!(
             sink = %sink.name,
             incident = %incident.id,
-            attempt = attempts,
+            attempt = tries.attempts,
             reason = %failure.reason,
             retry_in = %human(delay),
             "notification attempt failed; retrying"
@@ -594,6 +607,44 @@ async fn deliver_until(
             continue;
         }
     }
+}
+
+/// Why a delivery whose deadline passed before an attempt gave up.
+fn deadline_passed(sink: &NotifySink, last_failure: Option<&String>) -> String {
+    match last_failure {
+        Some(last) => format!("{last} (deadline {} reached)", human(sink.deadline)),
+        None => format!(
+            "its deadline ({}) passed while it waited in the queue",
+            human(sink.deadline)
+        ),
+    }
+}
+
+/// How long to wait before the next attempt (the backoff, or longer when
+/// the sink said `Retry-After`); `Err` with the reason to give up when the
+/// failure is not retried or the wait would reach the deadline.
+fn retry_delay(
+    failure: &Failure,
+    backoff: &mut impl Iterator<Item = Duration>,
+    policy: &RetryPolicy,
+    sink: &NotifySink,
+    deadline: Instant,
+) -> Result<Duration, String> {
+    if !failure.retry {
+        return Err(format!("{} (not retried)", failure.reason));
+    }
+    let mut delay = backoff.next().unwrap_or(policy.max_delay);
+    if let Some(after) = failure.retry_after {
+        delay = delay.max(after);
+    }
+    if Instant::now() + delay >= deadline {
+        return Err(format!(
+            "{} (deadline {} reached)",
+            failure.reason,
+            human(sink.deadline)
+        ));
+    }
+    Ok(delay)
 }
 
 struct Queued {
