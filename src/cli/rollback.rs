@@ -241,12 +241,7 @@ async fn run_request(
     match outcome.result {
         RollbackResult::Succeeded | RollbackResult::WouldRollBack => EXIT_OK,
         _ => {
-            let _ = writeln!(
-                io.err,
-                "rollback {}: {}",
-                result_word(outcome.result),
-                outcome.why()
-            );
+            let _ = writeln!(io.err, "rollback {}: {}", outcome.result, outcome.why());
             EXIT_FAILURE
         }
     }
@@ -272,24 +267,10 @@ fn confirm(plan: &Plan, io: &mut Io) -> bool {
     matches!((io.answer)().trim(), "yes" | "y" | "YES" | "Yes")
 }
 
-fn result_word(r: RollbackResult) -> &'static str {
-    match r {
-        RollbackResult::Succeeded => "succeeded",
-        RollbackResult::Refused => "refused",
-        RollbackResult::WouldRollBack => "dry run",
-        RollbackResult::Conflict => "stopped on a conflict",
-        RollbackResult::Failed => "failed",
-        RollbackResult::Escalated => "ESCALATED",
-        RollbackResult::HandedOver => {
-            "stopped before its next write (not the leader, or shutting down)"
-        }
-    }
-}
-
 /// The incident summary on stdout.
 pub fn print_outcome(outcome: &RollbackOutcome, out: &mut dyn Write) {
     let i = &outcome.incident;
-    let _ = writeln!(out, "{}: {}", i.target(), result_word(outcome.result));
+    let _ = writeln!(out, "{}: {}", i.target(), outcome.result);
     if let (Some(from), Some(to)) = (&i.from, &i.to) {
         let _ = writeln!(out, "  from:    {}", describe_ref(from));
         let _ = writeln!(

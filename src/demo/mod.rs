@@ -111,9 +111,9 @@ pub enum DemoError {
     KubeTimeout { what: String, limit: Duration },
     #[error("{0}")]
     TimedOut(String),
-    #[error("the rollback did not succeed: it ended {result} ({why}); steps: {steps}")]
+    #[error("the rollback did not succeed: {result} ({why}); steps: {steps}")]
     NotRolledBack {
-        result: &'static str,
+        result: crate::pipeline::RollbackResult,
         why: String,
         steps: String,
     },

@@ -163,7 +163,7 @@ async fn wait_rolled_back(
     };
     if outcome.result != RollbackResult::Succeeded {
         return Err(DemoError::NotRolledBack {
-            result: result_word(outcome.result),
+            result: outcome.result,
             why: outcome.why(),
             steps: outcome
                 .steps
@@ -211,16 +211,4 @@ async fn deploy(client: &kube::Client, image: &str) -> Result<(), DemoError> {
     )
     .await
     .map(|_| ())
-}
-
-fn result_word(result: RollbackResult) -> &'static str {
-    match result {
-        RollbackResult::Succeeded => "succeeded",
-        RollbackResult::Refused => "refused",
-        RollbackResult::WouldRollBack => "as a dry run",
-        RollbackResult::Conflict => "in a conflict",
-        RollbackResult::Failed => "failed",
-        RollbackResult::Escalated => "escalated",
-        RollbackResult::HandedOver => "handed over to the next leader",
-    }
 }

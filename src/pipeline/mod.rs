@@ -149,6 +149,38 @@ pub enum RollbackResult {
     HandedOver,
 }
 
+impl RollbackResult {
+    /// The `outcome` label of `rollback_watchdog_rollbacks_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            RollbackResult::Succeeded => "succeeded",
+            RollbackResult::Refused => "refused",
+            RollbackResult::WouldRollBack => "dry_run",
+            RollbackResult::Conflict => "conflict",
+            RollbackResult::Failed => "failed",
+            RollbackResult::Escalated => "escalated",
+            RollbackResult::HandedOver => "handed_over",
+        }
+    }
+}
+
+/// How a person reads it: the CLI's result line, the demo's summary.
+impl std::fmt::Display for RollbackResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RollbackResult::Succeeded => "succeeded",
+            RollbackResult::Refused => "refused",
+            RollbackResult::WouldRollBack => "dry run",
+            RollbackResult::Conflict => "stopped on a conflict",
+            RollbackResult::Failed => "failed",
+            RollbackResult::Escalated => "ESCALATED",
+            RollbackResult::HandedOver => {
+                "stopped before its next write (not the leader, or shutting down)"
+            }
+        })
+    }
+}
+
 /// What the pipeline did.
 #[derive(Debug, Clone)]
 pub struct RollbackOutcome {
@@ -617,5 +649,26 @@ mod tests {
             "kubernetes.io~1change-cause"
         );
         assert_eq!(escape_pointer("a~b/c"), "a~0b~1c");
+    }
+
+    #[test]
+    fn every_result_a_run_loop_counts_exists_at_zero_on_metrics() {
+        use crate::report::metrics::ROLLBACK_OUTCOMES;
+        for r in [
+            RollbackResult::Succeeded,
+            RollbackResult::Refused,
+            RollbackResult::WouldRollBack,
+            RollbackResult::Conflict,
+            RollbackResult::Failed,
+            RollbackResult::Escalated,
+        ] {
+            assert!(
+                ROLLBACK_OUTCOMES.contains(&r.metric_label()),
+                "{r:?} counts as {:?}, which /metrics does not start at 0",
+                r.metric_label()
+            );
+        }
+        // A hand-over is not an outcome: the next leader finishes it.
+        assert!(!ROLLBACK_OUTCOMES.contains(&RollbackResult::HandedOver.metric_label()));
     }
 }

@@ -51,7 +51,7 @@ pub struct TargetVerdict {
 }
 
 /// The `outcome` of `rollbacks_total`: every word the run loop counts a
-/// finished pipeline under (`daemon::outcome_word`).
+/// finished pipeline under (`RollbackResult::metric_label`).
 pub const ROLLBACK_OUTCOMES: [&str; 6] = [
     "succeeded",
     "refused",

@@ -241,7 +241,7 @@ impl Daemon {
                     {
                         self.completed.insert(outcome.incident.id.clone());
                     }
-                    let result = outcome_word(outcome.result);
+                    let result = outcome.result.metric_label();
                     self.metrics
                         .rollbacks
                         .get_or_create(&TargetOutcome {
@@ -914,18 +914,6 @@ struct Report {
 enum PipelineWork {
     Run(Box<RollbackRequest>),
     Resume(Box<Deployment>),
-}
-
-fn outcome_word(result: RollbackResult) -> &'static str {
-    match result {
-        RollbackResult::Succeeded => "succeeded",
-        RollbackResult::Refused => "refused",
-        RollbackResult::WouldRollBack => "dry_run",
-        RollbackResult::Conflict => "conflict",
-        RollbackResult::Failed => "failed",
-        RollbackResult::Escalated => "escalated",
-        RollbackResult::HandedOver => "handed_over",
-    }
 }
 
 trait ObjectRefFor {
