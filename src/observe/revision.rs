@@ -152,7 +152,8 @@ pub fn first_image(d: &Deployment) -> String {
         .unwrap_or_default()
 }
 
-fn images(t: &PodTemplateSpec) -> Vec<String> {
+/// The images of a pod template, container by container.
+pub fn images(t: &PodTemplateSpec) -> Vec<String> {
     t.spec
         .as_ref()
         .map(|s| {

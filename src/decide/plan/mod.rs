@@ -420,7 +420,7 @@ impl<'a> Choice<'a> {
             });
         }
         pod.containers[index].image = Some(new.clone());
-        let images = template_images(&tpl);
+        let images = revision::images(&tpl);
         let to = self.revision_with_template(&tpl);
         if let Some(e) = self
             .blocked
@@ -475,7 +475,7 @@ impl<'a> Choice<'a> {
             None => RevisionRef {
                 revision: 0,
                 pod_template_hash: String::new(),
-                images: template_images(template),
+                images: revision::images(template),
                 known_good: false,
             },
         }
@@ -511,18 +511,6 @@ pub(crate) fn template_value(t: &PodTemplateSpec) -> Value {
         labels.remove(POD_TEMPLATE_HASH);
     }
     v
-}
-
-fn template_images(t: &PodTemplateSpec) -> Vec<String> {
-    t.spec
-        .as_ref()
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| c.image.clone().unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `image` with its tag (and any digest) replaced by `tag`.
