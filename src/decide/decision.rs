@@ -127,7 +127,8 @@ pub struct Facts {
     /// This replica may act on the target now: it has a pipeline, may
     /// write (leads), and runs no pipeline for the target already.
     pub may_act: bool,
-    /// The Deployment carries a readable in-flight rollback record.
+    /// The Deployment carries an in-flight rollback record (readable or
+    /// not).
     pub in_flight: bool,
     /// ...which no pipeline of this process finished: resume it.
     pub in_flight_to_resume: bool,

@@ -217,7 +217,11 @@ fn decide(input: &PlanInput) -> Result<Plan, Rule> {
         .clone()
         .unwrap_or_else(|| default_reason(request));
     Ok(Plan {
-        id: IncidentId::rollback(DeploymentKey::of(d), current.number, input.started),
+        id: IncidentId::rollback(
+            DeploymentKey::new(&request.namespace, &request.name),
+            current.number,
+            input.started,
+        ),
         request: request.clone(),
         policy: policy.clone(),
         deployment: d.clone(),

@@ -14,11 +14,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::k8s::keys::IN_FLIGHT;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::config::Config;
 use crate::config::EventKind;
@@ -517,7 +518,9 @@ impl Daemon {
             may_act: !self.running.contains_key(&uid)
                 && self.pipeline.is_some()
                 && (self.may_write)(),
-            in_flight: matches!(in_flight, Ok(Some(_))),
+            // Readable or not: an unreadable record still means a rollback
+            // may be in flight, and blocks a known-good write.
+            in_flight: matches!(in_flight, Ok(Some(_))) || d.annotations().contains_key(IN_FLIGHT),
             in_flight_to_resume: in_flight
                 .ok()
                 .flatten()
