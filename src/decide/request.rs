@@ -124,6 +124,13 @@ pub fn read_in_flight(d: &Deployment) -> Result<Option<InFlight>, serde_json::Er
     }
 }
 
+/// Whether a rollback may be in flight on `d`: a record that reads, or one
+/// that does not (malformed, or an id of another shape) — never taken for
+/// "nothing in flight". An empty annotation is no record.
+pub fn may_be_in_flight(d: &Deployment) -> bool {
+    !matches!(read_in_flight(d), Ok(None))
+}
+
 /// Times of the watchdog's rollbacks recorded on a Deployment.
 pub fn rollbacks_of(d: &Deployment) -> Vec<jiff::Timestamp> {
     annotation(d, ROLLBACKS)
@@ -136,4 +143,32 @@ pub fn rollbacks_of(d: &Deployment) -> Vec<jiff::Timestamp> {
 
 pub(crate) fn annotation<'a>(d: &'a Deployment, key: &str) -> Option<&'a String> {
     d.metadata.annotations.as_ref().and_then(|a| a.get(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_record(value: Option<&str>) -> Deployment {
+        let mut d = Deployment::default();
+        if let Some(v) = value {
+            d.metadata.annotations = Some([(IN_FLIGHT.to_string(), v.to_string())].into());
+        }
+        d
+    }
+
+    #[test]
+    fn an_unreadable_in_flight_record_still_counts_as_a_rollback_in_flight() {
+        let readable = r#"{"id":"production/web/r2/1","step":"wait","trigger":{"by":"verdict"},"reason":"x","from":{"revision":2,"pod_template_hash":"a","images":[]},"to":{"revision":1,"pod_template_hash":"b","images":[]},"backup":null,"started":"2026-01-01T00:00:00Z","generation":3}"#;
+        assert!(may_be_in_flight(&with_record(Some(readable))));
+        assert!(read_in_flight(&with_record(Some(readable))).is_ok());
+        // Malformed JSON, and a record whose id is not an incident id.
+        assert!(may_be_in_flight(&with_record(Some("{not json"))));
+        let foreign = readable.replace("production/web/r2/1", "rollback-42");
+        assert!(read_in_flight(&with_record(Some(&foreign))).is_err());
+        assert!(may_be_in_flight(&with_record(Some(&foreign))));
+        // No record, or an empty one.
+        assert!(!may_be_in_flight(&with_record(None)));
+        assert!(!may_be_in_flight(&with_record(Some("  "))));
+    }
 }

@@ -14,12 +14,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::k8s::keys::IN_FLIGHT;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 
 use crate::config::Config;
 use crate::config::EventKind;
@@ -520,7 +519,7 @@ impl Daemon {
                 && (self.may_write)(),
             // Readable or not: an unreadable record still means a rollback
             // may be in flight, and blocks a known-good write.
-            in_flight: matches!(in_flight, Ok(Some(_))) || d.annotations().contains_key(IN_FLIGHT),
+            in_flight: crate::decide::request::may_be_in_flight(d),
             in_flight_to_resume: in_flight
                 .ok()
                 .flatten()
