@@ -82,6 +82,7 @@ async fn deploy(sim: &SimCluster, name: &str, image: &str, replicas: i32, ready:
                 baseline: None,
                 pods,
                 progress_deadline_exceeded: false,
+                ..Default::default()
             };
         }
         assert!(
@@ -137,6 +138,7 @@ fn bare_subject() -> Subject {
         baseline: None,
         pods: vec![],
         progress_deadline_exceeded: false,
+        ..Default::default()
     }
 }
 

@@ -250,9 +250,11 @@ impl Ctx {
             baseline: Some(BaselineRevision {
                 revision: 1,
                 pod_template_hash: "aaa".into(),
+                since: None,
             }),
             pods: vec![],
             progress_deadline_exceeded: false,
+            ..Default::default()
         }
     }
 

@@ -18,6 +18,8 @@
 //!   that was already old when this process started), never while a
 //!   rollback is in flight or after the revision was acted on.
 
+use std::collections::BTreeMap;
+
 use jiff::{SignedDuration, Timestamp};
 
 use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
@@ -25,7 +27,7 @@ use crate::observe::blocklist::{self, Entry};
 use crate::observe::revision::{KnownGood, TargetState};
 use crate::observe::targets::WatchedDeployment;
 use crate::report::audit::Reason;
-use crate::signals::{SignalResult, Subject};
+use crate::signals::{PodHistory, SignalId, SignalResult, Subject};
 
 /// A revision restored by the watchdog's own rollback is one whose rollout
 /// started no earlier than this before the rollback was recorded.
@@ -77,6 +79,8 @@ pub struct RevisionState {
     /// A degraded-outside-window notice was sent.
     degraded_reported: bool,
     known_good: KnownGoodProgress,
+    /// What was seen of the revision's pods on earlier ticks.
+    pod_history: PodHistory,
 }
 
 impl RevisionState {
@@ -89,6 +93,30 @@ impl RevisionState {
                 first_seen: Some(now),
                 ..RevisionState::default()
             };
+        }
+    }
+
+    /// Per signal, the evidence time of the last result counted for the
+    /// revision `key` names (empty for another revision): what
+    /// [`Subject::counted_until`] carries into the next measurement.
+    pub fn counted_until(&self, key: &(i64, String)) -> BTreeMap<SignalId, Timestamp> {
+        if self.key.as_ref() != Some(key) {
+            return BTreeMap::new();
+        }
+        self.judge
+            .signals
+            .iter()
+            .filter_map(|(id, track)| Some((id.clone(), track.last_observed?)))
+            .collect()
+    }
+
+    /// What was seen of the pods of the revision `key` names on earlier
+    /// ticks (empty for another revision).
+    pub fn pod_history(&self, key: &(i64, String)) -> PodHistory {
+        if self.key.as_ref() == Some(key) {
+            self.pod_history.clone()
+        } else {
+            PodHistory::default()
         }
     }
 
@@ -541,6 +569,7 @@ mod tests {
                 fully_rolled_out: true,
                 progress_deadline_exceeded: false,
                 pods: Vec::new(),
+                serving_others: Vec::new(),
                 warnings: Vec::new(),
             },
             subject: Subject {
@@ -553,6 +582,7 @@ mod tests {
                 baseline: None,
                 pods: Vec::new(),
                 progress_deadline_exceeded: false,
+                ..Default::default()
             },
             facts: Facts {
                 may_act: true,

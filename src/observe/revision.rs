@@ -45,7 +45,7 @@ use serde_json::Value;
 
 use crate::observe::cache::Snapshot;
 use crate::observe::targets::WatchedDeployment;
-use crate::signals::{BaselineRevision, Subject};
+use crate::signals::{BaselineRevision, ServingRevision, Subject};
 
 /// How long the known-good patch may take.
 pub const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +130,7 @@ impl Revision {
         BaselineRevision {
             revision: self.number,
             pod_template_hash: self.pod_template_hash.clone(),
+            since: None,
         }
     }
 }
@@ -334,6 +335,45 @@ pub fn pods_of(snapshot: &Snapshot, namespace: &str, revision: &Revision) -> Vec
         .collect()
 }
 
+/// The Deployment's revisions other than `current` that have Ready pods
+/// (not being deleted) now, newest first: what a Service selecting the
+/// Deployment's pods may still route to.
+pub fn serving_others(
+    d: &Deployment,
+    snapshot: &Snapshot,
+    namespace: &str,
+    current: &Revision,
+) -> Vec<ServingRevision> {
+    let mut out: Vec<ServingRevision> =
+        owned_revisions(d, snapshot.replicasets_of(&d.uid().unwrap_or_default()))
+            .into_iter()
+            .filter(|(r, _)| r.pod_template_hash != current.pod_template_hash)
+            .filter_map(|(r, _)| {
+                let ready = pods_of(snapshot, namespace, &r)
+                    .iter()
+                    .filter(|p| is_ready(p))
+                    .count();
+                (ready > 0).then(|| ServingRevision {
+                    revision: r.number,
+                    pod_template_hash: r.pod_template_hash.clone(),
+                    ready_pods: u32::try_from(ready).unwrap_or(u32::MAX),
+                })
+            })
+            .collect();
+    out.reverse();
+    out
+}
+
+/// A pod that is Ready and not being deleted: one a Service routes to.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The known-good record kept in the [`KNOWN_GOOD`] annotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -418,6 +458,8 @@ pub struct TargetState {
     pub progress_deadline_exceeded: bool,
     /// Pods of the current revision.
     pub pods: Vec<Arc<Pod>>,
+    /// Other revisions with Ready pods now, newest first.
+    pub serving_others: Vec<ServingRevision>,
     /// Problems to report (a malformed known-good record).
     pub warnings: Vec<String>,
 }
@@ -478,6 +520,9 @@ impl TargetState {
             baseline: self.previous().map(Revision::baseline),
             pods: self.pods.iter().map(|p| Pod::clone(p)).collect(),
             progress_deadline_exceeded: self.progress_deadline_exceeded,
+            serving_others: self.serving_others.clone(),
+            counted_until: Default::default(),
+            pod_history: Default::default(),
         })
     }
 
@@ -570,6 +615,12 @@ impl Tracker {
             }
             Rollout::Pending { .. } => (Vec::new(), None, false, None),
         };
+        let serving_others = match &rollout {
+            Rollout::Known { current, .. } => {
+                serving_others(d, snapshot, &target.namespace, current)
+            }
+            Rollout::Pending { .. } => Vec::new(),
+        };
         TargetState {
             namespace: target.namespace.clone(),
             deployment: target.name.clone(),
@@ -582,6 +633,7 @@ impl Tracker {
             known_good,
             fully_rolled_out: fully_rolled_out(d),
             progress_deadline_exceeded: progress_deadline_exceeded(d),
+            serving_others,
             pods,
             warnings,
         }
@@ -815,6 +867,7 @@ mod tests {
             Some(BaselineRevision {
                 revision: 2,
                 pod_template_hash: "bbb".into()
+                since: None,
             })
         );
         assert_eq!(subject.pods.len(), 1, "only the pods of revision 3");

@@ -130,6 +130,7 @@ impl Reader {
             baseline: None,
             pods,
             progress_deadline_exceeded: revision::progress_deadline_exceeded(d),
+            ..Subject::default()
         };
         let results = match signals {
             Some(signals) => signals.evaluate(policy, &subject, now).await,

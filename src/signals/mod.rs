@@ -5,6 +5,7 @@
 //! Nothing here does I/O, and nothing here turns missing data into a Fail:
 //! a signal that cannot measure says Inconclusive.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -398,9 +399,18 @@ pub struct SignalResult {
     pub signal: SignalId,
     #[serde(flatten)]
     pub outcome: Outcome,
-    /// When the measurement was taken (not when it was judged).
+    /// The evidence time: when the measurement was taken (not when it was
+    /// judged). For a measurement over a span of requests, the span's end.
     #[serde(serialize_with = "timestamp")]
     pub at: jiff::Timestamp,
+    /// For a measurement over a span of requests (a Prometheus rate), the
+    /// span's start: the result says the requests in `(span_from, at]`
+    /// behaved so, which proves less about *when* than a point sample.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_timestamp"
+    )]
+    pub span_from: Option<jiff::Timestamp>,
     /// Only from the pod signal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodsFinding>,
@@ -412,8 +422,15 @@ impl SignalResult {
             signal,
             outcome,
             at,
+            span_from: None,
             pods: None,
         }
+    }
+
+    /// The result covers the requests after `from` up to its `at`.
+    pub fn over_span(mut self, from: jiff::Timestamp) -> Self {
+        self.span_from = Some(from);
+        self
     }
 
     pub fn with_pods(mut self, pods: PodsFinding) -> Self {
@@ -596,7 +613,7 @@ mod tests {
 /// The revision a tick judges, as the target tracker sees it in its caches.
 /// Every signal implementation takes this and nothing else from the cluster,
 /// so a tick needs no API-server call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Subject {
     pub namespace: String,
     pub deployment: String,
@@ -617,13 +634,43 @@ pub struct Subject {
     /// The Deployment reports `Progressing=False` with reason
     /// `ProgressDeadlineExceeded` for this rollout.
     pub progress_deadline_exceeded: bool,
+    /// Other revisions of the Deployment with Ready pods now, newest
+    /// first: a Service in front of the Deployment may still route to them.
+    pub serving_others: Vec<ServingRevision>,
+    /// Per signal, the evidence time of the last result the judge counted
+    /// for this revision: a signal measures only what came after it, so
+    /// evidence counts once.
+    pub counted_until: BTreeMap<SignalId, jiff::Timestamp>,
+    /// What the run loop remembers of this revision's pods between ticks.
+    pub pod_history: PodHistory,
 }
 
 /// The previous revision, whose metrics are the baseline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BaselineRevision {
     pub revision: i64,
     pub pod_template_hash: String,
+    /// When it started serving (its rollout start), if known: its baseline
+    /// window never reaches back before this.
+    pub since: Option<jiff::Timestamp>,
+}
+
+/// Another revision of the same Deployment that still has Ready pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingRevision {
+    pub revision: i64,
+    pub pod_template_hash: String,
+    pub ready_pods: u32,
+}
+
+/// What the run loop remembers of one revision's pods between ticks
+/// (keyed by pod name), for the warm-up and established-crash rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodHistory {
+    /// Pods seen Ready at least once.
+    pub ever_ready: BTreeSet<String>,
+    /// Pods seen in a crash state, and when first seen so.
+    pub crashing_since: BTreeMap<String, jiff::Timestamp>,
 }
 
 impl Subject {
@@ -764,9 +811,11 @@ mod fill_tests {
             baseline: Some(BaselineRevision {
                 revision: 4,
                 pod_template_hash: "aaa".into(),
+                since: None,
             }),
             pods: vec![],
             progress_deadline_exceeded: false,
+            ..Default::default()
         };
         let now = Fill::current(&subject, Duration::from_secs(120), "prod");
         assert_eq!(

@@ -256,6 +256,7 @@ mod tests {
             baseline: None,
             pods,
             progress_deadline_exceeded: false,
+            ..Default::default()
         }
     }
 

@@ -799,9 +799,11 @@ mod tests {
             baseline: baseline.then(|| BaselineRevision {
                 revision: 4,
                 pod_template_hash: "aaa".into(),
+                since: None,
             }),
             pods: vec![],
             progress_deadline_exceeded: false,
+            ..Default::default()
         }
     }
 

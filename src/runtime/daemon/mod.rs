@@ -420,7 +420,12 @@ impl Daemon {
         let mut observed = Vec::with_capacity(resolution.targets.len());
         for target in resolution.targets {
             let state = self.tracker.observe(&target, &snapshot, now);
-            let subject = state.subject();
+            let mut subject = state.subject();
+            if let (Some(s), Some(memory)) = (subject.as_mut(), self.memory.get(&target.uid())) {
+                let key = (s.revision, s.pod_template_hash.clone());
+                s.counted_until = memory.revision.counted_until(&key);
+                s.pod_history = memory.revision.pod_history(&key);
+            }
             observed.push((target, state, subject));
         }
         let live: HashSet<String> = observed.iter().map(|(t, _, _)| t.uid()).collect();
