@@ -164,6 +164,9 @@ pub struct Facts {
     pub annotation_request: bool,
     /// Times of the watchdog's rollbacks of this Deployment.
     pub rollbacks: Vec<Timestamp>,
+    /// The loop's tick interval (`watchdog.interval`): what a failing
+    /// streak must span, see [`JudgePolicy::interval`].
+    pub interval: std::time::Duration,
 }
 
 /// Everything [`decide`] reads.
@@ -249,7 +252,11 @@ pub struct Decision {
 }
 
 /// The judge's view of a target's policy at this tick.
-pub fn judge_policy(policy: &crate::config::Policy, state: &TargetState) -> JudgePolicy {
+pub fn judge_policy(
+    policy: &crate::config::Policy,
+    state: &TargetState,
+    interval: std::time::Duration,
+) -> JudgePolicy {
     JudgePolicy {
         failure_threshold: policy.failure_threshold,
         thresholds: Default::default(),
@@ -258,6 +265,7 @@ pub fn judge_policy(policy: &crate::config::Policy, state: &TargetState) -> Judg
         in_window: state.in_window(),
         rollback_outside_window: policy.rollback_outside_window,
         max_result_age: None,
+        interval,
     }
 }
 
@@ -276,7 +284,7 @@ pub fn decide(memory: &mut RevisionState, input: &Input) -> Decision {
         &subject.pod_template_hash,
         &subject.images,
     );
-    let mut policy = judge_policy(&target.policy, state);
+    let mut policy = judge_policy(&target.policy, state, facts.interval);
     if blocklisted.is_some() {
         // A template that was rolled back once gets no benefit of the doubt.
         policy.failure_threshold = 1;

@@ -11,7 +11,25 @@
 //!
 //! - A signal's counter counts its consecutive failing ticks. When it
 //!   reaches the signal's threshold (`failure_threshold`, or a per-signal
-//!   override) on a tick where that signal failed, the verdict is Bad.
+//!   override) on a tick where that signal failed, **and the streak proves
+//!   the failure persisted** (below), the verdict is Bad.
+//! - **Persistence, by evidence time.** `failure_threshold` failing ticks
+//!   `interval` apart must mean a failure that lasted about
+//!   `(failure_threshold - 1) × interval`, whatever the signal's own
+//!   window. A point sample (a probe, the pod states) shows the failure at
+//!   its `at`; a measurement over a span of requests (a Prometheus rate,
+//!   `span_from..at`) shows only that it happened *somewhere* in the span.
+//!   So the streak counts as persistent when the earliest moment its
+//!   latest result can speak for (`span_from`, or `at` for a point) is at
+//!   least `(needed - 1) × interval` after the first failing result's
+//!   `at` (its onset). For points that is the classic count; a span-based
+//!   signal needs one more tick, because the first failing span may hold
+//!   only the burst's first second. Hence an error burst no longer than
+//!   `(failure_threshold - 1) × interval` never makes a revision Bad by
+//!   itself, however long the query's window: each tick measures only the
+//!   requests since the last counted one (evidence counts once), and the
+//!   burst cannot reach from the end of one span past the start of a span
+//!   `failure_threshold - 1` ticks later.
 //! - One Pass resets that signal's counter to zero. Flapping (fail, pass,
 //!   pass, ...) is therefore never Bad.
 //! - **Inconclusive neither adds nor resets; it holds.** A held streak is
@@ -81,6 +99,10 @@ pub struct JudgePolicy {
     /// Results older than this (by their `at`) are Inconclusive. `None`:
     /// no age limit beyond "newer than the last one counted".
     pub max_result_age: Option<Duration>,
+    /// The loop's tick interval: a streak of `n` failing ticks must show
+    /// the failure over `(n - 1) × interval` of evidence time (see the
+    /// rules). Zero: counting alone decides.
+    pub interval: Duration,
 }
 
 impl Default for JudgePolicy {
@@ -94,6 +116,7 @@ impl Default for JudgePolicy {
             in_window: true,
             rollback_outside_window: false,
             max_result_age: None,
+            interval: Duration::from_secs(15),
         }
     }
 }
@@ -168,6 +191,9 @@ pub struct SignalTrack {
     /// The `at` of the last conclusive result counted.
     #[serde(serialize_with = "opt_timestamp")]
     pub last_observed: Option<Timestamp>,
+    /// The `at` of the first failing result of the current streak.
+    #[serde(serialize_with = "opt_timestamp")]
+    pub onset: Option<Timestamp>,
 }
 
 /// Everything the judge remembers between ticks of one revision. Start a
@@ -366,11 +392,15 @@ impl Tally {
                 track.failing_ticks = track.failing_ticks.saturating_add(1);
                 track.inconclusive_since = None;
                 track.last_observed = Some(*at);
+                let onset = *track.onset.get_or_insert(*at);
                 let immediate = policy.immediate_bad_when_all_pods_crash
                     && *signal == SignalId::Pods
                     && result.pods.as_ref().is_some_and(|p| p.all_pods_crashing());
-                let is_decisive = immediate || track.failing_ticks >= needed;
-                let reason = failing_reason(result, track, needed, immediate, is_decisive);
+                let persisted = Persistence::of(policy, result, onset, needed);
+                let is_decisive =
+                    immediate || (track.failing_ticks >= needed && persisted.proven());
+                let reason =
+                    failing_reason(result, track, needed, immediate, is_decisive, &persisted);
                 if is_decisive {
                     self.decisive.push(reason);
                 } else {
@@ -397,6 +427,7 @@ impl Tally {
             // Evidence on both sides of a blind spell is not consecutive.
             track.failing_ticks = 0;
             track.held_ticks = 0;
+            track.onset = None;
         }
         if track.failing_ticks > 0 {
             track.held_ticks = track.held_ticks.saturating_add(1);
@@ -578,12 +609,42 @@ fn check<'a>(
     }
 }
 
+/// How long a failing streak has shown its failure, by evidence time.
+struct Persistence {
+    /// From the onset to the earliest moment the latest result speaks for.
+    shown: Duration,
+    /// What `needed` ticks `interval` apart must show.
+    wanted: Duration,
+    /// The latest result covers a span of requests.
+    span: bool,
+    /// A tenth of a tick: a tick that starts a few milliseconds early must
+    /// not cost a whole tick.
+    slack: Duration,
+}
+
+impl Persistence {
+    fn of(policy: &JudgePolicy, r: &SignalResult, onset: Timestamp, needed: u32) -> Self {
+        let from = r.span_from.map_or(r.at, |f| f.min(r.at));
+        Persistence {
+            shown: elapsed(onset, from),
+            wanted: policy.interval * needed.saturating_sub(1),
+            span: r.span_from.is_some(),
+            slack: policy.interval / 10,
+        }
+    }
+
+    fn proven(&self) -> bool {
+        self.shown + self.slack >= self.wanted
+    }
+}
+
 fn failing_reason(
     r: &SignalResult,
     track: &SignalTrack,
     needed: u32,
     immediate: bool,
     decisive: bool,
+    persisted: &Persistence,
 ) -> Reason {
     let (measured, threshold, baseline, detail) = match &r.outcome {
         Outcome::Fail {
@@ -618,6 +679,17 @@ fn failing_reason(
     } else if decisive {
         sentence.push_str(&format!(
             " on {n} consecutive {ticks} (rollback at {needed})"
+        ));
+    } else if n >= needed && !persisted.proven() {
+        sentence.push_str(&format!(
+            " on {n} consecutive {ticks}, but shown for only {} of the {} a streak of {needed} must cover{}",
+            humantime::format_duration(whole_seconds(persisted.shown)),
+            humantime::format_duration(whole_seconds(persisted.wanted)),
+            if persisted.span {
+                " (each tick measures only the requests since the last one; the first failing span may hold just the start of a burst)"
+            } else {
+                ""
+            }
         ));
     } else {
         sentence.push_str(&format!(

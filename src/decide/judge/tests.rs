@@ -23,6 +23,10 @@ enum Say {
     StaleFail,
     /// Two results in one tick: a Pass and a Fail.
     Conflict,
+    /// Fail over the requests since the previous tick (a rate).
+    SpanFail,
+    /// Pass over the requests since the previous tick.
+    SpanPass,
 }
 
 fn t0() -> Timestamp {
@@ -121,6 +125,12 @@ fn results_of(signal: &SignalId, say: Say, tick: usize) -> Vec<SignalResult> {
             SignalResult::new(signal.clone(), Outcome::pass(), now),
             SignalResult::new(signal.clone(), fail_of(signal), now),
         ],
+        Say::SpanFail => {
+            vec![SignalResult::new(signal.clone(), fail_of(signal), now).over_span(now - TICK)]
+        }
+        Say::SpanPass => {
+            vec![SignalResult::new(signal.clone(), Outcome::pass(), now).over_span(now - TICK)]
+        }
     }
 }
 
@@ -203,6 +213,27 @@ fn rows() -> Vec<Row> {
             policy: p(),
             ticks: seq(ErrorRate, &[Fail, Fail, Fail]),
             verdicts: "SSB".into(),
+            blind_at: vec![],
+        },
+        Row {
+            name: "a rate failing over 4 consecutive spans is Bad: the first may hold only a burst's start",
+            policy: p(),
+            ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanFail, SpanFail]),
+            verdicts: "SSSB".into(),
+            blind_at: vec![],
+        },
+        Row {
+            name: "a burst that touches 3 spans is never Bad",
+            policy: p(),
+            ticks: seq(ErrorRate, &[SpanPass, SpanFail, SpanFail, SpanFail, SpanPass, SpanPass]),
+            verdicts: "HSSSHH".into(),
+            blind_at: vec![],
+        },
+        Row {
+            name: "a pass between failing spans starts the persistence over",
+            policy: p(),
+            ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanPass, SpanFail, SpanFail, SpanFail, SpanFail]),
+            verdicts: "SSHSSSB".into(),
             blind_at: vec![],
         },
         Row {
@@ -701,4 +732,42 @@ fn forgetting_a_removed_signal_stops_it_reading_as_missing() {
     let pods = results_of(&SignalId::Pods, Say::Pass, 1);
     let j = judge(&policy, &state, &pods, at(1));
     assert_eq!(j.verdict, Verdict::Healthy);
+}
+
+#[test]
+fn a_streak_too_short_in_evidence_time_says_why_it_is_not_bad_yet() {
+    let js = run(
+        &JudgePolicy::default(),
+        &seq(
+            SignalId::ErrorRate,
+            &[Say::SpanFail, Say::SpanFail, Say::SpanFail],
+        ),
+    );
+    let last = js.last().expect("three ticks");
+    assert_eq!(last.verdict, Verdict::Suspect);
+    let sentence = &last.reasons[0].sentence;
+    assert!(
+        sentence.contains(
+            "on 3 consecutive ticks, but shown for only 15s of the 30s a streak of 3 must cover"
+        ),
+        "{sentence}"
+    );
+}
+
+#[test]
+fn ticks_closer_than_the_interval_do_not_make_a_short_burst_bad() {
+    // Probes every 5 s against a 15 s interval: three failing point
+    // samples within 10 s prove 10 s of failure, not 30 s.
+    let policy = JudgePolicy::default();
+    let mut state = JudgeState::default();
+    let mut verdicts = Vec::new();
+    for i in 0..7u32 {
+        let now = t0() + Duration::from_secs(5) * i;
+        let r = SignalResult::new(api(), fail_of(&api()), now);
+        let j = judge(&policy, &state, &[r], now);
+        state = j.state.clone();
+        verdicts.push(j.verdict);
+    }
+    let first_bad = verdicts.iter().position(|v| *v == Verdict::Bad);
+    assert_eq!(first_bad, Some(6), "{verdicts:?}");
 }

@@ -534,6 +534,7 @@ impl Daemon {
             annotation_request: pipeline::annotation_request(d).is_some()
                 && self.triggered_by.get(&uid) != d.metadata.resource_version.as_ref(),
             rollbacks: pipeline::rollbacks_of(d),
+            interval: self.config.watchdog.interval,
         }
     }
 
