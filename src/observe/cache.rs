@@ -16,11 +16,21 @@
 //! `WatchList` feature on the server, which not every supported cluster
 //! has. Pods are watched with the selector `pod-template-hash` (only pods of
 //! Deployments matter) and stored without `managedFields`.
+//!
+//! Each watcher's liveness is tracked: a stream error marks it stalled (the
+//! cache keeps its last state, and the watcher re-lists with backoff); the
+//! next watch event, or the end of the re-list (`InitDone`), marks it live
+//! again. [`Snapshot::pods_live_at`] dates what the pod cache shows, so a
+//! state re-read from a stalled watch is not taken for new evidence. Known
+//! limit: a stream that stalls silently (a half-open TCP connection) is
+//! noticed only when the client's read timeout fires and it reports an
+//! error; until then its state looks current.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::NamespaceResourceScope;
@@ -78,10 +88,36 @@ impl Scope {
     }
 }
 
+/// Whether one watcher's stream is live: `None` while it is, or since when
+/// it is not (the time of the error it reported), until it has re-listed.
+#[derive(Debug, Clone, Default)]
+struct Liveness(Arc<std::sync::Mutex<Option<Timestamp>>>);
+
+impl Liveness {
+    fn stalled(&self, at: Timestamp) {
+        if let Ok(mut since) = self.0.lock() {
+            since.get_or_insert(at);
+        }
+    }
+
+    fn live(&self) {
+        if let Ok(mut since) = self.0.lock() {
+            *since = None;
+        }
+    }
+
+    fn stalled_since(&self) -> Option<Timestamp> {
+        self.0.lock().ok().and_then(|since| *since)
+    }
+}
+
 /// The readers of one kind's reflectors, one per watched namespace (or one
 /// for the whole cluster).
 struct KindCache<K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static> {
     stores: Vec<Store<K>>,
+    /// Per reflector, in the order of `stores`: its namespace (None: all)
+    /// and whether its watch is live.
+    liveness: Vec<(Option<String>, Liveness)>,
 }
 
 impl<K> KindCache<K>
@@ -102,33 +138,52 @@ where
         strip: fn(&mut K),
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> Self {
-        let apis: Vec<Api<K>> = match scope {
-            Scope::AllNamespaces => vec![Api::all(client.clone())],
+        let apis: Vec<(Option<String>, Api<K>)> = match scope {
+            Scope::AllNamespaces => vec![(None, Api::all(client.clone()))],
             Scope::Namespaces(set) => set
                 .iter()
-                .map(|ns| Api::namespaced(client.clone(), ns))
+                .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
                 .collect(),
         };
         let mut stores = Vec::with_capacity(apis.len());
-        for api in apis {
+        let mut liveness = Vec::with_capacity(apis.len());
+        for (namespace, api) in apis {
             let (reader, writer) = reflector::store();
             let stream = watcher(api, config.clone())
                 .default_backoff()
                 .modify(strip)
                 .reflect(writer);
+            let live = Liveness::default();
+            let task_live = live.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
-                    if let Err(e) = event {
-                        // Retried with backoff by the stream itself; the
-                        // cache keeps its last state meanwhile.
-                        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                    match event {
+                        Err(e) => {
+                            // Retried with backoff by the stream itself; the
+                            // cache keeps its last state meanwhile, which is
+                            // no longer news.
+                            task_live.stalled(Timestamp::now());
+                            tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                        }
+                        // Re-listing: the store is rebuilt only at InitDone.
+                        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                        Ok(_) => task_live.live(),
                     }
                 }
             }));
             stores.push(reader);
+            liveness.push((namespace, live));
         }
-        KindCache { stores }
+        KindCache { stores, liveness }
+    }
+
+    /// (namespace or None for all, since when) of each stalled watcher.
+    fn stalled(&self) -> Vec<(Option<String>, Timestamp)> {
+        self.liveness
+            .iter()
+            .filter_map(|(ns, live)| Some((ns.clone(), live.stalled_since()?)))
+            .collect()
     }
 
     fn all(&self) -> impl Iterator<Item = Arc<K>> + '_ {
@@ -282,6 +337,7 @@ impl Caches {
             self.replicasets.all(),
             self.pods.all(),
         )
+        .with_pod_watches_stalled(self.pods.stalled())
     }
 }
 
@@ -305,6 +361,8 @@ pub struct Snapshot {
     deployments: HashMap<String, BTreeMap<String, Arc<Deployment>>>,
     replicasets_by_owner: HashMap<String, Vec<Arc<ReplicaSet>>>,
     pods_by_hash: HashMap<(String, String), Vec<Arc<Pod>>>,
+    /// Pod watchers that are not live: (namespace, None for all; since when).
+    pods_stalled: Vec<(Option<String>, Timestamp)>,
 }
 
 impl Snapshot {
@@ -363,6 +421,34 @@ impl Snapshot {
             replicasets.into_iter().map(Arc::new),
             pods.into_iter().map(Arc::new),
         )
+    }
+
+    /// Marks pod watchers as stalled: (namespace, None for every namespace;
+    /// when last known live).
+    pub fn with_pod_watches_stalled(
+        mut self,
+        stalled: impl IntoIterator<Item = (Option<String>, Timestamp)>,
+    ) -> Snapshot {
+        self.pods_stalled.extend(stalled);
+        self
+    }
+
+    /// When the pod watch of `namespace` was last known live, while it is
+    /// not (it reported an error and has not re-listed yet); None while
+    /// it is live.
+    pub fn pods_stalled_since(&self, namespace: &str) -> Option<Timestamp> {
+        self.pods_stalled
+            .iter()
+            .filter(|(ns, _)| ns.as_deref().is_none_or(|ns| ns == namespace))
+            .map(|(_, since)| *since)
+            .min()
+    }
+
+    /// The evidence time of the cached pods of `namespace`: `now` while
+    /// their watch is live, else when it was last known live.
+    pub fn pods_live_at(&self, namespace: &str, now: Timestamp) -> Timestamp {
+        self.pods_stalled_since(namespace)
+            .map_or(now, |since| since.min(now))
     }
 
     /// Whether the caches had finished their first sync: before that, a
