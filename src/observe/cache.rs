@@ -18,12 +18,15 @@
 //! Deployments matter) and stored without `managedFields`.
 //!
 //! Each watcher's liveness is tracked: a stream error marks it stalled (the
-//! cache keeps its last state, and the watcher re-lists with backoff); the
-//! next watch event, or the end of the re-list (`InitDone`), marks it live
-//! again. [`Snapshot::pods_live_at`] dates what the pod cache shows, so a
-//! state re-read from a stalled watch is not taken for new evidence. Known
-//! limit: a stream that stalls silently (a half-open TCP connection) is
-//! noticed only when the client's read timeout fires and it reports an
+//! cache keeps its last state, and the watcher retries with backoff); the
+//! next watch event, or the end of a re-list (`InitDone`), marks it live
+//! again, and so does [`WATCH_RECOVERY`] without a new error (a failing
+//! watcher reports an error at every retry, at least every 30 s, but one
+//! that re-watches without re-listing in a quiet namespace reports
+//! nothing). [`Snapshot::pods_live_at`] dates what the pod cache shows, so
+//! a state re-read from a stalled watch is not taken for new evidence.
+//! Known limit: a stream that stalls silently (a half-open TCP connection)
+//! is noticed only when the client's read timeout fires and it reports an
 //! error; until then its state looks current.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -88,26 +91,35 @@ impl Scope {
     }
 }
 
-/// Whether one watcher's stream is live: `None` while it is, or since when
-/// it is not (the time of the error it reported), until it has re-listed.
+/// A stalled watcher that reported no new error for this long has
+/// re-watched: kube-runtime's default backoff retries at least every 30 s,
+/// and each failed retry reports an error.
+pub const WATCH_RECOVERY: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Whether one watcher's stream is live: `None` while it is, or (first,
+/// last) error of the current stall.
 #[derive(Debug, Clone, Default)]
-struct Liveness(Arc<std::sync::Mutex<Option<Timestamp>>>);
+struct Liveness(Arc<std::sync::Mutex<Option<(Timestamp, Timestamp)>>>);
 
 impl Liveness {
     fn stalled(&self, at: Timestamp) {
-        if let Ok(mut since) = self.0.lock() {
-            since.get_or_insert(at);
+        if let Ok(mut stall) = self.0.lock() {
+            let first = stall.map_or(at, |(first, _)| first);
+            *stall = Some((first, at));
         }
     }
 
     fn live(&self) {
-        if let Ok(mut since) = self.0.lock() {
-            *since = None;
+        if let Ok(mut stall) = self.0.lock() {
+            *stall = None;
         }
     }
 
-    fn stalled_since(&self) -> Option<Timestamp> {
-        self.0.lock().ok().and_then(|since| *since)
+    /// When the watch was last known live, while it is stalled at `now`.
+    fn stalled_since(&self, now: Timestamp) -> Option<Timestamp> {
+        let (first, last) = self.0.lock().ok().and_then(|stall| *stall)?;
+        let recovery = jiff::SignedDuration::try_from(WATCH_RECOVERY).unwrap_or_default();
+        (now.duration_since(last) < recovery).then_some(first)
     }
 }
 
@@ -179,10 +191,10 @@ where
     }
 
     /// (namespace or None for all, since when) of each stalled watcher.
-    fn stalled(&self) -> Vec<(Option<String>, Timestamp)> {
+    fn stalled(&self, now: Timestamp) -> Vec<(Option<String>, Timestamp)> {
         self.liveness
             .iter()
-            .filter_map(|(ns, live)| Some((ns.clone(), live.stalled_since()?)))
+            .filter_map(|(ns, live)| Some((ns.clone(), live.stalled_since(now)?)))
             .collect()
     }
 
@@ -337,7 +349,7 @@ impl Caches {
             self.replicasets.all(),
             self.pods.all(),
         )
-        .with_pod_watches_stalled(self.pods.stalled())
+        .with_pod_watches_stalled(self.pods.stalled(Timestamp::now()))
     }
 }
 
@@ -498,5 +510,47 @@ impl Snapshot {
             .get(&(namespace.to_owned(), hash.to_owned()))
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("a test time")
+    }
+
+    #[test]
+    fn a_watch_is_stalled_from_its_first_error_until_an_event_or_a_quiet_spell() {
+        let live = Liveness::default();
+        assert_eq!(live.stalled_since(at(0)), None);
+        live.stalled(at(0));
+        live.stalled(at(30));
+        assert_eq!(
+            live.stalled_since(at(60)),
+            Some(at(0)),
+            "known live until the first error"
+        );
+        assert_eq!(live.stalled_since(at(119)), Some(at(0)));
+        assert_eq!(
+            live.stalled_since(at(120)),
+            None,
+            "90 s without an error: re-watched"
+        );
+        live.stalled(at(200));
+        live.live();
+        assert_eq!(live.stalled_since(at(201)), None, "an event: live");
+    }
+
+    #[test]
+    fn pods_are_dated_by_the_watch_of_their_namespace() {
+        let snap =
+            Snapshot::default().with_pod_watches_stalled([(Some("staging".to_owned()), at(0))]);
+        assert_eq!(snap.pods_live_at("production", at(60)), at(60));
+        assert_eq!(snap.pods_live_at("staging", at(60)), at(0));
+        let all = Snapshot::default().with_pod_watches_stalled([(None, at(0))]);
+        assert_eq!(all.pods_live_at("production", at(60)), at(0));
+        assert_eq!(all.pods_stalled_since("production"), Some(at(0)));
     }
 }
