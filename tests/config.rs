@@ -86,6 +86,7 @@ fn the_example_watches_kailash_kaizen_as_the_runbook_says() {
     assert_eq!(p.error_rate.relative_floor, 0.01);
     assert!(p.pods.crash_reasons.iter().any(|r| r == "CrashLoopBackOff"));
     assert!(p.pods.crash_reasons.iter().any(|r| r == "OOMKilled"));
+    assert_eq!(p.pods.ready_timeout, Duration::from_secs(300));
     assert_eq!(p.rules.len(), 1);
     assert_eq!(p.rules[0].name, "payment-errors");
     assert_eq!(p.rules[0].op, CompareOp::Gt);
@@ -308,6 +309,8 @@ fn thresholds_out_of_range_are_explained() {
         name = "d"
         [targets.latency]
         max_ratio_to_baseline = 0.8
+        [targets.pods]
+        ready_timeout = "0s"
         "#;
     assert_eq!(
         problems(toml),
@@ -317,6 +320,7 @@ fn thresholds_out_of_range_are_explained() {
             "defaults.error_rate.relative_floor: must be a fraction in [0, 1), got -0.1",
             "defaults.failure_threshold: must be at least 1, got 0",
             "targets[2].latency.max_ratio_to_baseline: must be > 1.0, got 0.8",
+            "targets[2].pods.ready_timeout: must be longer than 0s",
         ]
     );
 }

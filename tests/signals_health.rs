@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use rollback_watchdog::config::{HealthPolicy, Loader};
 use rollback_watchdog::signals::health::HealthProber;
-use rollback_watchdog::signals::{Outcome, SignalId, SignalResult, Subject};
+use rollback_watchdog::signals::{Outcome, ServingRevision, SignalId, SignalResult, Subject};
 use rollback_watchdog::sim::deployment::{apply_deployment_defaults, POD_TEMPLATE_HASH};
 use rollback_watchdog::sim::store::{DEPLOYMENTS, PODS};
 use rollback_watchdog::sim::{seed_deployment, SimCluster, SimOptions};
@@ -156,9 +156,38 @@ async fn each_healthy_new_pod_passes_its_own_health_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_pods_answering_503_fail_the_per_pod_check_naming_each_pod() {
+async fn new_pods_warming_up_with_503_are_starting_not_failing() {
     let sim = sim().await;
     let subject = deploy(&sim, "web", "web:v2-unready", 2, false).await;
+    let policy = health(r#"per_pod = { port = 8080, path = "/health" }"#);
+    let probe = policy.per_pod.clone().expect("per_pod");
+    let r = prober()
+        .per_pod(&probe, &policy, &subject, Timestamp::now())
+        .await;
+    let why = inconclusive_why(&r);
+    assert!(
+        why.starts_with("no pod of revision 1 could be judged yet: "),
+        "{why}"
+    );
+    for pod in &subject.pods {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        assert!(
+            why.contains(&format!("{name} never Ready yet, HTTP 503")),
+            "{why}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_pods_that_were_ready_and_answer_503_fail_the_per_pod_check_naming_each_pod() {
+    let sim = sim().await;
+    let mut subject = deploy(&sim, "web", "web:v2-unready", 2, false).await;
+    // Earlier ticks saw them Ready: a 503 now is not warm-up.
+    subject.pod_history.ever_ready = subject
+        .pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
     let policy = health(r#"per_pod = { port = 8080, path = "/health" }"#);
     let probe = policy.per_pod.clone().expect("per_pod");
     let r = prober()
@@ -234,6 +263,133 @@ async fn the_version_url_must_show_the_revisions_image_tag() {
         r.describe(),
         "version check HTTP 200, expected a body containing v9"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_answering_from_old_pods_is_inconclusive_until_no_old_pod_is_ready() {
+    // The "Service" is revision 1's pod, answering "v1"; revision 2 is
+    // rolling out and revision 1 still has a Ready pod behind the Service.
+    let sim = sim().await;
+    let mut subject = deploy(&sim, "web", "web:v1", 1, true).await;
+    let base = format!("http://{}:8080", pod_ip(&subject));
+    subject.revision = 2;
+    subject.images = vec!["web:v2".into()];
+    subject.serving_others = vec![ServingRevision {
+        revision: 1,
+        pod_template_hash: "h1".into(),
+        ready_pods: 3,
+    }];
+    let policy = health(&format!(
+        "version_url = \"{base}/version\"\nurls = [\"{base}/nothing-here\"]"
+    ));
+    let template = policy.version_url.clone().expect("version_url");
+    let r = prober()
+        .version(&template, &policy, &subject, "test", Timestamp::now())
+        .await;
+    let why = inconclusive_why(&r);
+    assert!(
+        why.starts_with(&format!(
+            "the Service may still route to 3 Ready pods of revision 1: \
+             GET {base}/version does not show revision 2's image tag v2: "
+        )) && why.contains(r#""version":"v1""#),
+        "{why}"
+    );
+    let r = probe_url(&policy, &subject).await;
+    assert_eq!(
+        inconclusive_why(&r),
+        format!("the Service may still route to 3 Ready pods of revision 1: GET {base}/nothing-here: HTTP 404")
+    );
+
+    // The rollout completed: no other revision serves, the answers count.
+    subject.serving_others.clear();
+    let r = prober()
+        .version(&template, &policy, &subject, "test", Timestamp::now())
+        .await;
+    assert!(
+        fail_sentence(&r).contains("does not show revision 2's image tag v2"),
+        "{r:?}"
+    );
+    let r = probe_url(&policy, &subject).await;
+    assert_eq!(
+        fail_sentence(&r),
+        format!("GET {base}/nothing-here: HTTP 404")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_service_url_while_old_pods_serve_is_inconclusive() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let policy = health(&format!("urls = [\"http://{closed}/health\"]"));
+    let mut subject = bare_subject();
+    subject.serving_others = vec![ServingRevision {
+        revision: 2,
+        pod_template_hash: "bbb".into(),
+        ready_pods: 1,
+    }];
+    let r = probe_url(&policy, &subject).await;
+    assert_eq!(
+        inconclusive_why(&r),
+        format!(
+            "the Service may still route to 1 Ready pod of revision 2: \
+             GET http://{closed}/health: connection refused by {closed}"
+        )
+    );
+}
+
+#[tokio::test]
+async fn every_probe_opens_a_fresh_connection_as_kubelet_probes_do() {
+    // A server that keeps connections alive and records each request's
+    // client port: a pooled connection would show the same port twice.
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let seen = ports.clone();
+    let app = axum::Router::new().route(
+        "/health",
+        axum::routing::get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = seen.clone();
+            async move {
+                if let Ok(mut p) = seen.lock() {
+                    p.push(peer.port());
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    let policy = health(&format!("urls = [\"http://{addr}/health\"]"));
+    let prober = prober();
+    for _ in 0..3 {
+        let r = prober
+            .url(
+                &policy.urls[0],
+                &policy,
+                &bare_subject(),
+                "test",
+                Timestamp::now(),
+            )
+            .await;
+        assert!(r.outcome.is_pass(), "{r:?}");
+    }
+    let ports = ports.lock().map(|p| p.clone()).unwrap_or_default();
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "one connection per probe: {ports:?}");
+    server.abort();
 }
 
 #[tokio::test]

@@ -558,3 +558,66 @@ async fn the_caches_turn_ready_for_every_waiter_at_once() {
     assert!(caches.is_ready());
     assert!(caches.snapshot().deployment(NS, "web").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_read_from_a_failing_watch_are_dated_when_it_was_last_live() {
+    // A state re-read from a stalled watch is not new evidence: while the
+    // pod watch fails, the pods it cached are dated at its first error;
+    // once it watches again and sees an event, they are current.
+    let (sim, client) = sim().await;
+    create(&client, NS, "web", "web:v1", json!({})).await;
+    let caches = Caches::start(
+        client.clone(),
+        Scope::Namespaces([NS.to_string(), "staging".to_string()].into()),
+    );
+    tokio::time::timeout(WAIT, caches.ready())
+        .await
+        .expect("the caches sync in time")
+        .expect("the caches sync");
+    assert_eq!(caches.snapshot().pods_stalled_since(NS), None);
+
+    let before = jiff::Timestamp::now();
+    sim.access().deny(rollback_watchdog::sim::AccessRule::new(
+        "watch",
+        "",
+        "pods",
+        Some(NS),
+    ));
+    sim.close_watches();
+    let started = Instant::now();
+    let since = loop {
+        if let Some(since) = caches.snapshot().pods_stalled_since(NS) {
+            break since;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the refused pod watch was never seen as stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        since >= before,
+        "{since} is after the watch was cut at {before}"
+    );
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
+    assert_eq!(caches.snapshot().pods_live_at(NS, later), since);
+    assert_eq!(
+        caches.snapshot().pods_stalled_since("staging"),
+        None,
+        "only the namespace whose watch failed"
+    );
+
+    sim.access().reset();
+    // Any pod event in the namespace shows the watch is live again.
+    create(&client, NS, "api", "api:v1", json!({})).await;
+    let started = Instant::now();
+    while caches.snapshot().pods_stalled_since(NS).is_some() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the pod watch never came back live"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = jiff::Timestamp::now();
+    assert_eq!(caches.snapshot().pods_live_at(NS, now), now);
+}

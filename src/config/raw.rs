@@ -149,6 +149,7 @@ pub(crate) struct RawPods {
     pub crash_reasons: Option<Vec<String>>,
     pub max_restarts: Option<u32>,
     pub progress_deadline_is_failure: Option<bool>,
+    pub ready_timeout: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -187,6 +187,10 @@ pub struct PodsPolicy {
     pub max_restarts: u32,
     /// The Deployment's `ProgressDeadlineExceeded` condition counts as a failure.
     pub progress_deadline_is_failure: bool,
+    /// A new revision with pods but none ever Ready this long after its
+    /// rollout started fails, before the (longer) progress deadline.
+    #[serde(serialize_with = "duration")]
+    pub ready_timeout: Duration,
 }
 
 /// A custom PromQL rule: the signal fails when `query op threshold` holds

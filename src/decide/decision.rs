@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 
+use crate::config::PodsPolicy;
 use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
 use crate::observe::blocklist::{self, Entry};
 use crate::observe::revision::{KnownGood, TargetState};
@@ -117,6 +118,16 @@ impl RevisionState {
             self.pod_history.clone()
         } else {
             PodHistory::default()
+        }
+    }
+
+    /// Remembers what this tick showed of the revision's pods (which were
+    /// Ready, which are in a crash state now) for the warm-up and
+    /// established-crash rules of the next ticks. Only for the revision
+    /// the state belongs to, and only its current pods.
+    pub fn remember_pods(&mut self, policy: &PodsPolicy, subject: &Subject, now: Timestamp) {
+        if self.key.as_ref() == Some(&(subject.revision, subject.pod_template_hash.clone())) {
+            self.pod_history.remember(policy, subject, now);
         }
     }
 
@@ -578,6 +589,7 @@ mod tests {
                 progress_deadline_exceeded: false,
                 pods: Vec::new(),
                 serving_others: Vec::new(),
+                pods_seen_at: None,
                 warnings: Vec::new(),
             },
             subject: Subject {
@@ -934,5 +946,31 @@ mod tests {
         let mut memory = RevisionState::default();
         let d = tick(&mut w, &mut memory, failing(after), after);
         assert!(d.known_good.is_none());
+    }
+
+    #[test]
+    fn pod_history_is_kept_for_its_own_revision_only_and_reset_by_a_new_one() {
+        let mut w = world("");
+        w.subject.pods = vec![serde_json::from_value(json!({
+            "metadata": {"name": "web-h2-a", "namespace": "production"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .expect("a pod")];
+        let key = (2, "h2".to_owned());
+        let mut state = RevisionState::default();
+        state.for_revision(Some(key.clone()), t0());
+        state.remember_pods(&w.target.policy.pods, &w.subject, t0());
+        assert!(state.pod_history(&key).ever_ready.contains("web-h2-a"));
+        assert_eq!(state.pod_history(&(1, "h1".into())), PodHistory::default());
+
+        // A subject of another revision is not remembered under this one.
+        let mut other = w.subject.clone();
+        other.revision = 3;
+        other.pod_template_hash = "h3".into();
+        state.remember_pods(&w.target.policy.pods, &other, t0());
+        assert_eq!(state.pod_history(&(3, "h3".into())), PodHistory::default());
+
+        state.for_revision(Some((3, "h3".into())), t0());
+        assert_eq!(state.pod_history(&(3, "h3".into())), PodHistory::default());
     }
 }

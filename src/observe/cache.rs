@@ -16,11 +16,24 @@
 //! `WatchList` feature on the server, which not every supported cluster
 //! has. Pods are watched with the selector `pod-template-hash` (only pods of
 //! Deployments matter) and stored without `managedFields`.
+//!
+//! Each watcher's liveness is tracked: a stream error marks it stalled (the
+//! cache keeps its last state, and the watcher retries with backoff); the
+//! next watch event, or the end of a re-list (`InitDone`), marks it live
+//! again, and so does [`WATCH_RECOVERY`] without a new error (a failing
+//! watcher reports an error at every retry, at least every 30 s, but one
+//! that re-watches without re-listing in a quiet namespace reports
+//! nothing). [`Snapshot::pods_live_at`] dates what the pod cache shows, so
+//! a state re-read from a stalled watch is not taken for new evidence.
+//! Known limit: a stream that stalls silently (a half-open TCP connection)
+//! is noticed only when the client's read timeout fires and it reports an
+//! error; until then its state looks current.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::NamespaceResourceScope;
@@ -78,10 +91,45 @@ impl Scope {
     }
 }
 
+/// A stalled watcher that reported no new error for this long has
+/// re-watched: kube-runtime's default backoff retries at least every 30 s,
+/// and each failed retry reports an error.
+pub const WATCH_RECOVERY: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Whether one watcher's stream is live: `None` while it is, or (first,
+/// last) error of the current stall.
+#[derive(Debug, Clone, Default)]
+struct Liveness(Arc<std::sync::Mutex<Option<(Timestamp, Timestamp)>>>);
+
+impl Liveness {
+    fn stalled(&self, at: Timestamp) {
+        if let Ok(mut stall) = self.0.lock() {
+            let first = stall.map_or(at, |(first, _)| first);
+            *stall = Some((first, at));
+        }
+    }
+
+    fn live(&self) {
+        if let Ok(mut stall) = self.0.lock() {
+            *stall = None;
+        }
+    }
+
+    /// When the watch was last known live, while it is stalled at `now`.
+    fn stalled_since(&self, now: Timestamp) -> Option<Timestamp> {
+        let (first, last) = self.0.lock().ok().and_then(|stall| *stall)?;
+        let recovery = jiff::SignedDuration::try_from(WATCH_RECOVERY).unwrap_or_default();
+        (now.duration_since(last) < recovery).then_some(first)
+    }
+}
+
 /// The readers of one kind's reflectors, one per watched namespace (or one
 /// for the whole cluster).
 struct KindCache<K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static> {
     stores: Vec<Store<K>>,
+    /// Per reflector, in the order of `stores`: its namespace (None: all)
+    /// and whether its watch is live.
+    liveness: Vec<(Option<String>, Liveness)>,
 }
 
 impl<K> KindCache<K>
@@ -102,33 +150,52 @@ where
         strip: fn(&mut K),
         tasks: &mut Vec<JoinHandle<()>>,
     ) -> Self {
-        let apis: Vec<Api<K>> = match scope {
-            Scope::AllNamespaces => vec![Api::all(client.clone())],
+        let apis: Vec<(Option<String>, Api<K>)> = match scope {
+            Scope::AllNamespaces => vec![(None, Api::all(client.clone()))],
             Scope::Namespaces(set) => set
                 .iter()
-                .map(|ns| Api::namespaced(client.clone(), ns))
+                .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
                 .collect(),
         };
         let mut stores = Vec::with_capacity(apis.len());
-        for api in apis {
+        let mut liveness = Vec::with_capacity(apis.len());
+        for (namespace, api) in apis {
             let (reader, writer) = reflector::store();
             let stream = watcher(api, config.clone())
                 .default_backoff()
                 .modify(strip)
                 .reflect(writer);
+            let live = Liveness::default();
+            let task_live = live.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
-                    if let Err(e) = event {
-                        // Retried with backoff by the stream itself; the
-                        // cache keeps its last state meanwhile.
-                        tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                    match event {
+                        Err(e) => {
+                            // Retried with backoff by the stream itself; the
+                            // cache keeps its last state meanwhile, which is
+                            // no longer news.
+                            task_live.stalled(Timestamp::now());
+                            tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                        }
+                        // Re-listing: the store is rebuilt only at InitDone.
+                        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                        Ok(_) => task_live.live(),
                     }
                 }
             }));
             stores.push(reader);
+            liveness.push((namespace, live));
         }
-        KindCache { stores }
+        KindCache { stores, liveness }
+    }
+
+    /// (namespace or None for all, since when) of each stalled watcher.
+    fn stalled(&self, now: Timestamp) -> Vec<(Option<String>, Timestamp)> {
+        self.liveness
+            .iter()
+            .filter_map(|(ns, live)| Some((ns.clone(), live.stalled_since(now)?)))
+            .collect()
     }
 
     fn all(&self) -> impl Iterator<Item = Arc<K>> + '_ {
@@ -282,6 +349,7 @@ impl Caches {
             self.replicasets.all(),
             self.pods.all(),
         )
+        .with_pod_watches_stalled(self.pods.stalled(Timestamp::now()))
     }
 }
 
@@ -305,6 +373,8 @@ pub struct Snapshot {
     deployments: HashMap<String, BTreeMap<String, Arc<Deployment>>>,
     replicasets_by_owner: HashMap<String, Vec<Arc<ReplicaSet>>>,
     pods_by_hash: HashMap<(String, String), Vec<Arc<Pod>>>,
+    /// Pod watchers that are not live: (namespace, None for all; since when).
+    pods_stalled: Vec<(Option<String>, Timestamp)>,
 }
 
 impl Snapshot {
@@ -365,6 +435,34 @@ impl Snapshot {
         )
     }
 
+    /// Marks pod watchers as stalled: (namespace, None for every namespace;
+    /// when last known live).
+    pub fn with_pod_watches_stalled(
+        mut self,
+        stalled: impl IntoIterator<Item = (Option<String>, Timestamp)>,
+    ) -> Snapshot {
+        self.pods_stalled.extend(stalled);
+        self
+    }
+
+    /// When the pod watch of `namespace` was last known live, while it is
+    /// not (it reported an error and has not re-listed yet); None while
+    /// it is live.
+    pub fn pods_stalled_since(&self, namespace: &str) -> Option<Timestamp> {
+        self.pods_stalled
+            .iter()
+            .filter(|(ns, _)| ns.as_deref().is_none_or(|ns| ns == namespace))
+            .map(|(_, since)| *since)
+            .min()
+    }
+
+    /// The evidence time of the cached pods of `namespace`: `now` while
+    /// their watch is live, else when it was last known live.
+    pub fn pods_live_at(&self, namespace: &str, now: Timestamp) -> Timestamp {
+        self.pods_stalled_since(namespace)
+            .map_or(now, |since| since.min(now))
+    }
+
     /// Whether the caches had finished their first sync: before that, a
     /// Deployment missing from the snapshot proves nothing.
     pub fn is_ready(&self) -> bool {
@@ -412,5 +510,47 @@ impl Snapshot {
             .get(&(namespace.to_owned(), hash.to_owned()))
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("a test time")
+    }
+
+    #[test]
+    fn a_watch_is_stalled_from_its_first_error_until_an_event_or_a_quiet_spell() {
+        let live = Liveness::default();
+        assert_eq!(live.stalled_since(at(0)), None);
+        live.stalled(at(0));
+        live.stalled(at(30));
+        assert_eq!(
+            live.stalled_since(at(60)),
+            Some(at(0)),
+            "known live until the first error"
+        );
+        assert_eq!(live.stalled_since(at(119)), Some(at(0)));
+        assert_eq!(
+            live.stalled_since(at(120)),
+            None,
+            "90 s without an error: re-watched"
+        );
+        live.stalled(at(200));
+        live.live();
+        assert_eq!(live.stalled_since(at(201)), None, "an event: live");
+    }
+
+    #[test]
+    fn pods_are_dated_by_the_watch_of_their_namespace() {
+        let snap =
+            Snapshot::default().with_pod_watches_stalled([(Some("staging".to_owned()), at(0))]);
+        assert_eq!(snap.pods_live_at("production", at(60)), at(60));
+        assert_eq!(snap.pods_live_at("staging", at(60)), at(0));
+        let all = Snapshot::default().with_pod_watches_stalled([(None, at(0))]);
+        assert_eq!(all.pods_live_at("production", at(60)), at(0));
+        assert_eq!(all.pods_stalled_since("production"), Some(at(0)));
     }
 }

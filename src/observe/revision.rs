@@ -460,6 +460,9 @@ pub struct TargetState {
     pub pods: Vec<Arc<Pod>>,
     /// Other revisions with Ready pods now, newest first.
     pub serving_others: Vec<ServingRevision>,
+    /// When the pod watch was last known live, while it is not (None:
+    /// live): the evidence time of `pods`.
+    pub pods_seen_at: Option<jiff::Timestamp>,
     /// Problems to report (a malformed known-good record).
     pub warnings: Vec<String>,
 }
@@ -523,6 +526,7 @@ impl TargetState {
             serving_others: self.serving_others.clone(),
             counted_until: Default::default(),
             pod_history: Default::default(),
+            pods_seen_at: self.pods_seen_at,
         })
     }
 
@@ -634,6 +638,7 @@ impl Tracker {
             fully_rolled_out: fully_rolled_out(d),
             progress_deadline_exceeded: progress_deadline_exceeded(d),
             serving_others,
+            pods_seen_at: snapshot.pods_stalled_since(&target.namespace),
             pods,
             warnings,
         }

@@ -14,16 +14,27 @@
 //! | HTTP request | connected, no answer within the timeout | **Fail**: "no answer within 2s" |
 //! | HTTP request | an answer with an unexpected status, or a body not matching `body_regex` | **Fail** |
 //! | HTTP request | reset, TLS or protocol error after connecting | Inconclusive: a mesh sidecar or proxy can do that to every revision alike |
+//! | any step, Service-level URL (`urls`, `version_url`) | a **Fail** above, or a wrong version body, while other revisions of the Deployment still have Ready pods | Inconclusive: "the Service may still route to 3 Ready pods of revision 1: GET ... " (the answer may come from an old pod). A Pass stays a Pass |
+//! | any step, per-pod | a pod of the revision never Ready yet (not Ready now, not seen Ready on an earlier tick) | no evidence: it is *starting*, and a readiness endpoint answering 503 during warm-up is normal |
+//!
+//! Service-level URLs count as the table says once no other revision has a
+//! Ready pod (the rollout is complete, or the old pods are gone). Every
+//! probe opens a fresh connection, as kubelet probes do: no kept-alive
+//! connection stays pinned to an old pod behind a Service.
 //!
 //! Per-pod probing combines all pods of the revision into one result.
 //! Only pods in phase Running with an IP and no deletion timestamp are
-//! probed. A *ready* pod fails on anything in the Fail rows. A pod that is
-//! Running but not yet ready fails only on a real HTTP answer that is
-//! wrong (an app saying 503); while it refuses connections or stays silent
-//! it is still starting, which is no evidence (slow starters would
-//! otherwise be rolled back; a pod that never starts is caught by the pod
-//! signal and the progress deadline). `expect_status` and `body_regex`
-//! apply to per-pod answers too.
+//! probed. A *ready* pod fails on anything in the Fail rows. A pod that was
+//! Ready on an earlier tick but is not now fails only on a real HTTP
+//! answer that is wrong (an app saying 503); while it refuses connections
+//! or stays silent it is restarting, which the pod signal judges. A pod
+//! never Ready yet is starting: none of its answers count (slow starters
+//! would otherwise be rolled back; a pod that never becomes Ready is caught
+//! by the pod signal's `ready_timeout` and the progress deadline). Which
+//! pods were Ready before is kept by the run loop in memory: after a
+//! watchdog restart every not-Ready pod counts as starting, which errs on
+//! the safe side. `expect_status` and `body_regex` apply to per-pod
+//! answers too.
 //!
 //! Known limit: a firewall that *rejects* the watchdog's packets (TCP
 //! reset or ICMP port-unreachable, rather than dropping them) looks exactly
@@ -42,7 +53,9 @@ use regex::Regex;
 use tracing::Instrument;
 use url::Url;
 
-use super::{Fill, Measurement, Outcome, SignalId, SignalResult, Subject, Threshold};
+use super::{
+    Fill, Measurement, Outcome, ServingRevision, SignalId, SignalResult, Subject, Threshold,
+};
 use crate::config::{HealthPolicy, PerPodProbe, UrlTemplate};
 
 /// Bodies are read up to this size; a health answer is small.
@@ -228,6 +241,10 @@ impl HealthProber {
             // Pod IPs and Service names are in-cluster: never via a proxy.
             .no_proxy()
             .redirect(reqwest::redirect::Policy::limited(5))
+            // A fresh connection per probe, as kubelet probes do: a
+            // kept-alive one would stay pinned to one (old) pod behind a
+            // Service.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("rollback-watchdog/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(HealthError::Client)?;
@@ -322,7 +339,7 @@ impl HealthProber {
             },
             Err(Err(why)) => Outcome::inconclusive(why),
         };
-        SignalResult::new(signal, outcome, now)
+        SignalResult::new(signal, through_service(subject, outcome), now)
     }
 
     /// Every Running pod of the revision at `http://<podIP>:<port><path>`,
@@ -370,9 +387,10 @@ impl HealthProber {
                     let url = format!("http://{host}:{}{path}", probe.port);
                     let signal = &signal;
                     let expect = &expect;
+                    let was_ready = ready || subject.pod_history.ever_ready.contains(&name);
                     async move {
                         let p = self.probe_str(signal, &url, policy.timeout).await;
-                        (i, name, pod_verdict(expect, &p, ready))
+                        (i, name, pod_verdict(expect, &p, ready, was_ready))
                     }
                 })
                 .buffer_unordered(POD_CONCURRENCY)
@@ -506,7 +524,7 @@ impl HealthProber {
             },
             (_, Err(Err(why))) => Outcome::inconclusive(why),
         };
-        SignalResult::new(signal, outcome, now)
+        SignalResult::new(signal, through_service(subject, outcome), now)
     }
 
     async fn probe_str(&self, signal: &SignalId, url: &str, timeout: Duration) -> Probe {
@@ -698,9 +716,12 @@ fn running_pod(pod: &Pod) -> Option<(String, String, bool)> {
     Some((pod.metadata.name.clone().unwrap_or_default(), ip, ready))
 }
 
-fn pod_verdict(expect: &Expect<'_>, probe: &Probe, ready: bool) -> PodVerdict {
+/// How one pod's probe counts: `ready` now, or `was_ready` (now or on an
+/// earlier tick). A pod never Ready yet is starting, whatever it answers.
+fn pod_verdict(expect: &Expect<'_>, probe: &Probe, ready: bool, was_ready: bool) -> PodVerdict {
     match expect.judge(probe) {
         Ok(_) => PodVerdict::Healthy,
+        Err(Ok(f)) if !was_ready => PodVerdict::Starting(format!("never Ready yet, {}", f.what)),
         Err(Ok(f)) => {
             let answered = matches!(probe, Probe::Answered { .. });
             if ready || answered {
@@ -711,6 +732,36 @@ fn pod_verdict(expect: &Expect<'_>, probe: &Probe, ready: bool) -> PodVerdict {
         }
         Err(Err(why)) => PodVerdict::Unknown(why),
     }
+}
+
+/// A Service-level URL's Fail while other revisions still have Ready pods
+/// is Inconclusive: the Service may have routed the probe to one of them.
+fn through_service(subject: &Subject, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Fail { sentence, .. } if !subject.serving_others.is_empty() => {
+            Outcome::inconclusive(format!(
+                "the Service may still route to {}: {sentence}",
+                serving_text(&subject.serving_others)
+            ))
+        }
+        other => other,
+    }
+}
+
+/// "3 Ready pods of revision 1 and 1 Ready pod of revision 0".
+fn serving_text(others: &[ServingRevision]) -> String {
+    let parts: Vec<String> = others
+        .iter()
+        .map(|o| {
+            format!(
+                "{} Ready {} of revision {}",
+                o.ready_pods,
+                if o.ready_pods == 1 { "pod" } else { "pods" },
+                o.revision
+            )
+        })
+        .collect();
+    parts.join(" and ")
 }
 
 fn named(items: &[String]) -> String {
@@ -801,33 +852,106 @@ mod tests {
         assert_eq!(e(&[200, 201, 204]).statuses_text(), "HTTP 200, 201 or 204");
     }
 
-    #[test]
-    fn a_starting_pod_that_refuses_is_no_evidence_but_a_ready_one_fails() {
-        let e = Expect {
+    fn expect_200() -> Expect<'static> {
+        Expect {
             statuses: &[200],
             body: None,
             body_source: None,
             timeout: Duration::from_secs(2),
-        };
+        }
+    }
+
+    fn answered(status: u16) -> Probe {
+        Probe::Answered {
+            status,
+            body: String::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_refusing_pod_fails_only_while_ready() {
         let refused = Probe::Refused {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
+        // Never Ready yet, or Ready before and restarting now: no evidence.
+        for was_ready in [false, true] {
+            assert!(matches!(
+                pod_verdict(&expect_200(), &refused, false, was_ready),
+                PodVerdict::Starting(_)
+            ));
+        }
         assert!(matches!(
-            pod_verdict(&e, &refused, false),
-            PodVerdict::Starting(_)
-        ));
-        assert!(matches!(
-            pod_verdict(&e, &refused, true),
+            pod_verdict(&expect_200(), &refused, true, true),
             PodVerdict::Failed(_)
         ));
-        let unhealthy = Probe::Answered {
-            status: 503,
-            body: String::new(),
-            elapsed: Duration::ZERO,
+    }
+
+    #[test]
+    fn a_starting_pod_answering_503_is_warming_up_not_failing() {
+        match pod_verdict(&expect_200(), &answered(503), false, false) {
+            PodVerdict::Starting(why) => assert_eq!(why, "never Ready yet, HTTP 503"),
+            _ => panic!("a pod never Ready yet is starting"),
+        }
+    }
+
+    #[test]
+    fn a_pod_that_was_ready_and_now_answers_503_fails() {
+        // Not Ready now, but seen Ready on an earlier tick.
+        match pod_verdict(&expect_200(), &answered(503), false, true) {
+            PodVerdict::Failed(what) => assert_eq!(what, "HTTP 503"),
+            _ => panic!("a pod that was Ready and answers 503 fails"),
+        }
+        assert!(matches!(
+            pod_verdict(&expect_200(), &answered(503), true, true),
+            PodVerdict::Failed(_)
+        ));
+    }
+
+    fn fail(sentence: &str) -> Outcome {
+        Outcome::Fail {
+            measured: Measurement::http_status(200),
+            threshold: Threshold::Expected {
+                what: "a body containing v2".into(),
+            },
+            baseline: None,
+            sentence: sentence.into(),
+        }
+    }
+
+    fn serving(revision: i64, ready_pods: u32) -> ServingRevision {
+        ServingRevision {
+            revision,
+            pod_template_hash: format!("h{revision}"),
+            ready_pods,
+        }
+    }
+
+    #[test]
+    fn a_service_url_failing_while_old_pods_serve_is_inconclusive() {
+        let subject = Subject {
+            revision: 2,
+            serving_others: vec![serving(1, 3), serving(0, 1)],
+            ..Subject::default()
         };
-        assert!(matches!(
-            pod_verdict(&e, &unhealthy, false),
-            PodVerdict::Failed(_)
-        ));
+        let sentence = r#"GET http://web.production.svc:8080/version does not show revision 2's image tag v2: "v1""#;
+        assert_eq!(
+            through_service(&subject, fail(sentence)),
+            Outcome::inconclusive(format!(
+                "the Service may still route to 3 Ready pods of revision 1 \
+                 and 1 Ready pod of revision 0: {sentence}"
+            ))
+        );
+        // A Pass stays a Pass.
+        assert!(through_service(&subject, Outcome::pass()).is_pass());
+    }
+
+    #[test]
+    fn a_service_url_failing_once_no_old_pod_serves_fails() {
+        let subject = Subject {
+            revision: 2,
+            ..Subject::default()
+        };
+        assert!(through_service(&subject, fail("GET http://web/version: HTTP 503")).is_fail());
     }
 }

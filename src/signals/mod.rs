@@ -379,7 +379,9 @@ fn describe_failure(
 pub struct PodsFinding {
     /// Pods of the revision under judgment.
     pub pods: u32,
-    /// Of those, pods in a configured crash state or over `max_restarts`.
+    /// Of those, pods in an *established* crash (a configured crash state
+    /// or over `max_restarts`, with at least 2 restarts or seen so on 2
+    /// ticks): one warm-up OOM kill is not counted here.
     pub crashing: u32,
     /// `CrashLoopBackOff`, `ImagePullBackOff`, ... as seen, for messages.
     pub reasons: Vec<String>,
@@ -643,6 +645,10 @@ pub struct Subject {
     pub counted_until: BTreeMap<SignalId, jiff::Timestamp>,
     /// What the run loop remembers of this revision's pods between ticks.
     pub pod_history: PodHistory,
+    /// When the pod watch was last known live, while it is not (it
+    /// reported an error and is re-listing): `pods` is what it held then,
+    /// so the pod signal dates its evidence there, not now. None: live.
+    pub pods_seen_at: Option<jiff::Timestamp>,
 }
 
 /// The previous revision, whose metrics are the baseline.
@@ -669,7 +675,9 @@ pub struct ServingRevision {
 pub struct PodHistory {
     /// Pods seen Ready at least once.
     pub ever_ready: BTreeSet<String>,
-    /// Pods seen in a crash state, and when first seen so.
+    /// Pods seen in a crash state now (a waiting or terminated reason, not
+    /// only a last termination), and the evidence time they were first
+    /// seen so on an unbroken run of ticks.
     pub crashing_since: BTreeMap<String, jiff::Timestamp>,
 }
 

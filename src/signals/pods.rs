@@ -11,12 +11,37 @@
 //! A pod is *crashing* when any of its containers or init containers is
 //! waiting, terminated, or last terminated with a reason in
 //! `crash_reasons`, or has restarted more than `max_restarts` times.
+//!
+//! A crash counts (fails the signal, and counts in
+//! [`PodsFinding::crashing`]) only once it is *established*: at least 2
+//! restarts, or the pod seen in a crash state *now* (a waiting or
+//! terminated reason, not only its last termination) on two ticks in a row,
+//! the first before this tick's evidence time ([`PodHistory`]). One OOM
+//! kill during warm-up, or one transient `ErrImagePull`, is Inconclusive; a
+//! real crash loop restarts again and a failing pull persists, so both are
+//! still caught a tick later. After a watchdog restart the history is
+//! empty, which only delays that by a tick.
+//!
+//! A new revision with pods but none of them Ready, now or on an earlier
+//! tick, `ready_timeout` after its rollout started (or after its oldest pod
+//! was created, if later: replaced pods start a new clock) fails, without
+//! waiting for the Deployment's progress deadline.
+//!
+//! The evidence time of the result is now while the pod watch is live, and
+//! the time it was last known live while it is not
+//! ([`Subject::pods_seen_at`]): a state re-read from a stalled watch is not
+//! new evidence. Known limit: a watch stream that stalls silently (a
+//! half-open TCP connection) is noticed only when the client's read timeout
+//! fires; until then its state looks current.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use super::{Measurement, Outcome, PodsFinding, SignalId, SignalResult, Subject, Threshold};
+use super::{
+    Measurement, Outcome, PodHistory, PodsFinding, SignalId, SignalResult, Subject, Threshold,
+};
 use crate::config::PodsPolicy;
 
 /// What the pod signal can refuse to judge. Nothing in it is fatal: each
@@ -25,10 +50,14 @@ use crate::config::PodsPolicy;
 pub enum PodsError {
     #[error("revision {revision} has no pods yet")]
     NoPods { revision: i64 },
+    #[error("{pods}; a crash counts once established: {ESTABLISHED_RESTARTS} restarts or seen on 2 ticks")]
+    NotEstablished { pods: String },
 }
 
 /// Pods named in a sentence at most; the rest are counted.
 const NAMED_PODS: usize = 5;
+/// Restarts that establish a crash on their own.
+const ESTABLISHED_RESTARTS: i32 = 2;
 
 /// Why one pod counts as crashing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,15 +68,82 @@ struct PodProblem {
     /// The highest restart count of its containers.
     restarts: i32,
     over_restarts: bool,
+    /// A configured reason is the state of a container now (waiting or
+    /// terminated), not only its last termination.
+    crashing_now: bool,
+}
+
+impl PodProblem {
+    /// At least 2 restarts, or in a crash state now and already on an
+    /// earlier tick (before `at`).
+    fn established(&self, history: &PodHistory, at: jiff::Timestamp) -> bool {
+        self.restarts >= ESTABLISHED_RESTARTS
+            || (self.crashing_now
+                && history
+                    .crashing_since
+                    .get(&self.pod)
+                    .is_some_and(|since| *since < at))
+    }
+}
+
+/// The evidence time of what `subject.pods` shows: now while the pod watch
+/// is live, else when it was last known live.
+pub fn evidence_time(subject: &Subject, now: jiff::Timestamp) -> jiff::Timestamp {
+    subject.pods_seen_at.map_or(now, |seen| seen.min(now))
+}
+
+/// A pod that is Ready and not being deleted: one a Service routes to.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+impl PodHistory {
+    /// Remembers this tick's pods of the revision: which were Ready, and
+    /// since when each has been in a crash state now without a break.
+    /// Bounded to the current pods: a deleted pod is forgotten.
+    pub fn remember(&mut self, policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) {
+        let at = evidence_time(subject, now);
+        let names: BTreeSet<String> = subject
+            .pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        self.ever_ready.retain(|name| names.contains(name));
+        self.ever_ready.extend(
+            subject
+                .pods
+                .iter()
+                .filter(|p| is_ready(p))
+                .filter_map(|p| p.metadata.name.clone()),
+        );
+        let crashing_now: BTreeSet<String> = subject
+            .pods
+            .iter()
+            .filter_map(|p| problem(policy, p, subject.rollout_started))
+            .filter(|p| p.crashing_now)
+            .map(|p| p.pod)
+            .collect();
+        self.crashing_since
+            .retain(|name, _| crashing_now.contains(name));
+        for name in crashing_now {
+            self.crashing_since.entry(name).or_insert(at);
+        }
+    }
 }
 
 /// Judges the revision's pods. One result, always.
 pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) -> SignalResult {
+    let at = evidence_time(subject, now);
     let pods = &subject.pods;
-    let problems: Vec<PodProblem> = pods
+    let (problems, pending): (Vec<PodProblem>, Vec<PodProblem>) = pods
         .iter()
         .filter_map(|pod| problem(policy, pod, subject.rollout_started))
-        .collect();
+        .partition(|p| p.established(&subject.pod_history, at));
     let reasons: Vec<String> = problems
         .iter()
         .flat_map(|p| p.reasons.iter().cloned())
@@ -66,9 +162,18 @@ pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) ->
         reasons,
     };
     let deadline = subject.progress_deadline_exceeded && policy.progress_deadline_is_failure;
+    let never_ready = never_ready(policy.ready_timeout, subject, at);
 
-    let outcome = if problems.is_empty() && !deadline {
-        if pods.is_empty() {
+    let outcome = if problems.is_empty() && !deadline && never_ready.is_none() {
+        if !pending.is_empty() {
+            let named: Vec<String> = pending.iter().map(pending_detail).collect();
+            Outcome::inconclusive(
+                PodsError::NotEstablished {
+                    pods: named_list(named),
+                }
+                .to_string(),
+            )
+        } else if pods.is_empty() {
             Outcome::inconclusive(
                 PodsError::NoPods {
                     revision: subject.revision,
@@ -83,6 +188,9 @@ pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) ->
         if !problems.is_empty() {
             sentences.push(crash_sentence(subject, &problems, policy.max_restarts));
         }
+        if let Some(sentence) = never_ready {
+            sentences.push(sentence);
+        }
         if deadline {
             sentences.push(format!(
                 "the rollout of revision {} exceeded its progress deadline (ProgressDeadlineExceeded)",
@@ -90,9 +198,10 @@ pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) ->
             ));
         }
         let mut expected = format!(
-            "no pod in {} and none over {} restarts",
+            "no pod in {} and none over {} restarts, a Ready pod within {}",
             policy.crash_reasons.join(", "),
-            policy.max_restarts
+            policy.max_restarts,
+            humantime::format_duration(policy.ready_timeout)
         );
         if policy.progress_deadline_is_failure {
             expected.push_str(", and progress before the Deployment's deadline");
@@ -104,7 +213,92 @@ pub fn evaluate(policy: &PodsPolicy, subject: &Subject, now: jiff::Timestamp) ->
             sentence: capitalize(&sentences.join("; ")),
         }
     };
-    SignalResult::new(SignalId::Pods, outcome, now).with_pods(finding)
+    SignalResult::new(SignalId::Pods, outcome, at).with_pods(finding)
+}
+
+/// "no pod of revision 2 became Ready within 5m: 3 pods, web-abc Running
+/// not Ready, ...", when the revision has pods, none Ready now or on an
+/// earlier tick, and `timeout` has passed since its rollout started (or
+/// since its oldest current pod was created, if later).
+fn never_ready(timeout: Duration, subject: &Subject, at: jiff::Timestamp) -> Option<String> {
+    let pods = &subject.pods;
+    if pods.is_empty() || !subject.pod_history.ever_ready.is_disjoint(&names(pods)) {
+        return None;
+    }
+    if pods.iter().any(is_ready) {
+        return None;
+    }
+    let oldest_pod = pods
+        .iter()
+        .filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .min();
+    let since = oldest_pod.map_or(subject.rollout_started, |t| t.max(subject.rollout_started));
+    let waited = at.duration_since(since);
+    if waited < jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX) {
+        return None;
+    }
+    let described: Vec<String> = pods.iter().map(not_ready_detail).collect();
+    Some(format!(
+        "no pod of revision {} became Ready within {}: {} {}, {}",
+        subject.revision,
+        humantime::format_duration(timeout),
+        pods.len(),
+        if pods.len() == 1 { "pod" } else { "pods" },
+        named_list(described)
+    ))
+}
+
+fn names(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// "web-abc Running not Ready", "web-def Pending not Ready (ContainerCreating)".
+fn not_ready_detail(pod: &Pod) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or("(unnamed)");
+    let status = pod.status.as_ref();
+    let phase = status
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("no phase");
+    let waiting: BTreeSet<&str> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+        })
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+        .collect();
+    if waiting.is_empty() {
+        format!("{name} {phase} not Ready")
+    } else {
+        let waiting: Vec<&str> = waiting.into_iter().collect();
+        format!("{name} {phase} not Ready ({})", waiting.join(", "))
+    }
+}
+
+/// "web-abc OOMKilled once (1 restart)".
+fn pending_detail(p: &PodProblem) -> String {
+    let what = if p.reasons.is_empty() {
+        "restarted".to_owned()
+    } else {
+        p.reasons.join(", ")
+    };
+    match p.restarts {
+        1 => format!("{} {what} once (1 restart)", p.pod),
+        n => format!("{} {what} ({n} restarts)", p.pod),
+    }
+}
+
+fn named_list(mut items: Vec<String>) -> String {
+    if items.len() > NAMED_PODS {
+        let more = items.len() - NAMED_PODS;
+        items.truncate(NAMED_PODS);
+        items.push(format!("and {more} more"));
+    }
+    items.join(", ")
 }
 
 /// Why `pod` is crashing, or None when it is not. A last-terminated state
@@ -119,12 +313,17 @@ fn problem(policy: &PodsPolicy, pod: &Pod, since: jiff::Timestamp) -> Option<Pod
         .chain(status.init_container_statuses.iter().flatten());
     let mut reasons = BTreeSet::new();
     let mut restarts = 0;
+    let mut crashing_now = false;
+    let configured = |reason: &str| policy.crash_reasons.iter().any(|r| r == reason);
     for c in containers {
         restarts = restarts.max(c.restart_count);
-        for reason in container_reasons(c, since) {
-            if policy.crash_reasons.iter().any(|r| r == reason) {
-                reasons.insert(reason.to_owned());
-            }
+        let (now, last) = container_reasons(c, since);
+        for reason in now.into_iter().flatten().filter(|r| configured(r)) {
+            crashing_now = true;
+            reasons.insert(reason.to_owned());
+        }
+        if let Some(reason) = last.filter(|r| configured(r)) {
+            reasons.insert(reason.to_owned());
         }
     }
     let over_restarts = i64::from(restarts) > i64::from(policy.max_restarts);
@@ -136,11 +335,16 @@ fn problem(policy: &PodsPolicy, pod: &Pod, since: jiff::Timestamp) -> Option<Pod
         reasons: reasons.into_iter().collect(),
         restarts,
         over_restarts,
+        crashing_now,
     })
 }
 
-/// Waiting, terminated and last-terminated reasons of one container.
-fn container_reasons(c: &ContainerStatus, since: jiff::Timestamp) -> impl Iterator<Item = &str> {
+/// The waiting and terminated reasons of one container now, and its
+/// last-terminated reason when that still counts.
+fn container_reasons(
+    c: &ContainerStatus,
+    since: jiff::Timestamp,
+) -> ([Option<&str>; 2], Option<&str>) {
     let state = c.state.as_ref();
     let waiting = state
         .and_then(|s| s.waiting.as_ref())
@@ -158,7 +362,7 @@ fn container_reasons(c: &ContainerStatus, since: jiff::Timestamp) -> impl Iterat
         .and_then(|s| s.terminated.as_ref())
         .filter(|t| t.finished_at.as_ref().is_none_or(|f| f.0 >= since))
         .and_then(|t| t.reason.as_deref());
-    [waiting, terminated, last].into_iter().flatten()
+    ([waiting, terminated], last)
 }
 
 /// "2 of 3 pods of revision 5 are in CrashLoopBackOff (web-7f9c-abcde: 4
@@ -242,6 +446,7 @@ mod tests {
             .to_vec(),
             max_restarts: 3,
             progress_deadline_is_failure: true,
+            ready_timeout: Duration::from_secs(300),
         }
     }
 
@@ -296,6 +501,37 @@ mod tests {
         evaluate(&policy(), &subject(pods), jiff::Timestamp::UNIX_EPOCH)
     }
 
+    /// Judged at the epoch, the pods named having been seen crashing on
+    /// the tick 15 s before.
+    fn judge_seen_before(pods: Vec<Pod>, seen: &[&str]) -> SignalResult {
+        let mut s = subject(pods);
+        for name in seen {
+            s.pod_history
+                .crashing_since
+                .insert((*name).to_owned(), ts_secs(-15));
+        }
+        evaluate(&policy(), &s, jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn ts_secs(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(secs).expect("a test time")
+    }
+
+    fn inconclusive_why(r: &SignalResult) -> &str {
+        match &r.outcome {
+            Outcome::Inconclusive { why } => why,
+            other => panic!("expected Inconclusive, got {other:?}"),
+        }
+    }
+
+    /// A container restarted once after an OOM kill, not ready yet.
+    fn oom_killed_once() -> serde_json::Value {
+        let mut status = running(1);
+        status["ready"] = json!(false);
+        status["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        status
+    }
+
     fn sentence(r: &SignalResult) -> &str {
         match &r.outcome {
             Outcome::Fail { sentence, .. } => sentence,
@@ -322,31 +558,103 @@ mod tests {
     }
 
     #[test]
-    fn every_pod_crash_looping_is_all_pods_crashing() {
+    fn every_pod_in_an_established_crash_is_all_pods_crashing() {
         let r = judge(vec![
-            pod("web-7f9c-a", crash_looping(1)),
-            pod("web-7f9c-b", crash_looping(1)),
+            pod("web-7f9c-a", crash_looping(2)),
+            pod("web-7f9c-b", crash_looping(3)),
         ]);
         assert!(r.outcome.is_fail());
         assert!(r.pods.as_ref().is_some_and(PodsFinding::all_pods_crashing));
     }
 
     #[test]
-    fn an_oom_kill_fails_until_the_container_is_ready_again() {
-        // Restarted after the kill, not ready yet: crashing.
-        let mut status = running(1);
-        status["ready"] = json!(false);
-        status["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+    fn all_pods_crashing_counts_established_crashes_only() {
+        // One pod crash-loops for real, the other crashed once: not "all".
+        let pods = vec![
+            pod("web-7f9c-a", crash_looping(4)),
+            pod("web-7f9c-b", crash_looping(1)),
+        ];
+        let r = judge(pods.clone());
+        assert_eq!(
+            sentence(&r),
+            "1 of 2 pods of revision 5 is in CrashLoopBackOff (web-7f9c-a: 4 restarts)"
+        );
+        let finding = r.pods.as_ref().expect("a pods finding");
+        assert_eq!((finding.pods, finding.crashing), (2, 1));
+        assert!(!finding.all_pods_crashing());
+        // Still in CrashLoopBackOff on the next tick: established, all.
+        let r = judge_seen_before(pods, &["web-7f9c-b"]);
+        assert!(r.pods.as_ref().is_some_and(PodsFinding::all_pods_crashing));
+    }
+
+    #[test]
+    fn one_oom_kill_is_inconclusive_until_the_crash_is_established() {
+        // Restarted once after the kill, not ready yet: one crash.
         let r = judge(vec![
-            pod("web-7f9c-a", status.clone()),
+            pod("web-7f9c-a", oom_killed_once()),
+            pod("web-7f9c-b", running(0)),
+        ]);
+        assert_eq!(
+            inconclusive_why(&r),
+            "web-7f9c-a OOMKilled once (1 restart); \
+             a crash counts once established: 2 restarts or seen on 2 ticks"
+        );
+        assert_eq!(r.pods.as_ref().map(|f| f.crashing), Some(0));
+        // Seen so again on the next tick: still the one past kill (the
+        // container runs again), not a crash state now.
+        let r = judge_seen_before(vec![pod("web-7f9c-a", oom_killed_once())], &["web-7f9c-a"]);
+        assert!(!r.outcome.is_fail(), "{:?}", r.outcome);
+        // Killed a second time: established.
+        let mut twice = oom_killed_once();
+        twice["restartCount"] = json!(2);
+        let r = judge(vec![
+            pod("web-7f9c-a", twice),
             pod("web-7f9c-b", running(0)),
         ]);
         assert_eq!(
             sentence(&r),
-            "1 of 2 pods of revision 5 is in OOMKilled (web-7f9c-a: 1 restart)"
+            "1 of 2 pods of revision 5 is in OOMKilled (web-7f9c-a: 2 restarts)"
         );
-        // Ready again: one kill during warm-up is history, not a Fail on
-        // every tick from now on (more restarts than the limit still are).
+    }
+
+    #[test]
+    fn an_oom_killed_container_seen_on_two_ticks_fails() {
+        let killed = json!({
+            "name": "app", "image": "kailash-kaizen:v5", "imageID": "", "ready": false,
+            "restartCount": 1,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+        });
+        let r = judge(vec![pod("web-7f9c-a", killed.clone())]);
+        assert!(
+            inconclusive_why(&r).starts_with("web-7f9c-a OOMKilled once (1 restart); "),
+            "{r:?}"
+        );
+        let r = judge_seen_before(vec![pod("web-7f9c-a", killed)], &["web-7f9c-a"]);
+        assert_eq!(
+            sentence(&r),
+            "1 of 1 pod of revision 5 is in OOMKilled (web-7f9c-a: 1 restart)"
+        );
+        assert!(r.pods.as_ref().is_some_and(PodsFinding::all_pods_crashing));
+    }
+
+    #[test]
+    fn a_crash_first_seen_at_this_ticks_evidence_time_is_not_yet_established() {
+        // The same cached state read again (a stalled watch dates it to the
+        // same instant): not a second tick of evidence.
+        let mut s = subject(vec![pod("web-7f9c-a", crash_looping(1))]);
+        s.pod_history
+            .crashing_since
+            .insert("web-7f9c-a".into(), ts_secs(-15));
+        s.pods_seen_at = Some(ts_secs(-15));
+        let r = evaluate(&policy(), &s, jiff::Timestamp::UNIX_EPOCH);
+        assert!(!r.outcome.is_fail(), "{:?}", r.outcome);
+        assert_eq!(r.at, ts_secs(-15), "dated when the watch was last live");
+    }
+
+    #[test]
+    fn an_oom_kill_of_a_container_ready_again_is_history() {
+        let mut status = oom_killed_once();
+        status["restartCount"] = json!(2);
         status["ready"] = json!(true);
         let r = judge(vec![
             pod("web-7f9c-a", status),
@@ -357,9 +665,8 @@ mod tests {
 
     #[test]
     fn pods_crashing_for_different_reasons_are_each_explained() {
-        let mut oom = running(1);
-        oom["ready"] = json!(false);
-        oom["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        let mut oom = oom_killed_once();
+        oom["restartCount"] = json!(2);
         let r = judge(vec![
             pod("web-7f9c-a", crash_looping(4)),
             pod("web-7f9c-b", oom),
@@ -367,18 +674,24 @@ mod tests {
         assert_eq!(
             sentence(&r),
             "2 of 2 pods of revision 5 are crashing \
-             (web-7f9c-a: CrashLoopBackOff, 4 restarts; web-7f9c-b: OOMKilled, 1 restart)"
+             (web-7f9c-a: CrashLoopBackOff, 4 restarts; web-7f9c-b: OOMKilled, 2 restarts)"
         );
     }
 
     #[test]
-    fn an_image_that_cannot_be_pulled_fails() {
+    fn an_image_that_cannot_be_pulled_fails_once_seen_on_two_ticks() {
         let status = json!({
             "name": "app", "image": "kailash-kaizen:v5", "imageID": "", "ready": false,
             "restartCount": 0,
             "state": {"waiting": {"reason": "ImagePullBackOff"}},
         });
-        let r = judge(vec![pod("web-7f9c-a", status)]);
+        let r = judge(vec![pod("web-7f9c-a", status.clone())]);
+        assert_eq!(
+            inconclusive_why(&r),
+            "web-7f9c-a ImagePullBackOff (0 restarts); \
+             a crash counts once established: 2 restarts or seen on 2 ticks"
+        );
+        let r = judge_seen_before(vec![pod("web-7f9c-a", status)], &["web-7f9c-a"]);
         assert!(r.outcome.is_fail());
         assert_eq!(
             r.pods.as_ref().map(|f| f.reasons.clone()),
@@ -389,14 +702,17 @@ mod tests {
 
     #[test]
     fn a_failing_init_container_counts() {
-        let r = judge(vec![pod_with(
-            "web-7f9c-a",
-            json!({"phase": "Pending", "initContainerStatuses": [{
-                "name": "migrate", "image": "migrate:v5", "imageID": "", "ready": false,
-                "restartCount": 0,
-                "state": {"waiting": {"reason": "CreateContainerConfigError"}},
-            }]}),
-        )]);
+        let r = judge_seen_before(
+            vec![pod_with(
+                "web-7f9c-a",
+                json!({"phase": "Pending", "initContainerStatuses": [{
+                    "name": "migrate", "image": "migrate:v5", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "CreateContainerConfigError"}},
+                }]}),
+            )],
+            &["web-7f9c-a"],
+        );
         assert!(r.outcome.is_fail(), "{r:?}");
     }
 
@@ -467,5 +783,132 @@ mod tests {
         )
         .expect("pod")]);
         assert!(r.outcome.is_pass());
+    }
+
+    fn not_ready_pod(name: &str, created: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "production", "creationTimestamp": created},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "app", "image": "kailash-kaizen:v5", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"running": {}},
+                }]},
+        }))
+        .expect("test pod JSON")
+    }
+
+    fn ready_pod(name: &str) -> Pod {
+        let mut p = not_ready_pod(name, "1970-01-01T00:00:00Z");
+        if let Some(c) = p
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            c.status = "True".into();
+        }
+        p
+    }
+
+    #[test]
+    fn a_revision_with_no_pod_ever_ready_fails_after_ready_timeout() {
+        let pods = vec![
+            not_ready_pod("web-7f9c-a", "1970-01-01T00:00:00Z"),
+            pod_with(
+                "web-7f9c-b",
+                json!({"phase": "Pending", "containerStatuses": [{
+                    "name": "app", "image": "kailash-kaizen:v5", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}},
+                }]}),
+            ),
+        ];
+        // 4m59s after the rollout started: still starting.
+        let r = evaluate(&policy(), &subject(pods.clone()), ts_secs(299));
+        assert!(r.outcome.is_pass(), "{:?}", r.outcome);
+        let r = evaluate(&policy(), &subject(pods.clone()), ts_secs(300));
+        assert_eq!(
+            sentence(&r),
+            "No pod of revision 5 became Ready within 5m: 2 pods, \
+             web-7f9c-a Running not Ready, web-7f9c-b Pending not Ready (ContainerCreating)"
+        );
+        // No crash: the immediate rule does not apply.
+        assert!(!r.pods.as_ref().is_some_and(PodsFinding::all_pods_crashing));
+
+        // One of them was Ready on an earlier tick: it did start.
+        let mut s = subject(pods);
+        s.pod_history.ever_ready.insert("web-7f9c-a".into());
+        assert!(evaluate(&policy(), &s, ts_secs(600)).outcome.is_pass());
+    }
+
+    #[test]
+    fn ready_timeout_counts_from_the_oldest_pod_when_pods_were_replaced() {
+        // The rollout started long ago, but its pods were just recreated.
+        let pods = vec![not_ready_pod("web-7f9c-c", "1970-01-01T00:08:00Z")];
+        let r = evaluate(&policy(), &subject(pods.clone()), ts_secs(600));
+        assert!(r.outcome.is_pass(), "{:?}", r.outcome);
+        let r = evaluate(&policy(), &subject(pods), ts_secs(780));
+        assert!(r.outcome.is_fail(), "{:?}", r.outcome);
+    }
+
+    #[test]
+    fn a_ready_pod_or_no_pods_never_trip_ready_timeout() {
+        let late = ts_secs(3600);
+        let ready = vec![
+            ready_pod("web-7f9c-a"),
+            not_ready_pod("web-7f9c-b", "1970-01-01T00:00:00Z"),
+        ];
+        assert!(evaluate(&policy(), &subject(ready), late).outcome.is_pass());
+        assert_eq!(
+            evaluate(&policy(), &subject(vec![]), late).outcome,
+            Outcome::inconclusive("revision 5 has no pods yet")
+        );
+    }
+
+    #[test]
+    fn history_remembers_ready_pods_and_unbroken_crash_states_of_current_pods() {
+        let mut history = PodHistory::default();
+        history.ever_ready.insert("web-7f9c-gone".into());
+        let first = subject(vec![
+            ready_pod("web-7f9c-a"),
+            pod("web-7f9c-b", crash_looping(1)),
+            pod("web-7f9c-c", oom_killed_once()),
+        ]);
+        history.remember(&policy(), &first, ts_secs(0));
+        assert_eq!(
+            history.ever_ready.iter().collect::<Vec<_>>(),
+            ["web-7f9c-a"],
+            "a pod no longer there is forgotten"
+        );
+        assert_eq!(
+            history.crashing_since.iter().collect::<Vec<_>>(),
+            [(&"web-7f9c-b".to_owned(), &ts_secs(0))],
+            "only a crash state now, not a past termination"
+        );
+        // Next tick: b still crashing keeps its first time; a not Ready
+        // now is still remembered as once Ready.
+        let second = subject(vec![
+            not_ready_pod("web-7f9c-a", "1970-01-01T00:00:00Z"),
+            pod("web-7f9c-b", crash_looping(1)),
+        ]);
+        history.remember(&policy(), &second, ts_secs(15));
+        assert!(history.ever_ready.contains("web-7f9c-a"));
+        assert_eq!(history.crashing_since.get("web-7f9c-b"), Some(&ts_secs(0)));
+        // b recovered: its run is broken, a later crash starts over.
+        let third = subject(vec![pod("web-7f9c-b", running(1))]);
+        history.remember(&policy(), &third, ts_secs(30));
+        assert!(history.crashing_since.is_empty());
+    }
+
+    #[test]
+    fn a_crash_loop_judged_on_consecutive_ticks_fails_on_the_second() {
+        // What the run loop does: judge, then remember.
+        let mut s = subject(vec![pod("web-7f9c-a", crash_looping(1))]);
+        let r = evaluate(&policy(), &s, ts_secs(0));
+        assert!(!r.outcome.is_fail());
+        let mut history = PodHistory::default();
+        history.remember(&policy(), &s, ts_secs(0));
+        s.pod_history = history;
+        let r = evaluate(&policy(), &s, ts_secs(15));
+        assert!(r.outcome.is_fail(), "{:?}", r.outcome);
     }
 }

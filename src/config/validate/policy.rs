@@ -305,6 +305,7 @@ impl Checker<'_> {
                 "pods.progress_deadline_is_failure",
                 pods.progress_deadline_is_failure,
             ),
+            ready_timeout: self.positive_duration("pods.ready_timeout", &pods.ready_timeout),
         }
     }
 

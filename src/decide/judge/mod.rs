@@ -57,8 +57,8 @@
 //!   signals do. A signal the judge has seen before but that is missing
 //!   from this tick is Inconclusive ("no result this tick").
 //! - With `immediate_bad_when_all_pods_crash`, a failing pod signal that
-//!   reports every pod of the revision crashing (and at least one pod) is
-//!   Bad at once.
+//!   reports every pod of the revision in an established crash (2 restarts
+//!   or seen on 2 ticks, see `signals::pods`; at least one pod) is Bad at once.
 //! - **Blind**: a signal inconclusive for `blind_alert_after` or longer is
 //!   blind. A blind episode of the target starts when its first signal goes
 //!   blind and ends when no signal is blind; its start produces exactly one

@@ -506,6 +506,11 @@ impl Daemon {
                 now,
             },
         );
+        // After the signals ran: what they judged this tick is history for
+        // the next.
+        memory
+            .revision
+            .remember_pods(&target.policy.pods, subject, now);
         memory.status = judged_status(target, state, &decision, results, now);
         self.measure(target, subject, &decision, results);
         self.apply(target, subject, decision, results, now).await
