@@ -1,7 +1,10 @@
 //! The sim's app pods as a probe and a scraper meet them: a pod that warms
 //! up answers `/health` with 503 until it is Ready, and an error burst shows
-//! in the `/metrics` counters of exactly the pods it hits, over its span.
-//! Every wait is bounded; nothing asserts how fast anything happens.
+//! in the `/metrics` counters of exactly the pods it hits, and in a real
+//! Prometheus scraping twice a second, over its span. Every wait is
+//! bounded; nothing asserts how fast anything happens.
+
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -226,5 +229,120 @@ async fn a_warming_up_pod_answers_503_until_ready_and_a_burst_shows_only_where_i
     };
     assert_eq!(old_errors_later, old_errors);
     assert_eq!(new_errors_later, after_outage);
+    sim.shutdown().await;
+}
+
+/// The samples of one series over the last `window`, as (unix seconds, value).
+async fn series(prom: &str, query: &str) -> Vec<(f64, f64)> {
+    let client = prometheus_http_query::Client::try_from(prom).unwrap();
+    let Ok(result) = client.query(query).get().await else {
+        return Vec::new();
+    };
+    result
+        .data()
+        .as_matrix()
+        .and_then(|m| m.first())
+        .map(|r| {
+            r.samples()
+                .iter()
+                .map(|s| (s.timestamp(), s.value()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_shows_in_prometheus_over_its_span_and_nowhere_else() {
+    const NS_PROM: &str = "burst-prom";
+    let prom = support::prom::shared_every(Duration::from_millis(500));
+    let clock = SimClock::new(20.0);
+    let behaviours = Behaviours::builtin();
+    behaviours.set(
+        "shop:v1",
+        Behaviour {
+            error_ratio: 0.0,
+            request_rate: 200.0,
+            ..Behaviour::default()
+        },
+    );
+    let sim = SimCluster::start(SimOptions {
+        clock,
+        behaviours: behaviours.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    prom.register(sim.scrape_target_handle());
+    let store = sim.store();
+    store
+        .create(&NAMESPACES, "", json!({"metadata": {"name": NS_PROM}}))
+        .unwrap();
+    let mut d = seed_deployment("web", "shop:v1", 1);
+    apply_deployment_defaults(&mut d);
+    store.create(&DEPLOYMENTS, NS_PROM, d).unwrap();
+
+    let errors = format!(r#"http_requests_total{{namespace="{NS_PROM}",code="500"}}[30s]"#);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while series(&prom.url, &errors).await.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the pod"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Every request fails for 1.5 s of real time.
+    let wall_start = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+    let span = behaviours
+        .burst(Burst {
+            images: ImageMatch::All,
+            starts: Starts::In(Duration::ZERO),
+            lasts: clock.sim(Duration::from_millis(1500)),
+            error_ratio: 1.0,
+        })
+        .unwrap()
+        .expect("a span");
+    let wall_end = wall_start + (span.end - span.start).as_secs_f64();
+    sleep_until(span.end).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = series(&prom.url, &errors).await;
+        // Three scrapes after the end.
+        if samples.iter().filter(|(t, _)| *t > wall_end).count() >= 3 {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scrapes after the burst: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // A scrape renders the counter a moment after its timestamp: 100 ms of
+    // slack on each side.
+    let before: Vec<_> = samples
+        .iter()
+        .filter(|(t, _)| *t < wall_start - 0.1)
+        .collect();
+    let after: Vec<_> = samples
+        .iter()
+        .filter(|(t, _)| *t > wall_end + 0.1)
+        .collect();
+    assert!(!before.is_empty(), "{samples:?}");
+    assert!(
+        before.iter().all(|(_, v)| *v == 0.0),
+        "errors before: {samples:?}"
+    );
+    let total = after.first().map(|(_, v)| *v).unwrap_or_default();
+    assert!(
+        after.iter().all(|(_, v)| *v == total),
+        "errors after: {samples:?}"
+    );
+    // 200 req/s for 1.5 s: mean 300, sd 17.
+    assert!((220.0..=380.0).contains(&total), "{total}: {samples:?}");
+    let inside = samples
+        .iter()
+        .filter(|(t, _)| *t > wall_start + 0.1 && *t < wall_end - 0.1)
+        .count();
+    assert!(inside >= 1, "a scrape inside the burst: {samples:?}");
     sim.shutdown().await;
 }
