@@ -195,7 +195,8 @@ pub struct SimArgs {
     /// Append every API request (method, path, query, content type, status) as JSON lines here.
     #[arg(long, value_name = "PATH")]
     pub request_log: Option<PathBuf>,
-    /// Behaviour table (TOML: image -> ready delay, crash mode, error ratio, latency).
+    /// Behaviour table (TOML: image -> ready delay, crash mode, error ratio, latency, request rate,
+    /// /health status while warming up, Poisson or exact traffic; timed error bursts; the traffic seed).
     /// Without it, the image tag's suffix decides: -errors, -slow, -crash, -pullfail, -oom, -unready.
     #[arg(long, value_name = "FILE")]
     pub behaviours: Option<PathBuf>,

@@ -1,11 +1,12 @@
 //! The app each serving pod runs: an HTTP server on the pod's own loopback
-//! address with `/metrics`, `/health` and `/version`. Its metrics are a
-//! function of time and the image's behaviour, not of real traffic, so a
-//! rate over any window is exact: requests = rate × seconds ready, errors =
-//! ratio × requests, latency buckets from a fixed log-normal shape scaled
-//! by the behaviour's median. It must never bind anything but loopback,
-//! and a stopped pod must stop answering (every response closes its
-//! connection, dropping the server closes the listener).
+//! address with `/metrics`, `/health` and `/version`. Its metrics are the
+//! traffic the image's behaviour and the table's bursts describe
+//! ([`super::traffic`]: Poisson by default, exact on request), counted
+//! while the pod is Ready, not real traffic. `/health` answers the
+//! behaviour's status, or its warm-up status while the pod is not yet
+//! Ready. It must never bind anything but loopback, and a stopped pod must
+//! stop answering (every response closes its connection, dropping the
+//! server closes the listener).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,80 +21,8 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::behaviour::{image_tag, Behaviour, Behaviours};
-
-/// Spread of the latency distribution (log-normal sigma): p95 is about
-/// 2.3 × the median, p99 about 3.2 ×.
-pub const LATENCY_SIGMA: f64 = 0.5;
-
-/// Histogram bucket bounds in seconds: 5 ms to 10 s, each 10 % above the
-/// last (4 significant digits), fine enough that `histogram_quantile` tells
-/// a 1.3 × from a 1.6 × slowdown.
-pub fn bucket_bounds() -> Vec<f64> {
-    let mut out = Vec::new();
-    let mut b: f64 = 0.005;
-    while b <= 10.0 {
-        let digits = 3 - b.log10().floor() as i32;
-        let scale = 10f64.powi(digits);
-        out.push((b * scale).round() / scale);
-        b *= 1.1;
-    }
-    out
-}
-
-/// Standard normal CDF (Abramowitz & Stegun 7.1.26, error < 1.5e-7).
-fn normal_cdf(x: f64) -> f64 {
-    let z = x / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let erf = 1.0 - poly * (-z * z).exp();
-    let erf = if z >= 0.0 { erf } else { -erf };
-    0.5 * (1.0 + erf)
-}
-
-/// Fraction of requests at or below `bound` seconds for a median.
-pub fn latency_cdf(bound: f64, median: f64) -> f64 {
-    if median <= 0.0 {
-        return 1.0;
-    }
-    normal_cdf((bound / median).ln() / LATENCY_SIGMA)
-}
-
-/// A pod's counters, integrated over the time it was ready so they stay
-/// monotonic when a test changes the behaviour mid-run.
-#[derive(Debug)]
-struct Counters {
-    last: Instant,
-    ready: bool,
-    ok: f64,
-    errors: f64,
-    total: f64,
-    sum: f64,
-    buckets: Vec<f64>,
-}
-
-impl Counters {
-    fn advance(&mut self, now: Instant, b: &Behaviour, bounds: &[f64]) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        if !self.ready || dt <= 0.0 {
-            return;
-        }
-        let n = b.request_rate.max(0.0) * dt;
-        let ratio = b.error_ratio.clamp(0.0, 1.0);
-        self.errors += n * ratio;
-        self.ok += n * (1.0 - ratio);
-        self.total += n;
-        let median = b.latency.as_secs_f64();
-        self.sum += n * median * (LATENCY_SIGMA * LATENCY_SIGMA / 2.0).exp();
-        for (count, bound) in self.buckets.iter_mut().zip(bounds) {
-            *count += n * latency_cdf(*bound, median);
-        }
-    }
-}
+use super::behaviour::{image_tag, Behaviours};
+use super::traffic::{bucket_bounds, pod_seed, Counters};
 
 /// What one pod's server knows.
 pub struct AppState {
@@ -112,16 +41,12 @@ impl AppState {
             namespace: namespace.to_string(),
             pod: pod.to_string(),
             image: image.to_string(),
+            counters: Mutex::new(Counters::new(
+                Instant::now(),
+                pod_seed(behaviours.seed(), namespace, pod),
+                bounds.len(),
+            )),
             behaviours,
-            counters: Mutex::new(Counters {
-                last: Instant::now(),
-                ready: false,
-                ok: 0.0,
-                errors: 0.0,
-                total: 0.0,
-                sum: 0.0,
-                buckets: vec![0.0; bounds.len()],
-            }),
             bounds,
         }
     }
@@ -134,17 +59,29 @@ impl AppState {
     /// none to it otherwise). Counts up to now under the old state first.
     pub fn set_ready(&self, ready: bool) {
         let b = self.behaviours.lookup(&self.image);
+        let bursts = self.behaviours.bursts_for(&self.image);
         let mut c = self.counters();
-        c.advance(Instant::now(), &b, &self.bounds);
-        c.ready = ready;
+        c.set_ready(Instant::now(), ready, &b, &bursts, &self.bounds);
+    }
+
+    /// Whether the kubelet last found the pod Ready.
+    pub fn is_ready(&self) -> bool {
+        self.counters().ready()
+    }
+
+    /// The status `/health` answers with now.
+    pub fn health_status(&self) -> u16 {
+        let ready = self.is_ready();
+        self.behaviours.lookup(&self.image).health_status(ready)
     }
 
     /// The Prometheus text exposition of this pod's metrics now.
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write;
         let b = self.behaviours.lookup(&self.image);
+        let bursts = self.behaviours.bursts_for(&self.image);
         let mut c = self.counters();
-        c.advance(Instant::now(), &b, &self.bounds);
+        c.advance(Instant::now(), &b, &bursts, &self.bounds);
         let mut out = String::new();
         let tag = image_tag(&self.image).unwrap_or("");
         let _ = writeln!(out, "# HELP app_build_info The image this pod runs.");
@@ -210,8 +147,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let b = app.behaviours.lookup(&app.image);
-    let code = StatusCode::from_u16(b.health_status).unwrap_or(StatusCode::OK);
+    let code = StatusCode::from_u16(app.health_status()).unwrap_or(StatusCode::OK);
     let status = if code.is_success() { "ok" } else { "unhealthy" };
     close((code, axum::Json(json!({"status": status, "pod": app.pod}))).into_response())
 }
@@ -309,40 +245,47 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn buckets_are_fine_and_sorted() {
-        let b = bucket_bounds();
-        assert!(b.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(b[0], 0.005);
-        assert!(*b.last().unwrap() <= 10.0 && b.len() > 60);
+    fn sample(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
     }
 
     #[test]
-    fn cdf_is_one_half_at_the_median() {
-        assert!((latency_cdf(0.05, 0.05) - 0.5).abs() < 1e-6);
-        assert!(latency_cdf(0.2, 0.05) > 0.99);
+    fn a_warming_up_pod_answers_its_warm_up_status_until_ready() {
+        let behaviours = Behaviours::builtin();
+        behaviours.warm_up("app:v2", Duration::from_secs(15), 503);
+        let warming = AppState::new("ns", "p2", "app:v2", behaviours.clone());
+        assert_eq!(warming.health_status(), 503, "not yet Ready");
+        warming.set_ready(true);
+        assert_eq!(warming.health_status(), 200, "Ready");
+        warming.set_ready(false);
+        assert_eq!(warming.health_status(), 503, "unready again");
+        // Without a warm-up status, /health answers as soon as it listens.
+        let plain = AppState::new("ns", "p1", "app:v1", behaviours);
+        assert_eq!(plain.health_status(), 200);
     }
 
     #[test]
-    fn counters_grow_with_ready_time_only() {
+    fn metrics_count_whole_requests_and_only_while_ready() {
         let state = AppState::new("ns", "p", "app:v1", Behaviours::builtin());
-        {
-            let mut c = state.counters();
-            c.last -= Duration::from_secs(10);
-        }
+        state.counters().backdate(Duration::from_secs(10));
         // Not ready yet: those ten seconds carry no traffic.
         state.set_ready(true);
         assert_eq!(state.counters().total, 0.0);
-        {
-            let mut c = state.counters();
-            c.last -= Duration::from_secs(10);
-        }
+        state.counters().backdate(Duration::from_secs(10));
         let text = state.render_metrics();
-        let total = state.counters().total;
-        assert!((200.0..201.0).contains(&total), "{total}");
-        assert!(
-            text.contains("http_request_duration_seconds_count 200"),
-            "{text}"
+        let total = sample(&text, "http_request_duration_seconds_count");
+        // 20 req/s for 10 s: Poisson with mean 200, sd 14.
+        assert!((130.0..270.0).contains(&total), "{total}");
+        assert_eq!(total.fract(), 0.0);
+        let ok = sample(&text, "http_requests_total{code=\"200\"}");
+        let errors = sample(&text, "http_requests_total{code=\"500\"}");
+        assert_eq!(ok + errors, total, "{text}");
+        assert_eq!(
+            sample(&text, "http_request_duration_seconds_bucket{le=\"+Inf\"}"),
+            total
         );
     }
 }

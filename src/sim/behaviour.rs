@@ -17,11 +17,19 @@
 //! | `-unready` | running, never ready, `/health` answers 503 |
 //!
 //! Any other tag is healthy: ready 2 s (sim time) after creation, 50 ms
-//! median latency, 20 requests/s per pod, 0.1 % errors, `/health` 200.
+//! median latency, 20 requests/s per pod (Poisson arrivals), 0.1 % errors,
+//! `/health` 200 from the start.
+//!
+//! Besides what each image does, the table holds timed behaviours: error
+//! bursts over a span of sim time, on one image's pods or on all of them
+//! ([`Behaviours::burst`], `[[bursts]]`), and the seed of every pod's
+//! traffic generator.
 //!
 //! The TOML form (`rollback-watchdog sim --behaviours FILE`):
 //!
 //! ```toml
+//! seed = 42                      # optional: pods' traffic generators (default 0)
+//!
 //! [default]                      # optional: what unnamed images do
 //! latency = "50ms"
 //!
@@ -31,11 +39,19 @@
 //! crash = "none"                 # none | crash_loop | image_pull | oom_killed
 //! never_ready = false
 //! latency = "80ms"               # median; also a number of seconds
-//! request_rate = 20.0            # requests per second per pod
+//! request_rate = 20.0            # requests per second per pod (real time)
+//! traffic = "poisson"            # poisson (whole, noisy counts) | exact (rate × seconds)
 //! health_status = 200
+//! health_status_until_ready = 503  # optional: /health while not yet Ready
 //!
 //! [suffixes."-canary"]           # rules on the tag, checked before the built-in ones
 //! latency = 0.07
+//!
+//! [[bursts]]                     # an error burst, timed from the sim's start
+//! image = "*"                    # every image, or one exact image
+//! after = "30s"                  # sim time
+//! lasts = "4s"                   # sim time
+//! error_ratio = 0.5              # at least this fraction of requests fail
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,7 +59,12 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use std::time::Instant;
+
 use serde::{Deserialize, Deserializer, Serialize};
+
+use super::burst::{Burst, ImageMatch, Scheduled, SimTime, Span, Starts};
+use super::clock::SimClock;
 
 /// How a container of an image fails, if it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -57,6 +78,19 @@ pub enum Crash {
     ImagePull,
     /// Killed for memory (exit 137, `OOMKilled`), then `CrashLoopBackOff`.
     OomKilled,
+}
+
+/// How a pod's requests are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Traffic {
+    /// Poisson arrivals, binomial errors and sampled latencies: whole,
+    /// noisy counts, seeded per pod.
+    #[default]
+    Poisson,
+    /// The expected counts: rate × seconds, smooth and fractional, so a
+    /// rate over any window is exact.
+    Exact,
 }
 
 /// What a pod of one image does.
@@ -74,10 +108,18 @@ pub struct Behaviour {
     /// Median request latency.
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub latency: Duration,
-    /// Requests per second per pod (real time: Prometheus rates are exact).
+    /// Mean requests per second per pod, in real time (Prometheus rates
+    /// are per real second).
     pub request_rate: f64,
+    /// Noisy Poisson counts, or exact ones.
+    pub traffic: Traffic,
     /// The status `/health` answers with.
     pub health_status: u16,
+    /// The status `/health` answers with while the pod is not yet Ready
+    /// (a warming-up Spring Boot or ASP.NET readiness endpoint answers
+    /// 503); `None`: `health_status` from the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_status_until_ready: Option<u16>,
 }
 
 impl Default for Behaviour {
@@ -90,12 +132,22 @@ impl Default for Behaviour {
             error_ratio: 0.001,
             latency: Duration::from_millis(50),
             request_rate: 20.0,
+            traffic: Traffic::Poisson,
             health_status: 200,
+            health_status_until_ready: None,
         }
     }
 }
 
 impl Behaviour {
+    /// The status `/health` answers with, given whether the pod is Ready.
+    pub fn health_status(&self, ready: bool) -> u16 {
+        match self.health_status_until_ready {
+            Some(status) if !ready => status,
+            _ => self.health_status,
+        }
+    }
+
     /// Whether a running container of this behaviour serves HTTP.
     pub fn serves_http(&self) -> bool {
         self.crash == Crash::None
@@ -154,6 +206,37 @@ struct TableFile {
     images: BTreeMap<String, Behaviour>,
     #[serde(default)]
     suffixes: BTreeMap<String, Behaviour>,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    bursts: Vec<BurstEntry>,
+}
+
+/// One `[[bursts]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BurstEntry {
+    /// `*` for every image, else one exact image.
+    image: String,
+    #[serde(deserialize_with = "duration")]
+    after: Duration,
+    #[serde(deserialize_with = "duration")]
+    lasts: Duration,
+    error_ratio: f64,
+}
+
+impl BurstEntry {
+    fn into_burst(self) -> Burst {
+        Burst {
+            images: match self.image.as_str() {
+                "*" => ImageMatch::All,
+                _ => ImageMatch::Image(self.image),
+            },
+            starts: Starts::AfterSimStart(self.after),
+            lasts: self.lasts,
+            error_ratio: self.error_ratio,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -162,6 +245,11 @@ struct Table {
     images: BTreeMap<String, Behaviour>,
     /// Checked in order, before the built-in suffixes.
     suffixes: Vec<(String, Behaviour)>,
+    /// Seeds every pod's traffic generator, with the pod's name.
+    seed: u64,
+    bursts: Vec<Scheduled>,
+    /// Set when a sim starts running pods on this table.
+    time: Option<SimTime>,
 }
 
 /// The shared, runtime-mutable behaviour table. Cheap to clone; clones
@@ -188,10 +276,20 @@ impl Behaviours {
                 key: e.path().to_string(),
                 message: e.inner().message().to_string(),
             })?;
+        let now = Instant::now();
+        let mut bursts = Vec::new();
+        for (i, entry) in file.bursts.into_iter().enumerate() {
+            let burst = entry.into_burst();
+            validate_burst(&format!("bursts[{i}]"), &burst)?;
+            bursts.push(Scheduled::new(burst, now));
+        }
         let table = Table {
             default: file.default.unwrap_or_default(),
             images: file.images,
             suffixes: file.suffixes.into_iter().collect(),
+            seed: file.seed,
+            bursts,
+            time: None,
         };
         validate(&table)?;
         Ok(Behaviours {
@@ -268,6 +366,62 @@ impl Behaviours {
     pub fn set_default(&self, behaviour: Behaviour) {
         self.write().default = behaviour;
     }
+
+    /// Makes `image`'s pods warm up: not Ready for `ready_after` (sim
+    /// time; `SimCluster::clock().sim(real)` converts a real duration),
+    /// answering `/health` with `health_status` until then.
+    pub fn warm_up(&self, image: &str, ready_after: Duration, health_status: u16) {
+        self.update(image, |b| {
+            b.ready_after = ready_after;
+            b.health_status_until_ready = Some(health_status);
+        });
+    }
+
+    /// Adds an error burst. Its real span comes back once it is known: at
+    /// once for [`Starts::In`] and [`Starts::At`], and for
+    /// [`Starts::AfterSimStart`] when a sim runs on this table.
+    pub fn burst(&self, burst: Burst) -> Result<Option<Span>, BehaviourError> {
+        validate_burst("burst", &burst)?;
+        let scheduled = Scheduled::new(burst, Instant::now());
+        let mut table = self.write();
+        let span = scheduled.span(table.time);
+        table.bursts.push(scheduled);
+        Ok(span)
+    }
+
+    /// Forgets every burst, past, running and to come.
+    pub fn clear_bursts(&self) {
+        self.write().bursts.clear();
+    }
+
+    /// The real spans of the bursts that hit `image`'s pods.
+    pub fn bursts_for(&self, image: &str) -> Vec<Span> {
+        let table = self.read();
+        table
+            .bursts
+            .iter()
+            .filter(|b| b.hits(image))
+            .filter_map(|b| b.span(table.time))
+            .collect()
+    }
+
+    /// The seed every pod's traffic generator starts from, with its name.
+    pub fn seed(&self) -> u64 {
+        self.read().seed
+    }
+
+    pub fn set_seed(&self, seed: u64) {
+        self.write().seed = seed;
+    }
+
+    /// A sim starts running pods on this table now, at `clock`'s scale:
+    /// bursts timed from the sim's start count from here.
+    pub(crate) fn start_clock(&self, clock: SimClock) {
+        self.write().time = Some(SimTime {
+            clock,
+            started: Instant::now(),
+        });
+    }
 }
 
 /// The tag of an image reference (`registry:5000/app:v2` → `v2`).
@@ -307,12 +461,33 @@ fn validate(table: &Table) -> Result<(), BehaviourError> {
                 ),
             });
         }
-        if !(100..=599).contains(&b.health_status) {
-            return Err(BehaviourError::Invalid {
-                key: format!("{key}.health_status"),
-                message: format!("must be an HTTP status 100..=599, got {}", b.health_status),
-            });
+        for (field, status) in [
+            ("health_status", Some(b.health_status)),
+            ("health_status_until_ready", b.health_status_until_ready),
+        ] {
+            if let Some(status) = status.filter(|s| !(100..=599).contains(s)) {
+                return Err(BehaviourError::Invalid {
+                    key: format!("{key}.{field}"),
+                    message: format!("must be an HTTP status 100..=599, got {status}"),
+                });
+            }
         }
+    }
+    Ok(())
+}
+
+fn validate_burst(key: &str, burst: &Burst) -> Result<(), BehaviourError> {
+    if burst.images == ImageMatch::Image(String::new()) {
+        return Err(BehaviourError::Invalid {
+            key: format!("{key}.image"),
+            message: "name an image like \"web:v2\", or \"*\" for every image".into(),
+        });
+    }
+    if !(0.0..=1.0).contains(&burst.error_ratio) {
+        return Err(BehaviourError::Invalid {
+            key: format!("{key}.error_ratio"),
+            message: format!("must be between 0.0 and 1.0, got {}", burst.error_ratio),
+        });
     }
     Ok(())
 }
@@ -413,6 +588,90 @@ mod tests {
         let err = Behaviours::from_toml("[images.\"a:v1\"]\nerror_ratio = 3.0\n").unwrap_err();
         assert!(
             err.to_string().contains("images.\"a:v1\".error_ratio"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_sets_warm_up_traffic_seed_and_bursts_timed_from_the_sim_start() {
+        let b = Behaviours::from_toml(
+            r#"
+            seed = 42
+            [images."web:v2"]
+            ready_after = "15s"
+            health_status_until_ready = 503
+            traffic = "exact"
+            [[bursts]]
+            image = "*"
+            after = "30s"
+            lasts = "4s"
+            error_ratio = 0.5
+            [[bursts]]
+            image = "web:v2"
+            after = 10
+            lasts = 1
+            error_ratio = 1.0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(b.seed(), 42);
+        let v2 = b.lookup("web:v2");
+        assert_eq!(v2.ready_after, Duration::from_secs(15));
+        assert_eq!(
+            (v2.health_status(false), v2.health_status(true)),
+            (503, 200)
+        );
+        assert_eq!(v2.traffic, Traffic::Exact);
+        assert_eq!(b.lookup("web:v1").traffic, Traffic::Poisson);
+        // Timed from a sim's start: none until one runs on the table.
+        assert!(b.bursts_for("web:v1").is_empty());
+        b.start_clock(SimClock::new(10.0));
+        let v1 = b.bursts_for("web:v1");
+        assert_eq!(v1.len(), 1, "{v1:?}");
+        assert_eq!(v1[0].end - v1[0].start, Duration::from_millis(400));
+        assert_eq!(b.bursts_for("web:v2").len(), 2);
+        b.clear_bursts();
+        assert!(b.bursts_for("web:v2").is_empty());
+    }
+
+    #[test]
+    fn bursts_from_rust_come_back_in_real_time_and_bad_ones_are_named() {
+        let b = Behaviours::builtin();
+        b.start_clock(SimClock::new(20.0));
+        let before = Instant::now();
+        let span = b
+            .burst(Burst {
+                images: ImageMatch::Image("web:v2".into()),
+                starts: Starts::In(Duration::from_secs(20)),
+                lasts: Duration::from_secs(40),
+                error_ratio: 0.3,
+            })
+            .unwrap()
+            .expect("known at once");
+        assert!(span.start >= before + Duration::from_secs(1));
+        assert_eq!(span.end - span.start, Duration::from_secs(2));
+        assert_eq!(b.bursts_for("web:v2"), vec![span]);
+        assert!(b.bursts_for("web:v1").is_empty());
+        let err = b
+            .burst(Burst {
+                images: ImageMatch::All,
+                starts: Starts::At(before),
+                lasts: Duration::from_secs(1),
+                error_ratio: 1.5,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("burst.error_ratio"), "{err}");
+        let err = Behaviours::from_toml(
+            "[[bursts]]\nimage = \"*\"\nafter = \"1s\"\nlasts = \"1s\"\nerror_ratio = 2.0\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bursts[0].error_ratio"), "{err}");
+        let err = Behaviours::from_toml("[[bursts]]\nimage = \"*\"\nafter = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("lasts"), "{err}");
+        let err = Behaviours::from_toml("[images.\"a:v1\"]\nhealth_status_until_ready = 42\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("health_status_until_ready"),
             "{err}"
         );
     }

@@ -6,8 +6,9 @@
 //! something changes. It must never write anything but pod status.
 //!
 //! Timeline in sim time (divided by the clock's scale in real time):
-//! containers are created for 1 s; a healthy container then runs and turns
-//! ready at `ready_after`. A crashing one runs 2 s, shows `Error` or
+//! containers are created for 1 s; a healthy container then runs (its app
+//! listening, `/health` answering its warm-up status if it has one) and
+//! turns ready at `ready_after`, when the app learns it first. A crashing one runs 2 s, shows `Error` or
 //! `OOMKilled` for 1 s, then waits in `CrashLoopBackOff`, restarting every
 //! 5 s (restartCount +1 each time). A failing pull shows `ErrImagePull` for
 //! 1.5 s of every 5 s and `ImagePullBackOff` otherwise.

@@ -7,6 +7,7 @@ pub mod access;
 pub mod api;
 pub mod app;
 pub mod behaviour;
+pub mod burst;
 pub mod clock;
 pub mod deployment;
 pub mod discovery;
@@ -22,6 +23,7 @@ pub mod runtime;
 pub mod standalone;
 pub mod store;
 pub mod table;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,8 @@ use tokio::task::JoinHandle;
 pub use access::{AccessPolicy, AccessRequest, AccessRule, Decision};
 pub use api::{ApiError, ApiState, ListHold};
 pub use app::{ScrapeTarget, ScrapeTargets};
-pub use behaviour::{Behaviour, Behaviours, Crash};
+pub use behaviour::{Behaviour, Behaviours, Crash, Traffic};
+pub use burst::{Burst, ImageMatch, Span, Starts};
 pub use clock::SimClock;
 pub use reqlog::{RequestEntry, RequestLog};
 pub use runtime::ControllerHandle;
@@ -104,6 +107,7 @@ pub struct SimCluster {
     server: Option<JoinHandle<std::io::Result<()>>>,
     controllers: Option<ControllerHandle>,
     behaviours: Behaviours,
+    clock: SimClock,
     targets: ScrapeTargets,
     control_addr: SocketAddr,
     control: Option<JoinHandle<()>>,
@@ -201,6 +205,7 @@ impl SimCluster {
             server: Some(server),
             controllers,
             behaviours: opts.behaviours,
+            clock: opts.clock,
             targets,
             control_addr,
             control: Some(control),
@@ -236,6 +241,12 @@ impl SimCluster {
     /// The behaviour table; changing it changes what running pods do.
     pub fn behaviours(&self) -> &Behaviours {
         &self.behaviours
+    }
+
+    /// How fast sim time runs: `clock().sim(real)` turns a real duration
+    /// into the sim time a behaviour or a burst is written in.
+    pub fn clock(&self) -> SimClock {
+        self.clock
     }
 
     /// Every app pod that serves metrics now, with `namespace` and `pod`

@@ -40,6 +40,8 @@ pub fn spawn(store: Store, behaviours: Behaviours, clock: SimClock) -> Controlle
     let targets = ScrapeTargets::default();
     let (stop, mut stopped) = watch::channel(false);
     let mut deployments = DeploymentController::new(clock);
+    // Bursts timed from the sim's start count from here, at its scale.
+    behaviours.start_clock(clock);
     let mut kubelet = Kubelet::new(clock, behaviours.clone(), targets.clone());
     let task = tokio::spawn(async move {
         let mut changes = store.changes();

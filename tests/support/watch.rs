@@ -17,14 +17,23 @@ use rollback_watchdog::sim::prometheus::{PrometheusOptions, PrometheusServer};
 use rollback_watchdog::sim::{self, Behaviours, SimClock, SimCluster, SimOptions};
 use serde_json::json;
 
+use super::prom::SharedPrometheus;
+
 pub const NAME: &str = "web";
 
 /// Which Prometheus a scenario's watchdog asks.
 pub enum Prom<'a> {
-    /// This URL (the binary's shared server, or a closed port).
+    /// This URL (the binary's shared server, or a closed port), taken to
+    /// scrape every second.
     Url(&'a str),
-    /// A server of its own, scraping only this sim (a test can stop it).
+    /// A shared server ([`super::prom::shared_every`]), with the sim
+    /// registered on it and its scrape interval known to the scenario.
+    Shared(&'a SharedPrometheus),
+    /// A server of its own, scraping only this sim every second (a test can
+    /// stop it).
     Own,
+    /// A server of its own, scraping only this sim at this interval.
+    OwnEvery(Duration),
 }
 
 pub struct Scenario {
@@ -32,6 +41,8 @@ pub struct Scenario {
     pub config: Arc<Config>,
     pub own_prometheus: Option<PrometheusServer>,
     pub prometheus_url: String,
+    /// How often that Prometheus scrapes the pods.
+    pub scrape_interval: Duration,
     pub ns: String,
     pub client: Client,
     pub daemon: Daemon,
@@ -96,17 +107,15 @@ impl Scenario {
     /// daemon whose caches have synced.
     pub async fn start(ns: &str, prom: Prom<'_>, behaviours: Behaviours, extra: &str) -> Scenario {
         let (sim, client) = sim_with_web(ns, behaviours).await;
-        let (own_prometheus, prometheus_url) = match prom {
-            Prom::Url(url) => (None, url.to_string()),
-            Prom::Own => {
-                let server = PrometheusServer::start(PrometheusOptions::new(
-                    sim.prometheus_config(Duration::from_secs(1)),
-                ))
-                .await
-                .expect("prometheus starts");
-                let url = server.url().to_string();
-                (Some(server), url)
+        let every_second = Duration::from_secs(1);
+        let (own_prometheus, prometheus_url, scrape_interval) = match prom {
+            Prom::Url(url) => (None, url.to_string(), every_second),
+            Prom::Shared(shared) => {
+                shared.register(sim.scrape_target_handle());
+                (None, shared.url.clone(), shared.scrape_interval)
             }
+            Prom::Own => own_prometheus(&sim, every_second).await,
+            Prom::OwnEvery(every) => own_prometheus(&sim, every).await,
         };
         let prometheus_url = prometheus_url.as_str();
         let audit_dir = tempfile::tempdir().expect("tempdir");
@@ -128,6 +137,7 @@ impl Scenario {
             sim,
             config,
             prometheus_url: prometheus_url.to_string(),
+            scrape_interval,
             own_prometheus,
             ns: ns.to_string(),
             client,
@@ -257,13 +267,16 @@ impl Scenario {
 
     /// Waits until Prometheus has had a request rate for the namespace's
     /// pods for a few seconds, so a baseline taken at a rollout that starts
-    /// now (timestamps are whole seconds) finds data.
+    /// now (timestamps are whole seconds) finds data. The rate's window
+    /// holds at least three scrapes.
     pub async fn wait_scraped(&self) {
         let client = prometheus_http_query::Client::try_from(self.prometheus_url.as_str())
             .expect("prom client");
+        let window = (self.scrape_interval * 3).max(Duration::from_secs(10));
         let query = format!(
-            r#"sum(rate(http_requests_total{{namespace="{}"}}[10s]))"#,
-            self.ns
+            r#"sum(rate(http_requests_total{{namespace="{}"}}[{}s]))"#,
+            self.ns,
+            window.as_secs_f64().ceil()
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -352,6 +365,18 @@ impl Scenario {
             })
             .collect()
     }
+}
+
+/// A Prometheus of a scenario's own, scraping only `sim` every `every`.
+async fn own_prometheus(
+    sim: &SimCluster,
+    every: Duration,
+) -> (Option<PrometheusServer>, String, Duration) {
+    let server = PrometheusServer::start(PrometheusOptions::new(sim.prometheus_config(every)))
+        .await
+        .expect("prometheus starts");
+    let url = server.url().to_string();
+    (Some(server), url, every)
 }
 
 /// A sim (20× time) with namespaces `ns` and `rollback-watchdog`, and
