@@ -10,6 +10,7 @@ pub mod behaviour;
 pub mod clock;
 pub mod deployment;
 pub mod discovery;
+pub mod events;
 pub mod kubelet;
 pub mod objects;
 pub mod patch;
