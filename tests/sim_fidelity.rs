@@ -13,8 +13,13 @@ use k8s_openapi::api::events::v1::Event as EventsV1;
 use kube::api::{Api, ListParams, PostParams};
 use kube::Resource;
 use rollback_watchdog::report::audit::{EventPublisher, Notice, Reason};
-use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE};
-use serde_json::Value;
+use rollback_watchdog::sim::store::{Part, DEPLOYMENTS};
+use rollback_watchdog::sim::{
+    seed_deployment, Behaviour, SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 mod support;
 use support::kubectl::{kubectl_ok, require_kubectl};
@@ -375,5 +380,188 @@ async fn an_event_written_through_core_v1_is_read_through_events_k8s_io_and_back
         .expect("events.k8s.io delete");
     let left = core.list(&ListParams::default()).await.expect("core list");
     assert!(left.items.is_empty(), "{:?}", left.items);
+    sim.shutdown().await;
+}
+
+/// One client connection to a Service, kept alive across requests.
+struct Connection(BufReader<TcpStream>);
+
+impl Connection {
+    async fn open(url: &str) -> std::io::Result<Connection> {
+        let addr = url.trim_start_matches("http://");
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::other(format!("connecting to {addr} timed out")))??;
+        Ok(Connection(BufReader::new(stream)))
+    }
+
+    /// `GET /version` on this connection: the body's `version` and `pod`.
+    async fn version(&mut self) -> Result<(String, String), String> {
+        tokio::time::timeout(Duration::from_secs(5), self.get("/version"))
+            .await
+            .map_err(|_| "no answer in 5 s".to_string())?
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                Ok((field("version"), field("pod")))
+            })
+    }
+
+    async fn get(&mut self, path: &str) -> std::io::Result<Vec<u8>> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\r\n");
+        self.0.get_mut().write_all(request.as_bytes()).await?;
+        let mut length = 0;
+        let mut status = String::new();
+        self.0.read_line(&mut status).await?;
+        if !status.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!("answered {status:?}")));
+        }
+        loop {
+            let mut line = String::new();
+            if self.0.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.0.read_exact(&mut body).await?;
+        Ok(body)
+    }
+}
+
+/// `GET /version` on a fresh connection.
+async fn fresh_version(url: &str) -> Result<(String, String), String> {
+    let mut conn = Connection::open(url).await.map_err(|e| e.to_string())?;
+    conn.version().await
+}
+
+/// Whether `web` runs `image` on all its `replicas` and nothing else.
+fn rolled_out(sim: &SimCluster, image: &str, replicas: i64) -> Result<(), String> {
+    let d = sim
+        .store()
+        .get(&DEPLOYMENTS, SEED_NAMESPACE, "web")
+        .map_err(|e| e.to_string())?;
+    let status = &d["status"];
+    let done = d["spec"]["template"]["spec"]["containers"][0]["image"] == image
+        && status["observedGeneration"] == d["metadata"]["generation"]
+        && ["replicas", "updatedReplicas", "availableReplicas"]
+            .iter()
+            .all(|f| status[*f].as_i64().unwrap_or(0) == replicas);
+    if done {
+        Ok(())
+    } else {
+        Err(status.to_string())
+    }
+}
+
+#[tokio::test]
+async fn the_service_balances_connections_over_the_ready_pods_of_every_revision() {
+    let sim = SimCluster::start(SimOptions {
+        seed: true,
+        clock: SimClock::new(10.0),
+        ..Default::default()
+    })
+    .await
+    .expect("the sim starts");
+    let mut web = seed_deployment("web", "web:v1", 2);
+    web["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    sim.store()
+        .create(&DEPLOYMENTS, SEED_NAMESPACE, web)
+        .expect("create web");
+    let url = sim
+        .service_url(SEED_NAMESPACE, "web")
+        .expect("a Deployment has a Service");
+    assert!(url.starts_with("http://127."), "{url}");
+    assert_eq!(sim.service_url(SEED_NAMESPACE, "nothing"), None);
+    eventually("web:v1 rolled out", || async {
+        rolled_out(&sim, "web:v1", 2)
+    })
+    .await;
+
+    // Two Ready pods: fresh connections take turns, one kept-alive
+    // connection stays on its pod.
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (version, pod) = fresh_version(&url).await.expect("the Service answers");
+        assert_eq!(version, "v1");
+        pods.insert(pod);
+    }
+    assert_eq!(pods.len(), 2, "fresh connections reach both pods: {pods:?}");
+    let mut kept = Connection::open(&url).await.expect("connect");
+    let (_, pinned) = kept.version().await.expect("first answer");
+    for _ in 0..6 {
+        let (_, pod) = kept.version().await.expect("a kept-alive answer");
+        assert_eq!(pod, pinned, "a kept-alive connection stays on its pod");
+    }
+    drop(kept);
+
+    // v2 takes 60 sim seconds (6 s here) to get Ready: while it rolls,
+    // the Service routes to both revisions.
+    sim.behaviours().set(
+        "web:v2",
+        Behaviour {
+            ready_after: Duration::from_secs(60),
+            ..Behaviour::default()
+        },
+    );
+    sim.store()
+        .update_with(&DEPLOYMENTS, SEED_NAMESPACE, "web", Part::Main, |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web:v2");
+            Ok(())
+        })
+        .expect("set image web:v2");
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "only {seen:?} answered through the Service in 30 s"
+        );
+        if let Ok((version, _)) = fresh_version(&url).await {
+            seen.insert(version);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        rolled_out(&sim, "web:v2", 2).is_err(),
+        "both were seen during the rollout"
+    );
+
+    eventually("web:v2 rolled out", || async {
+        rolled_out(&sim, "web:v2", 2)
+    })
+    .await;
+    for _ in 0..6 {
+        let (version, _) = fresh_version(&url).await.expect("the Service answers");
+        assert_eq!(version, "v2", "after the rollout only v2 serves");
+    }
+
+    // No Ready pod: the connection is refused, as kube-proxy rejects it.
+    sim.store()
+        .update_with(&DEPLOYMENTS, SEED_NAMESPACE, "web", Part::Main, |d| {
+            d["spec"]["replicas"] = json!(0);
+            Ok(())
+        })
+        .expect("scale to 0");
+    eventually("connections refused", || async {
+        match Connection::open(&url).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(_) => Err("still accepted".into()),
+        }
+    })
+    .await;
+    // The address stays the Service's.
+    assert_eq!(sim.service_url(SEED_NAMESPACE, "web"), Some(url));
     sim.shutdown().await;
 }

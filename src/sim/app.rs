@@ -3,9 +3,11 @@
 //! function of time and the image's behaviour, not of real traffic, so a
 //! rate over any window is exact: requests = rate × seconds ready, errors =
 //! ratio × requests, latency buckets from a fixed log-normal shape scaled
-//! by the behaviour's median. It must never bind anything but loopback,
-//! and a stopped pod must stop answering (every response closes its
-//! connection, dropping the server closes the listener).
+//! by the behaviour's median. Connections are kept alive, as real servers
+//! keep them, so a client pinned to a pod through a Service stays on it. It
+//! must never bind anything but loopback, and a stopped pod must stop
+//! answering (dropping the server closes the listener and every idle
+//! kept-alive connection).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -188,40 +190,32 @@ impl AppState {
     }
 }
 
-fn close(mut r: Response) -> Response {
-    r.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    r
-}
-
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    close(
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            app.render_metrics(),
-        )
-            .into_response(),
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.render_metrics(),
     )
+        .into_response()
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
     let b = app.behaviours.lookup(&app.image);
     let code = StatusCode::from_u16(b.health_status).unwrap_or(StatusCode::OK);
     let status = if code.is_success() { "ok" } else { "unhealthy" };
-    close((code, axum::Json(json!({"status": status, "pod": app.pod}))).into_response())
+    (code, axum::Json(json!({"status": status, "pod": app.pod}))).into_response()
 }
 
 async fn version(State(app): State<Arc<AppState>>) -> Response {
     let tag = image_tag(&app.image).unwrap_or("");
-    close(axum::Json(json!({"version": tag, "image": app.image, "pod": app.pod})).into_response())
+    axum::Json(json!({"version": tag, "image": app.image, "pod": app.pod})).into_response()
 }
 
-/// A running app server; dropping it closes the listener.
+/// A running app server; dropping it closes the listener, and (axum's
+/// serve ends its connections gracefully when its task is dropped) every
+/// idle kept-alive connection.
 pub struct AppServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,

@@ -20,6 +20,7 @@ pub mod rbac;
 pub mod replicaset;
 pub mod reqlog;
 pub mod runtime;
+pub mod service;
 pub mod standalone;
 pub mod store;
 pub mod table;
@@ -106,6 +107,7 @@ pub struct SimCluster {
     controllers: Option<ControllerHandle>,
     behaviours: Behaviours,
     targets: ScrapeTargets,
+    services: Option<service::Services>,
     control_addr: SocketAddr,
     control: Option<JoinHandle<()>>,
 }
@@ -151,6 +153,7 @@ impl SimCluster {
             .as_ref()
             .map(ControllerHandle::targets)
             .unwrap_or_default();
+        let services = controllers.as_ref().map(ControllerHandle::services);
         let (control_addr, control) = serve_control(targets.clone())
             .await
             .map_err(SimError::Control)?;
@@ -203,6 +206,7 @@ impl SimCluster {
             controllers,
             behaviours: opts.behaviours,
             targets,
+            services,
             control_addr,
             control: Some(control),
         })
@@ -243,6 +247,17 @@ impl SimCluster {
     /// labels.
     pub fn scrape_targets(&self) -> Vec<ScrapeTarget> {
         self.targets.list()
+    }
+
+    /// `http://127.x.y.z:PORT` of the Service in front of Deployment
+    /// `namespace/name` (see `sim::service`): a loopback address of its own,
+    /// on the Deployment's first container port (8080 in the seed),
+    /// balancing each new connection over the Ready pods of all its
+    /// revisions, and refusing connections while none is Ready. `None` when
+    /// the Deployment does not exist, or the sim runs no controllers. The
+    /// address stays the same for the life of the sim.
+    pub fn service_url(&self, namespace: &str, name: &str) -> Option<String> {
+        self.services.as_ref()?.url(self.store(), namespace, name)
     }
 
     /// A live handle on the same list (clones share it), for a service
