@@ -1,7 +1,8 @@
 //! The simulated cluster: a loopback Kubernetes API server with a deployment
-//! controller, a kubelet and a small app that serves metrics, so the
-//! watchdog's real `kube` client can be tested over real HTTP with no real
-//! cluster. It must never listen on anything but loopback.
+//! controller, a kubelet, a small app that serves metrics and a Service in
+//! front of each Deployment, so the watchdog's real `kube` client can be
+//! tested over real HTTP with no real cluster. It must never listen on
+//! anything but loopback.
 
 pub mod access;
 pub mod api;
