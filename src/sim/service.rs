@@ -161,24 +161,40 @@ impl Services {
     pub fn reconcile(&self, store: &Store) {
         let (deployments, _) = store.list(&DEPLOYMENTS, None);
         let (pods, _) = store.list(&PODS, None);
+        // The Ready pods, read once: (namespace, name, labels, address).
+        let mut ready: Vec<(String, String, BTreeMap<String, String>, SocketAddr)> = pods
+            .iter()
+            .filter_map(|p| {
+                let addr = endpoint(p)?;
+                let labels = p
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some((namespace(p).to_string(), name(p).to_string(), labels, addr))
+            })
+            .collect();
+        // Endpoints in pod-name order, so round-robin is reproducible.
+        ready.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut services = lock(&self.inner);
-        let live: Vec<(String, String)> = deployments
+        let live: std::collections::BTreeSet<(String, String)> = deployments
             .iter()
             .map(|d| (namespace(d).to_string(), name(d).to_string()))
             .collect();
         services.retain(|key, _| live.contains(key));
         for d in &deployments {
-            let selector = selector_of(d);
-            let mut addrs: Vec<(String, SocketAddr)> = match &selector {
-                Some(selector) => pods
+            let addrs: Vec<SocketAddr> = match selector_of(d) {
+                Some(selector) => ready
                     .iter()
-                    .filter(|p| namespace(p) == namespace(d) && selector.matches_object(p))
-                    .filter_map(|p| endpoint(p).map(|a| (name(p).to_string(), a)))
+                    .filter(|(ns, _, labels, _)| ns == namespace(d) && selector.matches(labels))
+                    .map(|(_, _, _, addr)| *addr)
                     .collect(),
                 None => Vec::new(),
             };
-            addrs.sort();
-            let addrs: Vec<SocketAddr> = addrs.into_iter().map(|(_, a)| a).collect();
             let service = self.entry(&mut services, d);
             let serving = !addrs.is_empty();
             {
