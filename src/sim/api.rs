@@ -1198,9 +1198,7 @@ impl WatchTask {
 
     /// The line for a store event, if this watch shows it.
     fn translate(&mut self, ev: &WatchEvent) -> Option<Value> {
-        if ev.kind != self.kind {
-            return None;
-        }
+        let ev = ev.view_as(&self.kind)?;
         let key = object_key(&ev.object);
         let matches = self.filter.matches(&ev.object);
         let was_visible = self.visible.contains(&key);

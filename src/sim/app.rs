@@ -5,8 +5,9 @@
 //! while the pod is Ready, not real traffic. `/health` answers the
 //! behaviour's status, or its warm-up status while the pod is not yet
 //! Ready. It must never bind anything but loopback, and a stopped pod must
-//! stop answering (every response closes its connection, dropping the
-//! server closes the listener).
+//! stop answering (dropping the server closes the listener and every idle
+//! kept-alive connection). Connections are kept alive, as real servers
+//! keep them, so a client pinned to a pod through a Service stays on it.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -125,39 +126,31 @@ impl AppState {
     }
 }
 
-fn close(mut r: Response) -> Response {
-    r.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    r
-}
-
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    close(
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            app.render_metrics(),
-        )
-            .into_response(),
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.render_metrics(),
     )
+        .into_response()
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
     let code = StatusCode::from_u16(app.health_status()).unwrap_or(StatusCode::OK);
     let status = if code.is_success() { "ok" } else { "unhealthy" };
-    close((code, axum::Json(json!({"status": status, "pod": app.pod}))).into_response())
+    (code, axum::Json(json!({"status": status, "pod": app.pod}))).into_response()
 }
 
 async fn version(State(app): State<Arc<AppState>>) -> Response {
     let tag = image_tag(&app.image).unwrap_or("");
-    close(axum::Json(json!({"version": tag, "image": app.image, "pod": app.pod})).into_response())
+    axum::Json(json!({"version": tag, "image": app.image, "pod": app.pod})).into_response()
 }
 
-/// A running app server; dropping it closes the listener.
+/// A running app server; dropping it closes the listener, and (axum's
+/// serve ends its connections gracefully when its task is dropped) every
+/// idle kept-alive connection.
 pub struct AppServer {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,

@@ -1,6 +1,8 @@
 //! The simulated deployment controller, after kube-controller-manager's:
 //! one ReplicaSet per pod template (`<deploy>-<pod-template-hash>`),
-//! revisions as `deployment.kubernetes.io/revision`, rolling updates within
+//! revisions as `deployment.kubernetes.io/revision`, the Deployment's own
+//! annotations copied to its new ReplicaSet (all but the controller's
+//! bookkeeping and kubectl apply's record), rolling updates within
 //! maxSurge/maxUnavailable, status and the Progressing/Available conditions
 //! that `kubectl rollout status` reads. It must never touch pods (that is
 //! the ReplicaSet controller's job) nor a Deployment's template.
@@ -27,6 +29,10 @@ pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 pub const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
+/// What `kubectl apply` keeps on the object it applied.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The deprecated `extensions/v1beta1` rollback request.
+pub const DEPRECATED_ROLLBACK_TO: &str = "deprecated.deployment.rollback.to";
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// Fills in what the API server defaults on a Deployment: replicas 1,
@@ -291,7 +297,6 @@ impl DeploymentController {
                     }
                 }
                 Some(rs) => {
-                    let change_cause = annotation(&d, CHANGE_CAUSE).map(str::to_string);
                     let new_revision = max_old_revision + 1;
                     if revision_of(&rs) < new_revision {
                         event = NewRsEvent::Found;
@@ -309,9 +314,7 @@ impl DeploymentController {
                                 }
                                 set_annotation(o, REVISION, Some(&new_revision.to_string()));
                             }
-                            if let Some(cause) = &change_cause {
-                                set_annotation(o, CHANGE_CAUSE, Some(cause));
-                            }
+                            copy_deployment_annotations(&d, o);
                             Ok(())
                         })?;
                     new_rs = Some(updated);
@@ -618,8 +621,14 @@ fn new_replicaset(
         DESIRED_REPLICAS: replicas.to_string(),
         MAX_REPLICAS: (replicas + max_surge).to_string(),
     });
-    if let Some(cause) = annotation(d, CHANGE_CAUSE) {
-        annotations[CHANGE_CAUSE] = json!(cause);
+    if let (Some(from), Some(to)) = (
+        d.pointer("/metadata/annotations")
+            .and_then(Value::as_object),
+        annotations.as_object_mut(),
+    ) {
+        for (key, value) in from.iter().filter(|(k, _)| !skip_copy_annotation(k)) {
+            to.insert(key.clone(), value.clone());
+        }
     }
     let mut spec = json!({
         "replicas": 0,
@@ -641,6 +650,40 @@ fn new_replicaset(
         },
         "spec": spec,
     })
+}
+
+/// The Deployment annotations the controller never copies to a
+/// ReplicaSet: its own bookkeeping, which it writes per ReplicaSet, and
+/// kubectl apply's record (`skipCopyAnnotation` in kube-controller-manager).
+pub fn skip_copy_annotation(key: &str) -> bool {
+    [
+        LAST_APPLIED,
+        REVISION,
+        REVISION_HISTORY,
+        DESIRED_REPLICAS,
+        MAX_REPLICAS,
+        DEPRECATED_ROLLBACK_TO,
+    ]
+    .contains(&key)
+}
+
+/// Copies the Deployment's annotations onto its new ReplicaSet, as the real
+/// controller does on every sync (`copyDeploymentAnnotationsToReplicaSet`):
+/// added or changed ones are written, ones the Deployment dropped stay.
+fn copy_deployment_annotations(d: &Value, rs: &mut Value) {
+    let Some(from) = d
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    else {
+        return;
+    };
+    for (key, value) in from.iter().filter(|(k, _)| !skip_copy_annotation(k)) {
+        if let Some(value) = value.as_str() {
+            if annotation(rs, key) != Some(value) {
+                set_annotation(rs, key, Some(value));
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -73,6 +73,17 @@ impl IpAllocator {
     }
 }
 
+/// One [`IpAllocator`] shared by the kubelet (pod IPs) and the Services
+/// (`sim::service`), so no two of a sim's addresses meet. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SharedIps(Arc<std::sync::Mutex<IpAllocator>>);
+
+impl SharedIps {
+    pub fn next_ip(&self) -> Ipv4Addr {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).next_ip()
+    }
+}
+
 struct PodRuntime {
     namespace: String,
     name: String,
@@ -87,7 +98,7 @@ pub struct Kubelet {
     clock: SimClock,
     behaviours: Behaviours,
     targets: ScrapeTargets,
-    ips: IpAllocator,
+    ips: SharedIps,
     pods: HashMap<String, PodRuntime>,
 }
 
@@ -174,9 +185,15 @@ impl Kubelet {
             clock,
             behaviours,
             targets,
-            ips: IpAllocator::default(),
+            ips: SharedIps::default(),
             pods: HashMap::new(),
         }
+    }
+
+    /// The address allocator, for whatever else in the sim needs a
+    /// loopback address that no pod takes.
+    pub fn ips(&self) -> SharedIps {
+        self.ips.clone()
     }
 
     pub fn reconcile(&mut self, store: &Store) -> Result<(), ControllerError> {
@@ -206,7 +223,7 @@ impl Kubelet {
         let pod_uid = uid(pod).to_string();
         let ns = namespace(pod).to_string();
         let pod_name = name(pod).to_string();
-        let ips = &mut self.ips;
+        let ips = self.ips.clone();
         let rt = self
             .pods
             .entry(pod_uid.clone())

@@ -1,7 +1,8 @@
 //! The simulated cluster: a loopback Kubernetes API server with a deployment
-//! controller, a kubelet and a small app that serves metrics, so the
-//! watchdog's real `kube` client can be tested over real HTTP with no real
-//! cluster. It must never listen on anything but loopback.
+//! controller, a kubelet, a small app that serves metrics and a Service in
+//! front of each Deployment, so the watchdog's real `kube` client can be
+//! tested over real HTTP with no real cluster. It must never listen on
+//! anything but loopback.
 
 pub mod access;
 pub mod api;
@@ -11,6 +12,7 @@ pub mod burst;
 pub mod clock;
 pub mod deployment;
 pub mod discovery;
+pub mod events;
 pub mod kubelet;
 pub mod objects;
 pub mod patch;
@@ -20,6 +22,7 @@ pub mod rbac;
 pub mod replicaset;
 pub mod reqlog;
 pub mod runtime;
+pub mod service;
 pub mod standalone;
 pub mod store;
 pub mod table;
@@ -109,6 +112,7 @@ pub struct SimCluster {
     behaviours: Behaviours,
     clock: SimClock,
     targets: ScrapeTargets,
+    services: Option<service::Services>,
     control_addr: SocketAddr,
     control: Option<JoinHandle<()>>,
 }
@@ -154,6 +158,7 @@ impl SimCluster {
             .as_ref()
             .map(ControllerHandle::targets)
             .unwrap_or_default();
+        let services = controllers.as_ref().map(ControllerHandle::services);
         let (control_addr, control) = serve_control(targets.clone())
             .await
             .map_err(SimError::Control)?;
@@ -207,6 +212,7 @@ impl SimCluster {
             behaviours: opts.behaviours,
             clock: opts.clock,
             targets,
+            services,
             control_addr,
             control: Some(control),
         })
@@ -253,6 +259,17 @@ impl SimCluster {
     /// labels.
     pub fn scrape_targets(&self) -> Vec<ScrapeTarget> {
         self.targets.list()
+    }
+
+    /// `http://127.x.y.z:PORT` of the Service in front of Deployment
+    /// `namespace/name` (see `sim::service`): a loopback address of its own,
+    /// on the Deployment's first container port (8080 in the seed),
+    /// balancing each new connection over the Ready pods of all its
+    /// revisions, and refusing connections while none is Ready. `None` when
+    /// the Deployment does not exist, or the sim runs no controllers. The
+    /// address stays the same for the life of the sim.
+    pub fn service_url(&self, namespace: &str, name: &str) -> Option<String> {
+        self.services.as_ref()?.url(self.store(), namespace, name)
     }
 
     /// A live handle on the same list (clones share it), for a service

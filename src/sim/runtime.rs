@@ -1,9 +1,11 @@
 //! Runs the simulated cluster's behaviour: the deployment controller, the
-//! ReplicaSet controller, garbage collection and the kubelet, in one
+//! ReplicaSet controller, garbage collection, the kubelet and the
+//! Services' endpoints, in one
 //! level-based loop over the store. A pass runs on every store change and
 //! on a short timer (for time-based transitions such as ready delays and
 //! progress deadlines). It must never outlive its handle: dropping the
-//! [`ControllerHandle`] stops the loop and closes every pod's listener.
+//! [`ControllerHandle`] stops the loop and closes every pod's and Service's
+//! listener.
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use super::deployment::DeploymentController;
 use super::kubelet::Kubelet;
 use super::objects::ControllerError;
 use super::replicaset::{collect_garbage, reconcile_replicasets};
+use super::service::Services;
 use super::store::Store;
 
 /// Real time between passes when nothing changes.
@@ -31,6 +34,7 @@ pub struct ControllerHandle {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     targets: ScrapeTargets,
+    services: Services,
     behaviours: Behaviours,
     clock: SimClock,
 }
@@ -43,6 +47,8 @@ pub fn spawn(store: Store, behaviours: Behaviours, clock: SimClock) -> Controlle
     // Bursts timed from the sim's start count from here, at its scale.
     behaviours.start_clock(clock);
     let mut kubelet = Kubelet::new(clock, behaviours.clone(), targets.clone());
+    let services = Services::new(kubelet.ips());
+    let endpoints = services.clone();
     let task = tokio::spawn(async move {
         let mut changes = store.changes();
         loop {
@@ -50,6 +56,9 @@ pub fn spawn(store: Store, behaviours: Behaviours, clock: SimClock) -> Controlle
             if let Err(e) = pass(&store, &mut deployments, &mut kubelet) {
                 tracing::warn!(error = %e, "sim controllers: pass failed, retrying");
             }
+            // After the kubelet, so a readiness change reaches the
+            // Services in the same pass.
+            endpoints.reconcile(&store);
             tokio::select! {
                 _ = changes.changed() => tokio::time::sleep(DEBOUNCE).await,
                 _ = tokio::time::sleep(TICK) => {}
@@ -64,6 +73,7 @@ pub fn spawn(store: Store, behaviours: Behaviours, clock: SimClock) -> Controlle
         stop,
         task: Some(task),
         targets,
+        services,
         behaviours,
         clock,
     }
@@ -98,6 +108,11 @@ impl ControllerHandle {
         self.targets.clone()
     }
 
+    /// Every Deployment's Service (see `sim::service`).
+    pub fn services(&self) -> Services {
+        self.services.clone()
+    }
+
     /// The behaviour table the kubelet and apps read; changes apply at once.
     pub fn behaviours(&self) -> &Behaviours {
         &self.behaviours
@@ -113,6 +128,7 @@ impl ControllerHandle {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        self.services.clear();
     }
 }
 
@@ -122,5 +138,6 @@ impl Drop for ControllerHandle {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.services.clear();
     }
 }

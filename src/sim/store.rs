@@ -2,14 +2,19 @@
 //! storage layer do for the kinds the watchdog uses. Objects are kept as JSON
 //! exactly as clients send them; every write takes the next resourceVersion
 //! from one cluster-wide counter, and every write is an event for watchers.
-//! It must never hand out an object without `metadata.resourceVersion`, and
-//! never lose an event between a list and a watch started from its version.
+//! A kind may be a view of another kind's objects (`events.k8s.io/v1`
+//! Events are stored as `core/v1` Events, see `sim::events`): every method
+//! takes the kind of the API asked and converts. It must never hand out an
+//! object without `metadata.resourceVersion`, and never lose an event
+//! between a list and a watch started from its version.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
+
+use super::events::{from_storage, storage_kind, to_storage};
 
 /// One kind of resource the simulated API server serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -347,6 +352,20 @@ pub struct WatchEvent {
 }
 
 impl WatchEvent {
+    /// This event as a watcher of `kind` sees it: converted when `kind` is
+    /// a view of this event's kind, `None` when it is about another kind.
+    pub fn view_as(&self, kind: &Kind) -> Option<WatchEvent> {
+        if self.kind == *kind {
+            return Some(self.clone());
+        }
+        (self.kind == storage_kind(kind)).then(|| WatchEvent {
+            kind: *kind,
+            event_type: self.event_type,
+            object: from_storage(kind, self.object.clone()),
+            resource_version: self.resource_version,
+        })
+    }
+
     pub fn namespace(&self) -> Option<&str> {
         self.object
             .pointer("/metadata/namespace")
@@ -432,6 +451,7 @@ impl Store {
             .objects
             .get(&key(kind, namespace, name))
             .cloned()
+            .map(|o| from_storage(kind, o))
             .ok_or_else(|| StoreError::not_found(kind, name))
     }
 
@@ -439,24 +459,21 @@ impl Store {
     /// namespace and name, with the store's revision at that moment.
     pub fn list(&self, kind: &Kind, namespace: Option<&str>) -> (Vec<Value>, u64) {
         let inner = self.lock();
+        let stored = storage_kind(kind);
         let items = inner
             .objects
             .iter()
-            .filter(|((k, ns, _), _)| k == kind && namespace.is_none_or(|want| ns == want))
-            .map(|(_, v)| v.clone())
+            .filter(|((k, ns, _), _)| *k == stored && namespace.is_none_or(|want| ns == want))
+            .map(|(_, v)| from_storage(kind, v.clone()))
             .collect();
         (items, inner.revision)
     }
 
     /// Creates an object. Fills in name from `metadata.generateName`, uid,
     /// creationTimestamp, generation and resourceVersion.
-    pub fn create(
-        &self,
-        kind: &Kind,
-        namespace: &str,
-        mut obj: Value,
-    ) -> Result<Value, StoreError> {
+    pub fn create(&self, kind: &Kind, namespace: &str, obj: Value) -> Result<Value, StoreError> {
         let mut inner = self.lock();
+        let mut obj = to_storage(kind, obj);
         let meta = metadata_mut(&mut obj)?;
         let name = match meta.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => n.to_string(),
@@ -505,10 +522,11 @@ impl Store {
         if kind.has_spec_generation {
             meta.insert("generation".into(), json!(1));
         }
-        set_type_meta(kind, &mut obj);
-        let obj = inner.commit(k, Some(obj), kind, EventType::Added);
-        self.publish(&inner, kind, EventType::Added, &obj);
-        Ok(obj)
+        let stored = storage_kind(kind);
+        set_type_meta(&stored, &mut obj);
+        let obj = inner.commit(k, Some(obj), &stored, EventType::Added);
+        self.publish(&inner, &stored, EventType::Added, &obj);
+        Ok(from_storage(kind, obj))
     }
 
     /// Replaces an object (PUT). When `obj` carries a resourceVersion it
@@ -519,10 +537,12 @@ impl Store {
         kind: &Kind,
         namespace: &str,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         part: Part,
     ) -> Result<Value, StoreError> {
         let mut inner = self.lock();
+        let mut obj = to_storage(kind, obj);
+        let stored = storage_kind(kind);
         let k = key(kind, namespace, name);
         let current = inner
             .objects
@@ -556,14 +576,14 @@ impl Store {
         }
         metadata_mut(&mut obj)?;
         let merged = merge_part(&current, obj, part);
-        let merged = finish_update(kind, &current, merged);
+        let merged = finish_update(&stored, &current, merged);
         if merged == current {
             // A no-op write keeps its resourceVersion, as the API server does.
-            return Ok(current);
+            return Ok(from_storage(kind, current));
         }
-        let obj = inner.commit(k, Some(merged), kind, EventType::Modified);
-        self.publish(&inner, kind, EventType::Modified, &obj);
-        Ok(obj)
+        let obj = inner.commit(k, Some(merged), &stored, EventType::Modified);
+        self.publish(&inner, &stored, EventType::Modified, &obj);
+        Ok(from_storage(kind, obj))
     }
 
     /// Read-modify-write under the store's lock: `change` sees the current
@@ -587,8 +607,11 @@ impl Store {
             .get(&k)
             .cloned()
             .ok_or_else(|| StoreError::not_found(kind, name))?;
-        let mut edited = current.clone();
+        let stored = storage_kind(kind);
+        // The change sees the object as `kind`'s API shows it.
+        let mut edited = from_storage(kind, current.clone());
         change(&mut edited)?;
+        let mut edited = to_storage(kind, edited);
         let current_rv = current
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str);
@@ -610,13 +633,13 @@ impl Store {
             )));
         }
         let merged = merge_part(&current, edited, part);
-        let merged = finish_update(kind, &current, merged);
+        let merged = finish_update(&stored, &current, merged);
         if merged == current {
-            return Ok(current);
+            return Ok(from_storage(kind, current));
         }
-        let obj = inner.commit(k, Some(merged), kind, EventType::Modified);
-        self.publish(&inner, kind, EventType::Modified, &obj);
-        Ok(obj)
+        let obj = inner.commit(k, Some(merged), &stored, EventType::Modified);
+        self.publish(&inner, &stored, EventType::Modified, &obj);
+        Ok(from_storage(kind, obj))
     }
 
     pub fn delete(&self, kind: &Kind, namespace: &str, name: &str) -> Result<Value, StoreError> {
@@ -631,18 +654,20 @@ impl Store {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         }
-        inner.commit(k, None, kind, EventType::Deleted);
+        let stored = storage_kind(kind);
+        inner.commit(k, None, &stored, EventType::Deleted);
         // commit() removed the object and stamped the event; publish the
         // last state with the deletion's resourceVersion.
         if let Some(last) = inner.history.back_mut() {
             last.object = obj.clone();
         }
-        self.publish(&inner, kind, EventType::Deleted, &obj);
-        Ok(obj)
+        self.publish(&inner, &stored, EventType::Deleted, &obj);
+        Ok(from_storage(kind, obj))
     }
 
     /// Events after `resource_version` (exclusive) for a kind, plus a
-    /// receiver for everything that follows, with no gap between the two.
+    /// receiver for everything that follows (of every kind, as stored: see
+    /// [`WatchEvent::view_as`]), with no gap between the two.
     /// 410 Gone when the history no longer reaches back that far.
     pub fn watch_from(
         &self,
@@ -659,8 +684,8 @@ impl Store {
         let backlog = inner
             .history
             .iter()
-            .filter(|e| e.kind == *kind && e.resource_version > resource_version)
-            .cloned()
+            .filter(|e| e.resource_version > resource_version)
+            .filter_map(|e| e.view_as(kind))
             .collect();
         // Subscribing while holding the lock means no event can fall between
         // the backlog and the receiver.
@@ -719,9 +744,10 @@ impl Inner {
     }
 }
 
+/// Where an object of `kind` (or of the kind it is a view of) is kept.
 fn key(kind: &Kind, namespace: &str, name: &str) -> Key {
     let ns = if kind.namespaced { namespace } else { "" };
-    (*kind, ns.to_string(), name.to_string())
+    (storage_kind(kind), ns.to_string(), name.to_string())
 }
 
 fn metadata_mut(obj: &mut Value) -> Result<&mut serde_json::Map<String, Value>, StoreError> {

@@ -234,7 +234,9 @@ fn cells(kind: &Kind, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
             vec![json!(name), json!(data), json!(age)]
         }
     } else if *kind == CORE_EVENTS || *kind == EVENTS_V1 {
+        // A repeated Event of the new API counts in its series.
         let last = [
+            "/series/lastObservedTime",
             "/lastTimestamp",
             "/eventTime",
             "/deprecatedLastTimestamp",
