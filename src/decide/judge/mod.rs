@@ -15,21 +15,21 @@
 //!   the failure persisted** (below), the verdict is Bad.
 //! - **Persistence, by evidence time.** `failure_threshold` failing ticks
 //!   `interval` apart must mean a failure that lasted about
-//!   `(failure_threshold - 1) × interval`, whatever the signal's own
-//!   window. A point sample (a probe, the pod states) shows the failure at
-//!   its `at`; a measurement over a span of requests (a Prometheus rate,
-//!   `span_from..at`) shows only that it happened *somewhere* in the span.
-//!   So the streak counts as persistent when the earliest moment its
-//!   latest result can speak for (`span_from`, or `at` for a point) is at
-//!   least `(needed - 1) × interval` after the first failing result's
-//!   `at` (its onset). For points that is the classic count; a span-based
-//!   signal needs one more tick, because the first failing span may hold
-//!   only the burst's first second. Hence an error burst no longer than
-//!   `(failure_threshold - 1) × interval` never makes a revision Bad by
-//!   itself, however long the query's window: each tick measures only the
-//!   requests since the last counted one (evidence counts once), and the
-//!   burst cannot reach from the end of one span past the start of a span
-//!   `failure_threshold - 1` ticks later.
+//!   `failure_threshold × interval`, whatever the signal's own window. A
+//!   point sample (a probe, the pod states) shows the failure at its `at`:
+//!   `n` of them `interval` apart show it over `(n - 1) × interval`, the
+//!   classic count. A measurement over a span of requests (a Prometheus
+//!   rate over `span_from..at`) shows only that the failure happened
+//!   *somewhere* in the span: its first failing span may hold just the
+//!   start of a burst, its latest just the end. So for a span-based signal
+//!   the streak counts as persistent only when the start of its latest span
+//!   is at least `needed × interval` after the end of its first failing
+//!   span (its onset): the failure then covered every span in between,
+//!   whole. Because each tick measures only the requests since the last
+//!   counted one (evidence counts once), an error burst shorter than
+//!   `failure_threshold × interval` never makes a revision Bad by itself,
+//!   however long the query's window; the price is that a rate signal
+//!   needs two ticks more than a probe (5 at the default 3).
 //! - One Pass resets that signal's counter to zero. Flapping (fail, pass,
 //!   pass, ...) is therefore never Bad.
 //! - **Inconclusive neither adds nor resets; it holds.** A held streak is
@@ -625,10 +625,18 @@ struct Persistence {
 impl Persistence {
     fn of(policy: &JudgePolicy, r: &SignalResult, onset: Timestamp, needed: u32) -> Self {
         let from = r.span_from.map_or(r.at, |f| f.min(r.at));
+        let span = r.span_from.is_some();
+        // Points: n samples show (n - 1) intervals. Spans: the whole spans
+        // between the onset's end and the latest's start, n of them.
+        let intervals = if span {
+            needed
+        } else {
+            needed.saturating_sub(1)
+        };
         Persistence {
             shown: elapsed(onset, from),
-            wanted: policy.interval * needed.saturating_sub(1),
-            span: r.span_from.is_some(),
+            wanted: policy.interval * intervals,
+            span,
             slack: policy.interval / 10,
         }
     }
@@ -686,7 +694,7 @@ fn failing_reason(
             humantime::format_duration(whole_seconds(persisted.shown)),
             humantime::format_duration(whole_seconds(persisted.wanted)),
             if persisted.span {
-                " (each tick measures only the requests since the last one; the first failing span may hold just the start of a burst)"
+                " (each tick measures only the requests since the last one, and the first and latest failing spans may hold just the two ends of a burst)"
             } else {
                 ""
             }

@@ -216,24 +216,24 @@ fn rows() -> Vec<Row> {
             blind_at: vec![],
         },
         Row {
-            name: "a rate failing over 4 consecutive spans is Bad: the first may hold only a burst's start",
+            name: "a rate failing over 5 consecutive spans is Bad: the first and latest may hold only a burst's ends",
             policy: p(),
-            ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanFail, SpanFail]),
-            verdicts: "SSSB".into(),
+            ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanFail, SpanFail, SpanFail]),
+            verdicts: "SSSSB".into(),
             blind_at: vec![],
         },
         Row {
-            name: "a burst that touches 3 spans is never Bad",
+            name: "a burst shorter than 3 ticks touches at most 4 spans and is never Bad",
             policy: p(),
-            ticks: seq(ErrorRate, &[SpanPass, SpanFail, SpanFail, SpanFail, SpanPass, SpanPass]),
-            verdicts: "HSSSHH".into(),
+            ticks: seq(ErrorRate, &[SpanPass, SpanFail, SpanFail, SpanFail, SpanFail, SpanPass, SpanPass]),
+            verdicts: "HSSSSHH".into(),
             blind_at: vec![],
         },
         Row {
             name: "a pass between failing spans starts the persistence over",
             policy: p(),
-            ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanPass, SpanFail, SpanFail, SpanFail, SpanFail]),
-            verdicts: "SSHSSSB".into(),
+            ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanPass, SpanFail, SpanFail, SpanFail, SpanFail, SpanFail]),
+            verdicts: "SSHSSSSB".into(),
             blind_at: vec![],
         },
         Row {
@@ -748,7 +748,7 @@ fn a_streak_too_short_in_evidence_time_says_why_it_is_not_bad_yet() {
     let sentence = &last.reasons[0].sentence;
     assert!(
         sentence.contains(
-            "on 3 consecutive ticks, but shown for only 15s of the 30s a streak of 3 must cover"
+            "on 3 consecutive ticks, but shown for only 15s of the 45s a streak of 3 must cover"
         ),
         "{sentence}"
     );
