@@ -37,6 +37,7 @@
 //! error_ratio = 0.3
 //! ready_after = "2s"             # sim time
 //! crash = "none"                 # none | crash_loop | image_pull | oom_killed
+//! crashes = 1                    # with a crash: this many, then healthy (default: forever)
 //! never_ready = false
 //! latency = "80ms"               # median; also a number of seconds
 //! request_rate = 20.0            # requests per second per pod (real time)
@@ -120,6 +121,11 @@ pub struct Behaviour {
     /// 503); `None`: `health_status` from the start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_status_until_ready: Option<u16>,
+    /// With a `crash`: crash this many times, then run and serve as a
+    /// healthy container would (one OOM kill during warm-up); `None`:
+    /// crash forever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crashes: Option<u32>,
 }
 
 impl Default for Behaviour {
@@ -135,6 +141,7 @@ impl Default for Behaviour {
             traffic: Traffic::Poisson,
             health_status: 200,
             health_status_until_ready: None,
+            crashes: None,
         }
     }
 }
@@ -150,7 +157,7 @@ impl Behaviour {
 
     /// Whether a running container of this behaviour serves HTTP.
     pub fn serves_http(&self) -> bool {
-        self.crash == Crash::None
+        self.crash == Crash::None || self.crashes.is_some()
     }
 
     /// The built-in behaviour for a tag suffix, derived from `base`.

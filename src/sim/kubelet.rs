@@ -106,9 +106,18 @@ pub struct Kubelet {
 #[derive(Debug, Clone, PartialEq)]
 enum Life {
     Creating,
-    Running { since: f64, ready_at: Option<f64> },
+    /// `restarts` and `last` (the run index of the last termination, and
+    /// whether it was an OOM kill) after crashes it recovered from.
+    Running {
+        since: f64,
+        ready_at: Option<f64>,
+        restarts: i64,
+        last: Option<(i64, bool)>,
+    },
     Crashing(CrashView),
-    PullFailing { err_pull: bool },
+    PullFailing {
+        err_pull: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,11 +151,29 @@ fn life(b: &Behaviour, age: f64) -> Life {
             Life::Running {
                 since: start,
                 ready_at,
+                restarts: 0,
+                last: None,
             }
         }
         Crash::ImagePull => Life::PullFailing {
             err_pull: t % BACKOFF_PERIOD < 1.5,
         },
+        Crash::CrashLoop | Crash::OomKilled
+            if b.crashes
+                .is_some_and(|n| t >= f64::from(n) * BACKOFF_PERIOD) =>
+        {
+            // Crashed `n` times, then started for good: run `n`.
+            let n = i64::from(b.crashes.unwrap_or(0));
+            let since = start + n as f64 * BACKOFF_PERIOD;
+            let ready_at =
+                (!b.never_ready && age >= since + ready_after).then_some(since + ready_after);
+            Life::Running {
+                since,
+                ready_at,
+                restarts: n,
+                last: (n > 0).then_some((n - 1, b.crash == Crash::OomKilled)),
+            }
+        }
         Crash::CrashLoop | Crash::OomKilled => {
             let run = (t / BACKOFF_PERIOD).floor() as i64;
             let into = t - run as f64 * BACKOFF_PERIOD;
@@ -383,15 +410,36 @@ fn pod_status(pod: &Value, rt: &PodRuntime, life: &Life, clock: SimClock) -> Val
                     };
                     (json!({"waiting": waiting}), json!({}), 0, false, false, None, String::new())
                 }
-                Life::Running { since, ready_at } => (
-                    json!({"running": {"startedAt": at(*since)}}),
-                    json!({}),
-                    0,
-                    ready_at.is_some(),
-                    true,
-                    Some(container_id(0)),
-                    image_id,
-                ),
+                Life::Running {
+                    since,
+                    ready_at,
+                    restarts,
+                    last,
+                } => {
+                    let last_state = match last {
+                        Some((run, oom)) => {
+                            let (reason, code) = if *oom { ("OOMKilled", 137) } else { ("Error", 1) };
+                            let started = START_AFTER + *run as f64 * BACKOFF_PERIOD;
+                            json!({"terminated": {
+                                "exitCode": code,
+                                "reason": reason,
+                                "startedAt": at(started),
+                                "finishedAt": at(started + CRASH_RUN),
+                                "containerID": container_id(*run),
+                            }})
+                        }
+                        None => json!({}),
+                    };
+                    (
+                        json!({"running": {"startedAt": at(*since)}}),
+                        last_state,
+                        *restarts,
+                        ready_at.is_some(),
+                        true,
+                        Some(container_id(*restarts)),
+                        image_id,
+                    )
+                }
                 Life::Crashing(view) => {
                     let (reason, code) = if view.oom { ("OOMKilled", 137) } else { ("Error", 1) };
                     let run_start = |run: i64| START_AFTER + run as f64 * BACKOFF_PERIOD;
@@ -501,6 +549,35 @@ mod tests {
             life(&never, 100.0),
             Life::Running { ready_at: None, .. }
         ));
+    }
+
+    #[test]
+    fn a_pod_that_crashes_once_then_runs_keeps_its_restart_and_last_state() {
+        let b = Behaviour {
+            crash: Crash::OomKilled,
+            crashes: Some(1),
+            ..Behaviour::default()
+        };
+        assert!(matches!(life(&b, START_AFTER + 0.5), Life::Crashing(_)));
+        let after = START_AFTER + BACKOFF_PERIOD;
+        assert_eq!(
+            life(&b, after + 0.5),
+            Life::Running {
+                since: after,
+                ready_at: None,
+                restarts: 1,
+                last: Some((0, true)),
+            }
+        );
+        assert!(matches!(
+            life(&b, after + b.ready_after.as_secs_f64() + 0.5),
+            Life::Running {
+                ready_at: Some(_),
+                restarts: 1,
+                ..
+            }
+        ));
+        assert!(b.serves_http());
     }
 
     #[test]

@@ -104,7 +104,8 @@ pub fn load(toml: &str) -> Config {
 
 impl Scenario {
     /// A sim with `web` (3 × `web:v1`) rolled out in namespace `ns`, and a
-    /// daemon whose caches have synced.
+    /// daemon whose caches have synced. `{service}` in `extra` is replaced
+    /// with the URL of the Service in front of `web`.
     pub async fn start(ns: &str, prom: Prom<'_>, behaviours: Behaviours, extra: &str) -> Scenario {
         let (sim, client) = sim_with_web(ns, behaviours).await;
         let every_second = Duration::from_secs(1);
@@ -120,11 +121,14 @@ impl Scenario {
         let prometheus_url = prometheus_url.as_str();
         let audit_dir = tempfile::tempdir().expect("tempdir");
         let audit = audit_dir.path().join("audit.jsonl");
+        // `{service}` in `extra`: the URL of the Service in front of web.
+        let service = sim.service_url(ns, NAME).unwrap_or_default();
+        let extra = extra.replace("{service}", &service);
         let config = Arc::new(load(&config_toml(
             ns,
             prometheus_url,
             &audit.display().to_string(),
-            extra,
+            &extra,
         )));
         let app = App::new(config.clone(), client.clone());
         let admin = app.admin().clone();
