@@ -866,7 +866,7 @@ mod tests {
             subject.baseline,
             Some(BaselineRevision {
                 revision: 2,
-                pod_template_hash: "bbb".into()
+                pod_template_hash: "bbb".into(),
                 since: None,
             })
         );
