@@ -570,6 +570,7 @@ mod tests {
                 progress_deadline_exceeded: false,
                 pods: Vec::new(),
                 serving_others: Vec::new(),
+                previous_since: None,
                 warnings: Vec::new(),
             },
             subject: Subject {
