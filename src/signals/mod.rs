@@ -531,6 +531,24 @@ fn window_text(d: Duration) -> String {
     promql_duration(d)
 }
 
+impl BaselineNote {
+    /// Where a used baseline comes from, without its value: "baseline
+    /// revision 1 over 25s before the rollout" (and the older pods).
+    pub fn source(&self) -> String {
+        let mut text = match (self.revision, self.window) {
+            (Some(rev), Some(w)) => format!(
+                "baseline revision {rev} over {} before the rollout",
+                window_text(w)
+            ),
+            _ => "baseline".to_owned(),
+        };
+        if let Some(c) = &self.concurrent {
+            text.push_str(&format!("; {c}"));
+        }
+        text
+    }
+}
+
 impl fmt::Display for BaselineNote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.missing, self.revision, &self.value, self.window) {
@@ -645,13 +663,18 @@ impl SignalResult {
                     ..
                 },
                 _,
-            ) => {
-                let baseline = match threshold {
-                    Threshold::RatioToBaseline { .. } => *baseline,
-                    _ => None,
-                };
-                describe_failure(&label, measured, threshold, baseline)
-            }
+            ) => match threshold {
+                // The text names the baseline's value already: say only
+                // where it comes from.
+                Threshold::RatioToBaseline { .. } if note.missing.is_none() => {
+                    let text = describe_failure(&label, measured, threshold, *baseline);
+                    return format!("{text} ({})", note.source());
+                }
+                Threshold::RatioToBaseline { .. } => {
+                    describe_failure(&label, measured, threshold, *baseline)
+                }
+                _ => describe_failure(&label, measured, threshold, None),
+            },
             (outcome, _) => outcome.describe(&self.signal),
         };
         format!("{text} ({note})")
