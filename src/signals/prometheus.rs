@@ -410,7 +410,7 @@ impl PrometheusSource {
             }
         );
         let (base_value, note) = match (&baseline, base) {
-            (Err(missing), _) => (None, missing.clone()),
+            (Err(missing), _) => (None, BaselineNote::clone(missing)),
             (Ok(_), Some((rev, window, Ok(b)))) => (
                 Some(b.ratio),
                 BaselineNote::used(
@@ -568,7 +568,7 @@ impl PrometheusSource {
                 || matches!(rate, Some(Err(QueryError::Empty)))
         };
         let (base_value, note) = match (&baseline, base) {
-            (Err(missing), _) => (None, missing.clone()),
+            (Err(missing), _) => (None, BaselineNote::clone(missing)),
             (Ok((rev, window)), Some((value, rate))) => match (value, &rate) {
                 _ if too_quiet(&rate) => (
                     None,
@@ -790,7 +790,7 @@ pub const MIN_BASELINE_WINDOW: Duration = Duration::from_secs(20);
 /// (one-sided: z = 2.326 is 99 %): the smallest true error ratio still
 /// consistent with what was seen. Zero for no requests.
 pub fn wilson_lower(errors: f64, n: f64, z: f64) -> f64 {
-    if !(n > 0.0) || !errors.is_finite() {
+    if n.is_nan() || n <= 0.0 || !errors.is_finite() {
         return 0.0;
     }
     let p = (errors / n).clamp(0.0, 1.0);
@@ -853,17 +853,23 @@ pub fn baseline_window(
 
 /// Which baseline to query: the previous revision and its window, or the
 /// note saying why there is none.
-fn baseline_plan(subject: &Subject, lookback: Duration) -> Result<(i64, Duration), BaselineNote> {
+fn baseline_plan(
+    subject: &Subject,
+    lookback: Duration,
+) -> Result<(i64, Duration), Box<BaselineNote>> {
     let Some(prev) = &subject.baseline else {
-        return Err(BaselineNote::missing(None, "no previous revision"));
+        return Err(Box::new(BaselineNote::missing(
+            None,
+            "no previous revision",
+        )));
     };
     baseline_window(lookback, subject.rollout_started, prev.since)
         .map(|w| (prev.revision, w))
         .map_err(|why| {
-            BaselineNote::missing(
+            Box::new(BaselineNote::missing(
                 Some(prev.revision),
                 format!("revision {} {why}", prev.revision),
-            )
+            ))
         })
 }
 
