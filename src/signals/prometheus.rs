@@ -640,14 +640,19 @@ impl PrometheusSource {
             _ => None,
         };
         let outcome = if too_quiet(&rate) {
-            let rate = match &rate {
-                Some(Ok(r)) => format!("{r:.2} req/s"),
-                _ => format!("no requests since {}", hms(from)),
-            };
-            Outcome::inconclusive(format!(
-                "revision {}: {rate}, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
-                subject.revision
-            ))
+            match &rate {
+                Some(Ok(r)) => Outcome::inconclusive(format!(
+                    "revision {}: {r:.2} req/s, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
+                    subject.revision
+                )),
+                _ => Outcome::inconclusive(format!(
+                    "revision {}: no new samples since {} ({}: {})",
+                    subject.revision,
+                    hms(from),
+                    CURRENT.total,
+                    QueryError::Empty
+                )),
+            }
         } else if let Some(n) = requests.filter(|n| *n < min_requests) {
             Outcome::inconclusive(format!(
                 "revision {}: {} requests since {}, fewer than latency.min_requests {}: too few for a latency figure",
@@ -782,8 +787,9 @@ struct Counts {
 pub const Z_99: f64 = 2.326;
 
 /// The shortest life of a previous revision before the rollout that makes
-/// a baseline: a shorter window holds too few scrapes (two at a 10 s
-/// scrape interval) to be a rate of anything.
+/// a baseline (or the whole `baseline_lookback` when that is shorter: the
+/// user asked for no more): a shorter window holds too few scrapes (two at
+/// a 10 s scrape interval) to be a rate of anything.
 pub const MIN_BASELINE_WINDOW: Duration = Duration::from_secs(20);
 
 /// The Wilson score lower bound of a proportion `errors / n` at `z`
@@ -828,8 +834,8 @@ pub fn measured_span(
 /// The window of the baseline query, evaluated at the rollout's start:
 /// `lookback`, but never reaching back before the previous revision
 /// started serving (`previous_since`; unknown: `lookback`). A previous
-/// revision that served less than [`MIN_BASELINE_WINDOW`] is too young to
-/// be a baseline: `Err(why)`.
+/// revision that served less than [`MIN_BASELINE_WINDOW`] (or `lookback`
+/// if shorter) is too young to be a baseline: `Err(why)`.
 pub fn baseline_window(
     lookback: Duration,
     rollout_started: Timestamp,
@@ -840,12 +846,13 @@ pub fn baseline_window(
     };
     let lived_ms = rollout_started.duration_since(since).as_millis();
     let lived = Duration::from_millis(u64::try_from(lived_ms.max(0)).unwrap_or(u64::MAX));
-    if lived < MIN_BASELINE_WINDOW {
+    let shortest = MIN_BASELINE_WINDOW.min(lookback);
+    if lived < shortest {
         return Err(format!(
-            "it served only {} before the rollout (since {}), too young to be a baseline (at least {})",
+            "served only {} before the rollout (since {}), too young to be a baseline (at least {})",
             promql_duration(lived),
             hms(since),
-            promql_duration(MIN_BASELINE_WINDOW)
+            promql_duration(shortest)
         ));
     }
     Ok(lived.min(lookback))
@@ -1371,6 +1378,15 @@ mod tests {
             baseline_window(lookback, start, Some(ts("2026-01-01T09:59:35Z"))),
             Ok(Duration::from_secs(25))
         );
+        // A lookback shorter than the minimum is what the user asked for.
+        assert_eq!(
+            baseline_window(
+                Duration::from_secs(10),
+                start,
+                Some(ts("2026-01-01T09:59:50Z"))
+            ),
+            Ok(Duration::from_secs(10))
+        );
         assert_eq!(
             baseline_window(lookback, start, Some(ts("2026-01-01T08:00:00Z"))),
             Ok(lookback)
@@ -1378,7 +1394,7 @@ mod tests {
         let young = baseline_window(lookback, start, Some(ts("2026-01-01T09:59:50Z")));
         assert_eq!(
             young,
-            Err("it served only 10s before the rollout (since 09:59:50), too young to be a baseline (at least 20s)".into())
+            Err("served only 10s before the rollout (since 09:59:50), too young to be a baseline (at least 20s)".into())
         );
     }
 
