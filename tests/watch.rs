@@ -128,13 +128,19 @@ async fn a_revision_more_than_50_percent_slower_than_its_baseline_is_bad() {
     let baseline = baseline.expect("the baseline is shown");
     assert!((0.09..0.14).contains(&baseline), "baseline {baseline}");
     let ratio = measured.value / baseline;
-    assert!((1.45..1.8).contains(&ratio), "ratio {ratio}");
+    // 1.6× in truth; a tick now measures only the requests since the last
+    // counted one (a second or two, ~120 requests), so the quantile of the
+    // span varies more than over a 10s window did.
+    assert!((1.45..2.1).contains(&ratio), "ratio {ratio}");
+    // No errors in this scenario: a Pass, or Inconclusive on a tick whose
+    // span held no new scrape (issue 12), never a Fail.
     assert!(
         matches!(
             result_of(last, &SignalId::ErrorRate),
-            Some(Outcome::Pass { .. })
+            Some(Outcome::Pass { .. } | Outcome::Inconclusive { .. })
         ),
-        "no errors in this scenario"
+        "no errors in this scenario: {:?}",
+        result_of(last, &SignalId::ErrorRate)
     );
     let reason = &last.judgement.as_ref().expect("judged").reasons[0].sentence;
     assert!(reason.contains("baseline"), "{reason}");
