@@ -18,7 +18,9 @@ use rollback_watchdog::report::incident::{Incident, IncidentSink, RevisionRef, T
 use rollback_watchdog::report::notify::{
     self, DeliveryOutcome, DeliveryResult, FileLedger, MetricsObserver, Notifier, RetryPolicy,
 };
-use rollback_watchdog::signals::{Measurement, Outcome, SignalId, SignalResult, Threshold};
+use rollback_watchdog::signals::{
+    BaselineNote, Measurement, Outcome, SignalId, SignalResult, Threshold,
+};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -60,7 +62,14 @@ fn failing_signals() -> Vec<SignalResult> {
                 sentence: "30.2 % of requests fail".into(),
             },
             ts("2025-03-01T12:04:10Z"),
-        ),
+        )
+        .with_requests(4800.0)
+        .with_baseline_note(BaselineNote::used(
+            3,
+            Measurement::ratio(0.001),
+            std::time::Duration::from_secs(25),
+            ts("2025-03-01T12:00:00Z"),
+        )),
         SignalResult::new(
             SignalId::Latency,
             Outcome::Fail {
@@ -73,7 +82,13 @@ fn failing_signals() -> Vec<SignalResult> {
                 sentence: "p99 latency is 1.6 times the baseline".into(),
             },
             ts("2025-03-01T12:04:10Z"),
-        ),
+        )
+        .with_baseline_note(BaselineNote::used(
+            3,
+            Measurement::seconds(0.4),
+            std::time::Duration::from_secs(25),
+            ts("2025-03-01T12:00:00Z"),
+        )),
     ]
 }
 
@@ -311,7 +326,7 @@ fn on_call_reads_what_happened_and_whether_they_still_have_a_problem() {
         "{ok}"
     );
     assert!(
-        ok.contains("error ratio 30.2 % &gt; max 5.0 % (baseline 0.1 %)"),
+        ok.contains("error ratio 30.2 % &gt; max 5.0 % (baseline revision 3: 0.1 % over 25s before the rollout)"),
         "{ok}"
     );
     assert!(ok.contains("*Time to detect*\n4 min 12 s"), "{ok}");

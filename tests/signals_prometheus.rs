@@ -17,7 +17,8 @@ use rollback_watchdog::config::{Config, Loader};
 use rollback_watchdog::signals::health::HealthProber;
 use rollback_watchdog::signals::prometheus::PrometheusSource;
 use rollback_watchdog::signals::{
-    evaluate_all, BaselineRevision, Outcome, SignalId, SignalResult, Signals, Subject, Threshold,
+    evaluate_all, BaselineRevision, Outcome, ServingRevision, SignalId, SignalResult, Signals,
+    Subject, Threshold,
 };
 use rollback_watchdog::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
 
@@ -120,6 +121,8 @@ struct Times {
     t0: i64,
     rollout: i64,
     now: i64,
+    /// The rollout of issue 12's fine-grained scenarios.
+    r2: i64,
 }
 
 impl Times {
@@ -129,6 +132,7 @@ impl Times {
             t0,
             rollout: t0 + 3600,
             now: t0 + 3600 + 50 * 60,
+            r2: t0 + 90 * 60,
         }
     }
     fn ts(s: i64) -> Timestamp {
@@ -153,7 +157,9 @@ fn openmetrics(times: Times) -> String {
         }
     }
     let samples = |from: i64, to: i64| (from..=to).step_by(STEP as usize);
+    let (fine_counters, fine_histograms) = fine_openmetrics(times);
     let mut om = String::from("# TYPE http_requests counter\n");
+    om.push_str(&fine_counters);
     for (ns, pod, t, from, to) in &pods {
         let mut codes = vec![("200", 1.0 - t.error_ratio)];
         if t.error_series {
@@ -170,6 +176,7 @@ fn openmetrics(times: Times) -> String {
         }
     }
     om.push_str("# TYPE http_request_duration_seconds histogram\n");
+    om.push_str(&fine_histograms);
     for (ns, pod, t, from, to) in &pods {
         let labels = format!("namespace=\"{ns}\",pod=\"{pod}\"");
         for bound in BOUNDS.iter().map(|b| b.to_string()).chain(["+Inf".into()]) {
@@ -200,6 +207,153 @@ fn openmetrics(times: Times) -> String {
     }
     om.push_str("# EOF\n");
     om
+}
+
+/// Issue 12's scenarios, sampled every second around a second rollout
+/// time `r2` so that spans of a few seconds hold samples. Each pod:
+/// namespace, name, requests/s, error ratio at a second relative to `r2`,
+/// latency (uniform up to, seconds) if it exports a histogram, and the
+/// seconds relative to `r2` it serves.
+struct FinePod {
+    namespace: &'static str,
+    pod: &'static str,
+    rate: f64,
+    error_ratio: fn(i64) -> f64,
+    latency: Option<f64>,
+    from: i64,
+    to: i64,
+}
+
+/// 100 % errors for 5 s, a minute after the rollout.
+fn burst(t: i64) -> f64 {
+    if (60..65).contains(&t) {
+        1.0
+    } else {
+        0.001
+    }
+}
+
+/// Old and new pods alike: 30 % errors from a minute after the rollout.
+fn outage(t: i64) -> f64 {
+    if t >= 60 {
+        0.3
+    } else {
+        0.001
+    }
+}
+
+fn fine_pods() -> Vec<FinePod> {
+    let pod = |namespace, pod, rate, error_ratio: fn(i64) -> f64, from, to| FinePod {
+        namespace,
+        pod,
+        rate,
+        error_ratio,
+        latency: None,
+        from,
+        to,
+    };
+    let healthy: fn(i64) -> f64 = |_| 0.001;
+    let clean: fn(i64) -> f64 = |_| 0.0;
+    let three: fn(i64) -> f64 = |_| 0.03;
+    let thirty: fn(i64) -> f64 = |_| 0.3;
+    let thirteen: fn(i64) -> f64 = |_| 13.0 / 1200.0;
+    let mut pods = vec![
+        pod("burst", "web-aaa-1", 20.0, healthy, -300, 0),
+        pod("sig13", "web-aaa-1", 20.0, clean, -300, 0),
+        pod("sig3", "web-aaa-1", 20.0, healthy, -300, 0),
+        pod("outage", "web-aaa-1", 20.0, outage, -300, 300),
+        pod("outage", "web-aaa-2", 20.0, outage, -300, 300),
+        pod("canary", "web-aaa-1", 20.0, healthy, -300, 300),
+        pod("canary", "web-aaa-2", 20.0, healthy, -300, 300),
+    ];
+    for name in ["web-bbb-1", "web-bbb-2", "web-bbb-3"] {
+        pods.push(pod("burst", name, 20.0, burst, 0, 300));
+        pods.push(pod("sig3", name, 20.0, three, 0, 300));
+        // The previous revision served only 25 s before this rollout.
+        pods.push(FinePod {
+            latency: Some(BASE_LATENCY),
+            ..pod("close", name, 20.0, three, 0, 300)
+        });
+    }
+    for name in ["web-aaa-1", "web-aaa-2", "web-aaa-3"] {
+        pods.push(FinePod {
+            latency: Some(BASE_LATENCY),
+            ..pod("close", name, 20.0, healthy, -25, 0)
+        });
+    }
+    for name in ["web-bbb-1", "web-bbb-2"] {
+        pods.push(pod("sig13", name, 20.0, thirteen, 0, 300));
+        pods.push(pod("outage", name, 20.0, outage, 0, 300));
+        pods.push(pod("canary", name, 20.0, thirty, 0, 300));
+        pods.push(FinePod {
+            latency: Some(BASE_LATENCY),
+            ..pod("lowlat", name, 1.5, healthy, 0, 300)
+        });
+    }
+    pods.push(FinePod {
+        latency: Some(BASE_LATENCY),
+        ..pod("lowlat", "web-aaa-1", 20.0, healthy, -300, 0)
+    });
+    pods
+}
+
+/// The counter lines and the histogram lines of [`fine_pods`], every second.
+fn fine_openmetrics(times: Times) -> (String, String) {
+    use std::fmt::Write;
+    let (mut counters, mut histograms) = (String::new(), String::new());
+    for p in fine_pods() {
+        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+        let (mut n_ok, mut n_err) = (0.0, 0.0);
+        for t in p.from..=p.to {
+            ok.push((t, n_ok));
+            errors.push((t, n_err));
+            let e = (p.error_ratio)(t);
+            n_ok += p.rate * (1.0 - e);
+            n_err += p.rate * e;
+        }
+        for (code, series) in [("200", &ok), ("500", &errors)] {
+            for (t, n) in series {
+                let _ = writeln!(
+                    counters,
+                    "http_requests_total{{namespace=\"{}\",pod=\"{}\",code=\"{code}\"}} {n} {}",
+                    p.namespace,
+                    p.pod,
+                    times.r2 + t
+                );
+            }
+        }
+        let Some(latency) = p.latency else { continue };
+        let labels = format!("namespace=\"{}\",pod=\"{}\"", p.namespace, p.pod);
+        for bound in BOUNDS.iter().map(|b| b.to_string()).chain(["+Inf".into()]) {
+            let share = match bound.parse::<f64>() {
+                Ok(b) if b.is_finite() => (b / latency).min(1.0),
+                _ => 1.0,
+            };
+            for t in p.from..=p.to {
+                let n = p.rate * (t - p.from) as f64 * share;
+                let _ = writeln!(
+                    histograms,
+                    "http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n} {}",
+                    times.r2 + t
+                );
+            }
+        }
+        for t in p.from..=p.to {
+            let n = p.rate * (t - p.from) as f64;
+            let _ = writeln!(
+                histograms,
+                "http_request_duration_seconds_count{{{labels}}} {n} {}",
+                times.r2 + t
+            );
+            let _ = writeln!(
+                histograms,
+                "http_request_duration_seconds_sum{{{labels}}} {} {}",
+                n * latency / 2.0,
+                times.r2 + t
+            );
+        }
+    }
+    (counters, histograms)
 }
 
 const RULES: &str = r#"
@@ -260,6 +414,43 @@ impl Ctx {
 
     fn now(&self) -> Timestamp {
         Times::ts(self.times.now)
+    }
+
+    /// A subject of the fine-grained scenarios: revision 2 rolled out at
+    /// `r2`, revision 1 serving since `r2 + previous_since` seconds.
+    fn fine_subject(&self, namespace: &str, previous_since: Option<i64>) -> Subject {
+        let mut s = self.subject(namespace);
+        s.rollout_started = Times::ts(self.times.r2);
+        if let Some(b) = s.baseline.as_mut() {
+            b.since = previous_since.map(|t| Times::ts(self.times.r2 + t));
+        }
+        s
+    }
+
+    /// `r2 + secs` seconds, at millisecond precision.
+    fn at(&self, secs: f64) -> Timestamp {
+        let ms = (self.times.r2 as f64 * 1000.0 + secs * 1000.0).round() as i64;
+        Timestamp::from_millisecond(ms).expect("a valid time")
+    }
+
+    /// The error ratio at `r2 + at`, with the last counted result at
+    /// `r2 + counted` (none: the first tick).
+    async fn fine_error_rate(
+        &self,
+        subject: &Subject,
+        at: f64,
+        counted: Option<f64>,
+    ) -> SignalResult {
+        let mut subject = subject.clone();
+        if let Some(c) = counted {
+            subject
+                .counted_until
+                .insert(SignalId::ErrorRate, self.at(c));
+        }
+        let policy = &self.config.defaults.error_rate;
+        self.source
+            .error_rate(policy, &subject, "test", self.at(at))
+            .await
     }
 
     async fn error_rate(&self, namespace: &str) -> SignalResult {
@@ -325,6 +516,152 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-6 * b.abs().max(1.0)
 }
 
+fn expect_fail_describing(r: &SignalResult, text: &str) -> Check {
+    fail_parts(r)?;
+    if r.describe() == text {
+        Ok(())
+    } else {
+        Err(format!("describe: {}\n  expected: {text}", r.describe()))
+    }
+}
+
+async fn a_burst_is_counted_once_the_next_tick_measures_only_new_requests(c: &Ctx) -> Check {
+    let s = c.fine_subject("burst", Some(-300));
+    // The tick whose span (60 s, 75 s] holds the 5 s burst fails once...
+    let first = c.fine_error_rate(&s, 75.0, Some(60.0)).await;
+    let (value, _, _, sentence) = fail_parts(&first)?;
+    if !(0.3..0.37).contains(&value) || !sentence.contains("of 900 requests") {
+        return Err(format!("first tick: {value}, {sentence}"));
+    }
+    if first.span_from != Some(c.at(60.0)) || first.at != c.at(75.0) {
+        return Err(format!("span {:?} .. {}", first.span_from, first.at));
+    }
+    // ...the next one, counted from there, no longer sees it.
+    let second = c.fine_error_rate(&s, 90.0, Some(75.0)).await;
+    expect_pass(&second)?;
+    if !second
+        .describe()
+        .starts_with("error ratio 0.100 % of 900 requests, passing")
+    {
+        return Err(format!("second tick: {}", second.describe()));
+    }
+    // A span too short to hold two samples is no evidence either way.
+    let short = c.fine_error_rate(&s, 90.0, Some(89.5)).await;
+    expect_inconclusive(&short, "no new samples since")
+}
+
+async fn thirteen_errors_in_1200_requests_against_a_zero_baseline_are_not_a_fail(c: &Ctx) -> Check {
+    let s = c.fine_subject("sig13", Some(-300));
+    let r = c.fine_error_rate(&s, 180.0, Some(150.0)).await;
+    expect_inconclusive(
+        &r,
+        "1.08 % of 1,200 requests is above the 1.00 % limit (2× the baseline 0.0 % and the floor 1.0 %), but not significantly: 99 % lower bound 0.58 %",
+    )
+}
+
+async fn three_percent_against_a_tenth_of_a_percent_over_300_requests_fails(c: &Ctx) -> Check {
+    let s = c.fine_subject("sig3", Some(-300));
+    let r = c.fine_error_rate(&s, 180.0, Some(175.0)).await;
+    let (value, threshold, baseline, sentence) = fail_parts(&r)?;
+    if !close(value, 0.03) || !baseline.is_some_and(|b| close(b, 0.001)) {
+        return Err(format!("measured {value}, baseline {baseline:?}"));
+    }
+    if !matches!(threshold, Threshold::RatioToBaseline { .. }) {
+        return Err(format!("threshold {threshold:?}"));
+    }
+    if !sentence.contains("3.0 % of 300 requests to revision 2 fail") {
+        return Err(format!("sentence: {sentence}"));
+    }
+    Ok(())
+}
+
+async fn close_deploys_keep_their_baseline_and_three_percent_against_a_tenth_fails(
+    c: &Ctx,
+) -> Check {
+    // Revision 1 served 25 s before revision 2 rolled out.
+    let s = c.fine_subject("close", Some(-25));
+    let r = c.fine_error_rate(&s, 180.0, Some(165.0)).await;
+    expect_fail_describing(
+        &r,
+        "error ratio 3.0 % > 2× baseline 0.100 % (30.00×, floor 1.0 %) (baseline revision 1 over 25s before the rollout)",
+    )?;
+    // Not knowing when it started, a 30m lookback dilutes it below
+    // min_request_rate: the relative test is skipped, and says so.
+    let diluted = c
+        .fine_error_rate(&c.fine_subject("close", None), 180.0, Some(165.0))
+        .await;
+    expect_pass(&diluted)?;
+    if !diluted
+        .describe()
+        .contains("(no baseline: revision 1: traffic")
+    {
+        return Err(format!("diluted: {}", diluted.describe()));
+    }
+    // A passing latency tick shows the baseline it compared with.
+    let mut s = s;
+    s.counted_until.insert(SignalId::Latency, c.at(165.0));
+    let latency = c
+        .source
+        .latency(
+            &c.config.defaults.latency,
+            Some(&c.config.defaults.error_rate),
+            &s,
+            "test",
+            c.at(180.0),
+        )
+        .await;
+    expect_pass(&latency)?;
+    let text = latency.describe();
+    if text != "latency 190 ms of 900 requests, passing (baseline revision 1: 190 ms over 25s before the rollout)" {
+        return Err(format!("latency: {text}"));
+    }
+    Ok(())
+}
+
+fn serving_old(mut s: Subject, pods: u32) -> Subject {
+    s.serving_others = vec![ServingRevision {
+        revision: 1,
+        pod_template_hash: "aaa".into(),
+        ready_pods: pods,
+    }];
+    s
+}
+
+async fn a_downstream_outage_hurting_old_and_new_pods_alike_is_not_blamed_on_the_new_revision(
+    c: &Ctx,
+) -> Check {
+    let s = serving_old(c.fine_subject("outage", Some(-300)), 2);
+    let r = c.fine_error_rate(&s, 120.0, Some(105.0)).await;
+    expect_inconclusive(
+        &r,
+        "older pods fail alike over the same span (30.0 % of 600 requests for revision 1 vs 30.0 % for revision 2): not blamed on revision 2",
+    )?;
+    // The same errors on the new pods only are theirs.
+    let s = serving_old(c.fine_subject("canary", Some(-300)), 2);
+    let r = c.fine_error_rate(&s, 120.0, Some(105.0)).await;
+    expect_fail_describing(
+        &r,
+        "error ratio 30.0 % > max 5.0 % (baseline revision 1: 0.100 % over 5m before the rollout; older pods (revision 1) over the same span: 0.1 % of 600 requests)",
+    )
+}
+
+async fn latency_over_too_few_requests_is_inconclusive(c: &Ctx) -> Check {
+    let mut s = c.fine_subject("lowlat", Some(-300));
+    s.counted_until.insert(SignalId::Latency, c.at(165.0));
+    let r = c
+        .source
+        .latency(
+            &c.config.defaults.latency,
+            Some(&c.config.defaults.error_rate),
+            &s,
+            "test",
+            c.at(180.0),
+        )
+        .await;
+    expect_inconclusive(&r, "45 requests since")?;
+    expect_inconclusive(&r, "fewer than latency.min_requests 100")
+}
+
 async fn thirty_percent_errors_fail_naming_the_ratio_and_the_max(c: &Ctx) -> Check {
     let r = c.error_rate("errors30").await;
     let (value, threshold, baseline, sentence) = fail_parts(&r)?;
@@ -338,7 +675,9 @@ async fn thirty_percent_errors_fail_naming_the_ratio_and_the_max(c: &Ctx) -> Che
         return Err(format!("baseline {baseline:?}, expected 0.001"));
     }
     let text = r.describe();
-    if text != "error ratio 30.0 % > max 5.0 % (baseline 0.1 %)" {
+    if text
+        != "error ratio 30.0 % > max 5.0 % (baseline revision 1: 0.1 % over 30m before the rollout)"
+    {
         return Err(format!("describe: {text}"));
     }
     if !(sentence.contains("30.0 %")
@@ -401,7 +740,7 @@ async fn latency_one_point_six_times_the_baseline_fails_showing_the_baseline_at_
         return Err(format!("threshold {threshold:?}"));
     }
     let text = r.describe();
-    if text != "latency 304 ms > 1.5× baseline 190 ms (1.60×, floor 50 ms)" {
+    if text != "latency 304 ms > 1.5× baseline 190 ms (1.60×, floor 50 ms) (baseline revision 1 over 30m before the rollout)" {
         return Err(format!("describe: {text}"));
     }
     let started = Times::ts(c.times.rollout)
@@ -731,6 +1070,12 @@ fn prometheus_signals_against_backfilled_data() {
             an_unreachable_prometheus_is_inconclusive_for_every_prometheus_signal,
             a_prometheus_that_never_answers_is_inconclusive_and_the_pod_signal_still_judges,
             the_bearer_token_is_read_per_query_and_headers_are_sent,
+            a_burst_is_counted_once_the_next_tick_measures_only_new_requests,
+            thirteen_errors_in_1200_requests_against_a_zero_baseline_are_not_a_fail,
+            three_percent_against_a_tenth_of_a_percent_over_300_requests_fails,
+            close_deploys_keep_their_baseline_and_three_percent_against_a_tenth_fails,
+            a_downstream_outage_hurting_old_and_new_pods_alike_is_not_blamed_on_the_new_revision,
+            latency_over_too_few_requests_is_inconclusive,
         ];
         let filter = std::env::var("SIGNAL_CASE").unwrap_or_default();
         let mut failures = Vec::new();

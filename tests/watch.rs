@@ -71,15 +71,14 @@ async fn a_revision_with_critical_errors_is_judged_bad_naming_the_error_ratio() 
     s.deploy("web:v2-errors").await;
     let seen = s.tick_until_bad(40).await;
     let last = seen.last().expect("ticks");
-    // Three consecutive failing ticks of the error ratio, not fewer.
+    // Three consecutive failing ticks of the error ratio, not fewer. A
+    // tick whose span held no new scrape is Inconclusive and neither
+    // counts nor resets (issue 12: each tick measures only new requests).
     let failing: Vec<bool> = seen
         .iter()
-        .map(|e| {
-            matches!(
-                result_of(e, &SignalId::ErrorRate),
-                Some(Outcome::Fail { .. })
-            )
-        })
+        .filter_map(|e| result_of(e, &SignalId::ErrorRate))
+        .filter(|o| !o.is_inconclusive())
+        .map(|o| o.is_fail())
         .collect();
     assert!(failing.ends_with(&[true, true, true]), "{failing:?}");
     let Some(Outcome::Fail { measured, .. }) = result_of(last, &SignalId::ErrorRate) else {
@@ -143,13 +142,19 @@ async fn a_revision_more_than_50_percent_slower_than_its_baseline_is_bad() {
     let baseline = baseline.expect("the baseline is shown");
     assert!((0.09..0.14).contains(&baseline), "baseline {baseline}");
     let ratio = measured.value / baseline;
-    assert!((1.45..1.8).contains(&ratio), "ratio {ratio}");
+    // 1.6× in truth; a tick now measures only the requests since the last
+    // counted one (a second or two, ~120 requests), so the quantile of the
+    // span varies more than over a 10s window did.
+    assert!((1.45..2.1).contains(&ratio), "ratio {ratio}");
+    // No errors in this scenario: a Pass, or Inconclusive on a tick whose
+    // span held no new scrape (issue 12), never a Fail.
     assert!(
         matches!(
             result_of(last, &SignalId::ErrorRate),
-            Some(Outcome::Pass { .. })
+            Some(Outcome::Pass { .. } | Outcome::Inconclusive { .. })
         ),
-        "no errors in this scenario"
+        "no errors in this scenario: {:?}",
+        result_of(last, &SignalId::ErrorRate)
     );
     let reason = &last.judgement.as_ref().expect("judged").reasons[0].sentence;
     assert!(reason.contains("baseline"), "{reason}");

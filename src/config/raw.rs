@@ -119,6 +119,7 @@ pub(crate) struct RawLatency {
     pub max: Option<DurationStr>,
     pub window: Option<DurationStr>,
     pub baseline_lookback: Option<DurationStr>,
+    pub min_requests: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

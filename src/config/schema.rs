@@ -155,6 +155,9 @@ pub struct LatencyPolicy {
     pub window: Duration,
     #[serde(serialize_with = "duration")]
     pub baseline_lookback: Duration,
+    /// Requests (counted by the error-rate `total_query`) a span must hold
+    /// for its quantile to be a latency figure; fewer is Inconclusive.
+    pub min_requests: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

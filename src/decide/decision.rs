@@ -590,6 +590,7 @@ mod tests {
                 pods: Vec::new(),
                 serving_others: Vec::new(),
                 pods_seen_at: None,
+                previous_since: None,
                 warnings: Vec::new(),
             },
             subject: Subject {

@@ -14,7 +14,13 @@
 //!   the latest spec (a paused Deployment), the one whose revision the
 //!   Deployment's `deployment.kubernetes.io/revision` names. Otherwise the
 //!   rollout is pending and nothing is judged.
-//! - previous revision (the baseline): the highest older revision.
+//! - previous revision (the baseline): the highest older revision. When
+//!   it started serving ([`BaselineRevision::since`], so its baseline
+//!   window never reaches back before it): the switch to it as this
+//!   process saw it (the [`Tracker`]'s record of the revision current
+//!   before the last switch); else its ReplicaSet's creation if that was
+//!   not reused; else the creation of its oldest pod still there; else
+//!   unknown (the baseline then looks back the whole `baseline_lookback`).
 //! - rollout start: the ReplicaSet's `creationTimestamp` for a new one. A
 //!   reused ReplicaSet (`kubectl rollout undo`, which gives it revision
 //!   max+1 and a `revision-history` annotation) keeps its old creation
@@ -463,6 +469,9 @@ pub struct TargetState {
     /// When the pod watch was last known live, while it is not (None:
     /// live): the evidence time of `pods`.
     pub pods_seen_at: Option<jiff::Timestamp>,
+    /// When the previous revision started serving, if known (see the
+    /// module doc for how it is found).
+    pub previous_since: Option<jiff::Timestamp>,
     /// Problems to report (a malformed known-good record).
     pub warnings: Vec<String>,
 }
@@ -520,7 +529,10 @@ impl TargetState {
             pod_template_hash: current.pod_template_hash.clone(),
             images: current.images.clone(),
             rollout_started: self.rollout_started?,
-            baseline: self.previous().map(Revision::baseline),
+            baseline: self.previous().map(|p| BaselineRevision {
+                since: self.previous_since,
+                ..p.baseline()
+            }),
             pods: self.pods.iter().map(|p| Pod::clone(p)).collect(),
             progress_deadline_exceeded: self.progress_deadline_exceeded,
             serving_others: self.serving_others.clone(),
@@ -573,6 +585,9 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct Tracker {
     seen: HashMap<String, Seen>,
+    /// Per Deployment, the revision that was current before the last
+    /// switch this process saw: when it started is its baseline's start.
+    before: HashMap<String, Seen>,
     written: HashMap<String, KnownGood>,
 }
 
@@ -625,6 +640,13 @@ impl Tracker {
             }
             Rollout::Pending { .. } => Vec::new(),
         };
+        let previous_since = match &rollout {
+            Rollout::Known {
+                previous: Some(previous),
+                ..
+            } => self.previous_since(&uid, previous, snapshot, &target.namespace),
+            _ => None,
+        };
         TargetState {
             namespace: target.namespace.clone(),
             deployment: target.name.clone(),
@@ -639,9 +661,33 @@ impl Tracker {
             progress_deadline_exceeded: progress_deadline_exceeded(d),
             serving_others,
             pods_seen_at: snapshot.pods_stalled_since(&target.namespace),
+            previous_since,
             pods,
             warnings,
         }
+    }
+
+    /// When `previous` started serving: see the module doc.
+    fn previous_since(
+        &self,
+        uid: &str,
+        previous: &Revision,
+        snapshot: &Snapshot,
+        namespace: &str,
+    ) -> Option<jiff::Timestamp> {
+        if let Some(before) = self.before.get(uid) {
+            if before.number == previous.number && before.hash == previous.pod_template_hash {
+                return Some(before.started);
+            }
+        }
+        if let (Some(created), false) = (previous.created, previous.reused) {
+            return Some(created);
+        }
+        pods_of(snapshot, namespace, previous)
+            .iter()
+            .filter_map(|p| p.creation_timestamp())
+            .filter_map(|t| t.0.to_string().parse::<jiff::Timestamp>().ok())
+            .min()
     }
 
     fn switch_time(
@@ -656,7 +702,9 @@ impl Tracker {
             if p.number == current.number && p.hash == current.pod_template_hash {
                 return p.clone();
             }
+            self.before.insert(uid.to_owned(), p.clone());
         }
+        let previous = self.seen.get(uid);
         let seen = match (current.created, previous) {
             // A ReplicaSet made for this rollout: its creation is the start.
             (Some(created), _) if !current.reused => Seen {
@@ -706,6 +754,7 @@ impl Tracker {
     /// Forgets Deployments no longer watched.
     pub fn retain(&mut self, live_uids: &std::collections::HashSet<String>) {
         self.seen.retain(|uid, _| live_uids.contains(uid));
+        self.before.retain(|uid, _| live_uids.contains(uid));
         self.written.retain(|uid, _| live_uids.contains(uid));
     }
 }
@@ -872,7 +921,8 @@ mod tests {
             Some(BaselineRevision {
                 revision: 2,
                 pod_template_hash: "bbb".into(),
-                since: None,
+                // Its own ReplicaSet's creation: it was not reused.
+                since: Some(ts("2026-11-27T09:00:00Z")),
             })
         );
         assert_eq!(subject.pods.len(), 1, "only the pods of revision 3");
@@ -992,6 +1042,46 @@ mod tests {
         // And the next tick keeps that start.
         let later = tracker.observe(&t2, &after, ts("2026-11-27T12:05:00Z"));
         assert_eq!(later.rollout_started, Some(now));
+    }
+
+    #[test]
+    fn the_baseline_starts_when_the_previous_revision_started_serving_even_when_reused() {
+        // Revision 4 is bbb brought back by an undo, seen live at 12:00:15;
+        // 40 s later revision 5 rolls out. Revision 4's baseline starts at
+        // the undo, not at bbb's ReplicaSet creation hours before.
+        let t3 = target(deployment("web:v3", true, json!({})), "15m");
+        let mut tracker = Tracker::new();
+        let before = Snapshot::from_objects([(*t3.deployment).clone()], three_revisions(), []);
+        tracker.observe(&t3, &before, ts("2026-11-27T12:00:00Z"));
+        let reused = replicaset(4, "bbb", "web:v2", "2026-11-27T09:00:00Z", Some("2"));
+        let t2 = target(deployment("web:v2", false, json!({})), "15m");
+        let rss = vec![
+            replicaset(1, "aaa", "web:v1", "2026-11-27T08:00:00Z", None),
+            reused.clone(),
+            replicaset(3, "ccc", "web:v3", "2026-11-27T10:00:00Z", None),
+        ];
+        let after = Snapshot::from_objects([(*t2.deployment).clone()], rss.clone(), []);
+        tracker.observe(&t2, &after, ts("2026-11-27T12:00:15Z"));
+
+        let t5 = target(deployment("web:v5", false, json!({})), "15m");
+        let mut rss5 = rss;
+        rss5.push(replicaset(5, "eee", "web:v5", "2026-11-27T12:00:55Z", None));
+        let pods = [pod("web-bbb-9", "bbb", "2026-11-27T12:00:20Z")];
+        let snap5 = Snapshot::from_objects([(*t5.deployment).clone()], rss5.clone(), pods.clone());
+        let s = tracker.observe(&t5, &snap5, ts("2026-11-27T12:01:00Z"));
+        let baseline = s.subject().and_then(|s| s.baseline).expect("a baseline");
+        assert_eq!(
+            (baseline.revision, baseline.since),
+            (4, Some(ts("2026-11-27T12:00:15Z")))
+        );
+
+        // A watchdog that did not see the undo: the oldest pod of revision 4.
+        let fresh = Tracker::new().observe(&t5, &snap5, ts("2026-11-27T12:01:00Z"));
+        assert_eq!(fresh.previous_since, Some(ts("2026-11-27T12:00:20Z")));
+        // Nor any pod of it: unknown, the baseline looks back in full.
+        let bare = Snapshot::from_objects([(*t5.deployment).clone()], rss5, []);
+        let none = Tracker::new().observe(&t5, &bare, ts("2026-11-27T12:01:00Z"));
+        assert_eq!(none.previous_since, None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::judge::Verdict;
-use crate::signals::{Outcome, SignalResult};
+use crate::signals::{BaselineNote, Outcome, SignalResult};
 
 /// Which part this replica plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -147,6 +147,54 @@ pub struct SignalStatus {
     /// Consecutive failing ticks counted so far.
     pub failing_ticks: u32,
     pub at: String,
+    /// Start of the span of requests the result covers (Prometheus signals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_from: Option<String>,
+    /// Requests in that span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// The baseline compared with, or why there is none: on every result
+    /// of a relative signal, passing or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineStatus>,
+}
+
+/// A [`BaselineNote`] for `/status`: the previous revision, its value,
+/// window and the instant it was evaluated at, or why it is missing; and
+/// the older pods over the same span while they serve.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaselineStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// As text (`0.1 %`, `190 ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `25s`, `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+    /// Older pods over the same span, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<String>,
+    /// The whole note in words, as in `detail`.
+    pub text: String,
+}
+
+impl From<&BaselineNote> for BaselineStatus {
+    fn from(n: &BaselineNote) -> Self {
+        BaselineStatus {
+            revision: n.revision,
+            value: n.value.as_ref().map(ToString::to_string),
+            window: n.window.map(|w| humantime::format_duration(w).to_string()),
+            evaluated_at: n.evaluated_at.map(|t| t.to_string()),
+            missing: n.missing.clone(),
+            concurrent: n.concurrent.as_ref().map(ToString::to_string),
+            text: n.to_string(),
+        }
+    }
 }
 
 impl SignalStatus {
@@ -163,6 +211,12 @@ impl SignalStatus {
             detail: result.describe(),
             failing_ticks,
             at: result.at.to_string(),
+            span_from: result.span_from.map(|t| t.to_string()),
+            requests: result
+                .requests
+                .filter(|n| n.is_finite() && *n >= 0.0)
+                .map(|n| n.round() as u64),
+            baseline: result.baseline_note.as_ref().map(BaselineStatus::from),
         }
     }
 }
@@ -319,6 +373,64 @@ mod tests {
         let json = serde_json::to_string(&report).unwrap();
         let back: StatusReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn a_passing_tick_shows_its_baseline_in_status_and_the_table() {
+        let at: jiff::Timestamp = "2026-11-27T10:05:00Z".parse().unwrap();
+        let started: jiff::Timestamp = "2026-11-27T10:00:00Z".parse().unwrap();
+        let pass = SignalResult::new(
+            SignalId::ErrorRate,
+            Outcome::pass_with(Measurement::ratio(0.004)),
+            at,
+        )
+        .over_span("2026-11-27T10:04:45Z".parse().unwrap())
+        .with_requests(1180.0)
+        .with_baseline_note(BaselineNote::used(
+            1,
+            Measurement::ratio(0.001),
+            std::time::Duration::from_secs(25),
+            started,
+        ));
+        let s = SignalStatus::from_result(&pass, 0);
+        assert_eq!(
+            s.detail,
+            "error ratio 0.4 % of 1,180 requests, passing (baseline revision 1: 0.1 % over 25s before the rollout)"
+        );
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["requests"], 1180);
+        assert_eq!(v["span_from"], "2026-11-27T10:04:45Z");
+        assert_eq!(v["baseline"]["revision"], 1);
+        assert_eq!(v["baseline"]["value"], "0.1 %");
+        assert_eq!(v["baseline"]["window"], "25s");
+        assert_eq!(v["baseline"]["evaluated_at"], "2026-11-27T10:00:00Z");
+
+        let young = SignalResult::new(
+            SignalId::ErrorRate,
+            Outcome::pass_with(Measurement::ratio(0.004)),
+            at,
+        )
+        .with_baseline_note(BaselineNote::missing(
+            Some(1),
+            "revision 1 served only 10s before the rollout",
+        ));
+        let s = SignalStatus::from_result(&young, 0);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["baseline"]["missing"],
+            "revision 1 served only 10s before the rollout"
+        );
+        let report = StatusReport {
+            targets: vec![TargetStatus {
+                signals: vec![s],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let table = render_table(&report);
+        assert!(
+            table.contains("passing (no baseline: revision 1 served only 10s before the rollout)"),
+            "{table}"
+        );
     }
 
     #[test]

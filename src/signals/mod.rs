@@ -416,6 +416,189 @@ pub struct SignalResult {
     /// Only from the pod signal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodsFinding>,
+    /// For a measurement over a span of requests: how many requests the
+    /// span held (rate × span), the evidence behind the figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<f64>,
+    /// For a relative criterion: the baseline compared with, its window,
+    /// or why there is none. Shown on every result that has one, passing
+    /// or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_note: Option<BaselineNote>,
+}
+
+/// The reference a relative signal compared with on one tick: the
+/// previous revision before the rollout (its value, over which window,
+/// evaluated when), or why it is missing; and, while older pods still
+/// serve, what they did over the same span.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineNote {
+    /// The previous revision; None for the first revision of a Deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Its value before the rollout; None when `missing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Measurement>,
+    /// The span the baseline query covered, ending at `evaluated_at`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_duration"
+    )]
+    pub window: Option<Duration>,
+    /// The rollout's start: the instant the baseline is evaluated at.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_timestamp"
+    )]
+    pub evaluated_at: Option<jiff::Timestamp>,
+    /// Why there is no baseline, and so no relative test against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+    /// Older pods over the same span as the new ones, while they serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<ConcurrentNote>,
+}
+
+/// What older revisions' pods did over the same span as the new pods.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConcurrentNote {
+    /// The older revisions still serving, newest first.
+    pub revisions: Vec<i64>,
+    /// Their value over the span; None when `skipped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Measurement>,
+    /// The requests they served in the span, when counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<f64>,
+    /// Why the comparison was not made (too few requests, a query error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+impl BaselineNote {
+    /// A baseline that was measured.
+    pub fn used(
+        revision: i64,
+        value: Measurement,
+        window: Duration,
+        evaluated_at: jiff::Timestamp,
+    ) -> Self {
+        BaselineNote {
+            revision: Some(revision),
+            value: Some(value),
+            window: Some(window),
+            evaluated_at: Some(evaluated_at),
+            missing: None,
+            concurrent: None,
+        }
+    }
+
+    /// No baseline, and why (`revision` when there is a previous one).
+    pub fn missing(revision: Option<i64>, why: impl Into<String>) -> Self {
+        BaselineNote {
+            revision,
+            value: None,
+            window: None,
+            evaluated_at: None,
+            missing: Some(why.into()),
+            concurrent: None,
+        }
+    }
+
+    pub fn with_concurrent(mut self, concurrent: Option<ConcurrentNote>) -> Self {
+        self.concurrent = concurrent;
+        self
+    }
+}
+
+/// A count of requests as a person reads it: `1,200`, `4.5`.
+pub fn requests_text(n: f64) -> String {
+    let rounded = n.round();
+    if (n - rounded).abs() > 0.05 && n < 100.0 {
+        return format!("{n:.1}");
+    }
+    let digits = format!("{:.0}", rounded.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1m30s`, `25s`, `1s500ms`: a window as people and PromQL write it.
+fn window_text(d: Duration) -> String {
+    promql_duration(d)
+}
+
+impl BaselineNote {
+    /// Where a used baseline comes from, without its value: "baseline
+    /// revision 1 over 25s before the rollout" (and the older pods).
+    pub fn source(&self) -> String {
+        let mut text = match (self.revision, self.window) {
+            (Some(rev), Some(w)) => format!(
+                "baseline revision {rev} over {} before the rollout",
+                window_text(w)
+            ),
+            _ => "baseline".to_owned(),
+        };
+        if let Some(c) = &self.concurrent {
+            text.push_str(&format!("; {c}"));
+        }
+        text
+    }
+}
+
+impl fmt::Display for BaselineNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.missing, self.revision, &self.value, self.window) {
+            (None, Some(rev), Some(value), Some(window)) => write!(
+                f,
+                "baseline revision {rev}: {value} over {} before the rollout",
+                window_text(window)
+            )?,
+            (Some(why), _, _, _) => write!(f, "no baseline: {why}")?,
+            _ => f.write_str("no baseline")?,
+        }
+        if let Some(c) = &self.concurrent {
+            write!(f, "; {c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ConcurrentNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let revs = revisions_text(&self.revisions);
+        match (&self.skipped, &self.value) {
+            (Some(why), _) => write!(f, "older pods ({revs}) not compared: {why}"),
+            (None, Some(v)) => match self.requests {
+                Some(n) => write!(
+                    f,
+                    "older pods ({revs}) over the same span: {v} of {} requests",
+                    requests_text(n)
+                ),
+                None => write!(f, "older pods ({revs}) over the same span: {v}"),
+            },
+            (None, None) => write!(f, "older pods ({revs}) not compared"),
+        }
+    }
+}
+
+/// `revision 1`, `revisions 3, 1`.
+pub fn revisions_text(revisions: &[i64]) -> String {
+    let list = revisions
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if revisions.len() == 1 {
+        format!("revision {list}")
+    } else {
+        format!("revisions {list}")
+    }
 }
 
 impl SignalResult {
@@ -426,7 +609,21 @@ impl SignalResult {
             at,
             span_from: None,
             pods: None,
+            requests: None,
+            baseline_note: None,
         }
+    }
+
+    /// The span held `n` requests.
+    pub fn with_requests(mut self, n: f64) -> Self {
+        self.requests = Some(n);
+        self
+    }
+
+    /// The baseline compared with, or why there is none.
+    pub fn with_baseline_note(mut self, note: BaselineNote) -> Self {
+        self.baseline_note = Some(note);
+        self
     }
 
     /// The result covers the requests after `from` up to its `at`.
@@ -440,9 +637,49 @@ impl SignalResult {
         self
     }
 
-    /// The outcome in one line, named by the signal.
+    /// The outcome in one line, named by the signal, with the requests
+    /// behind a passing figure and the baseline note when there is one:
+    /// "error ratio 0.4 % of 1,180 requests, passing (baseline revision 1:
+    /// 0.1 % over 25s before the rollout)".
     pub fn describe(&self) -> String {
-        self.outcome.describe(&self.signal)
+        let label = self.signal.label();
+        let Some(note) = &self.baseline_note else {
+            return match (&self.outcome, self.requests) {
+                (Outcome::Pass { measured: Some(m) }, Some(n)) => {
+                    format!("{label} {m} of {} requests, passing", requests_text(n))
+                }
+                _ => self.outcome.describe(&self.signal),
+            };
+        };
+        let text = match (&self.outcome, self.requests) {
+            (Outcome::Pass { measured: Some(m) }, Some(n)) => {
+                format!("{label} {m} of {} requests, passing", requests_text(n))
+            }
+            // The note names the baseline: the short "(baseline x)" would
+            // say it twice. The relative threshold's text needs the value.
+            (
+                Outcome::Fail {
+                    measured,
+                    threshold,
+                    baseline,
+                    ..
+                },
+                _,
+            ) => match threshold {
+                // The text names the baseline's value already: say only
+                // where it comes from.
+                Threshold::RatioToBaseline { .. } if note.missing.is_none() => {
+                    let text = describe_failure(&label, measured, threshold, *baseline);
+                    return format!("{text} ({})", note.source());
+                }
+                Threshold::RatioToBaseline { .. } => {
+                    describe_failure(&label, measured, threshold, *baseline)
+                }
+                _ => describe_failure(&label, measured, threshold, None),
+            },
+            (outcome, _) => outcome.describe(&self.signal),
+        };
+        format!("{text} ({note})")
     }
 }
 
@@ -455,6 +692,14 @@ impl fmt::Display for SignalResult {
 /// RFC 3339, as every other timestamp in `/status` and the audit log.
 pub(crate) fn timestamp<S: Serializer>(ts: &jiff::Timestamp, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(ts)
+}
+
+/// A duration as `/status` shows durations (`25s`, `30m`).
+fn opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&humantime::format_duration(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 pub(crate) fn opt_timestamp<S: Serializer>(
@@ -696,6 +941,23 @@ impl Subject {
     pub fn pods(&self) -> String {
         Self::pods_regex(&self.deployment, &self.pod_template_hash)
     }
+
+    /// A regex matching exactly the pods of several revisions:
+    /// `<deployment>-(<hash>|<hash>)-.*`, with the escaping of
+    /// [`Subject::pods_regex`]; one hash gives the same as that.
+    pub fn pods_regex_of(deployment: &str, hashes: &[&str]) -> String {
+        match hashes {
+            [one] => Self::pods_regex(deployment, one),
+            many => format!(
+                "{}-({})-.*",
+                regex_escape_promql(deployment),
+                many.iter()
+                    .map(|h| regex_escape_promql(h))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            ),
+        }
+    }
 }
 
 /// Names and hashes are DNS-1123 (letters, digits, `-`, `.`), so only `.`
@@ -731,6 +993,36 @@ impl Fill {
             window: promql_duration(window),
             cluster: cluster.to_owned(),
         }
+    }
+
+    /// For the older revisions still serving ([`Subject::serving_others`])
+    /// together, over the same `span` as the revision under judgment; None
+    /// when none serves. `{pods}` matches all their pods; with more than
+    /// one revision `{revision}` and `{pod_template_hash}` are regex
+    /// alternations (`3|1`), so templates should match them with `=~`.
+    pub fn others(subject: &Subject, span: Duration, cluster: &str) -> Option<Self> {
+        if subject.serving_others.is_empty() {
+            return None;
+        }
+        let hashes: Vec<&str> = subject
+            .serving_others
+            .iter()
+            .map(|r| r.pod_template_hash.as_str())
+            .collect();
+        Some(Fill {
+            namespace: subject.namespace.clone(),
+            deployment: subject.deployment.clone(),
+            revision: subject
+                .serving_others
+                .iter()
+                .map(|r| r.revision.to_string())
+                .collect::<Vec<_>>()
+                .join("|"),
+            pod_template_hash: hashes.join("|"),
+            pods: Subject::pods_regex_of(&subject.deployment, &hashes),
+            window: promql_duration(span),
+            cluster: cluster.to_owned(),
+        })
     }
 
     /// For the revision it replaced, over `lookback`; None when there is

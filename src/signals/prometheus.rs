@@ -30,7 +30,10 @@ use prometheus_http_query::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tracing::Instrument;
 
-use super::{Fill, Measurement, Outcome, SignalId, SignalResult, Subject, Threshold};
+use super::{
+    promql_duration, requests_text, revisions_text, BaselineNote, ConcurrentNote, Fill,
+    Measurement, Outcome, SignalId, SignalResult, Subject, Threshold,
+};
 use crate::config::{ErrorRatePolicy, LatencyPolicy, PrometheusSettings, Rule};
 
 /// Extra time past the query timeout before the watchdog stops waiting on
@@ -155,6 +158,11 @@ const BASELINE: Role = Role {
     errors: "baseline errors_query",
     total: "baseline total_query",
     single: "baseline query",
+};
+const OTHERS: Role = Role {
+    errors: "older pods errors_query",
+    total: "older pods total_query",
+    single: "older pods query",
 };
 
 /// errors/total of one revision.
@@ -361,7 +369,9 @@ impl PrometheusSource {
         }
     }
 
-    /// The error ratio of the revision, against `max` and the baseline.
+    /// The error ratio of the revision over the requests since its last
+    /// counted result, against `max`, the baseline before the rollout and,
+    /// while older pods serve, those pods over the same span.
     pub async fn error_rate(
         &self,
         policy: &ErrorRatePolicy,
@@ -370,23 +380,85 @@ impl PrometheusSource {
         now: Timestamp,
     ) -> SignalResult {
         let signal = SignalId::ErrorRate;
-        let current = Fill::current(subject, policy.window, cluster);
-        let baseline_fill = Fill::baseline(subject, policy.baseline_lookback, cluster);
-        let (measured, baseline) =
-            tokio::join!(self.ratio(&signal, policy, &current, now, CURRENT), async {
-                match &baseline_fill {
-                    Some(fill) => Some(
-                        self.ratio(&signal, policy, fill, subject.rollout_started, BASELINE)
-                            .await,
-                    ),
+        let span = match measured_span(subject, &signal, policy.window, now) {
+            Ok(span) => span,
+            Err(since) => return no_new_samples(signal, subject, since, now),
+        };
+        let from = span_start(now, span);
+        let current = Fill::current(subject, span, cluster);
+        let baseline = baseline_plan(subject, policy.baseline_lookback);
+        let others = Fill::others(subject, span, cluster);
+        let (measured, base, concurrent) = tokio::join!(
+            self.ratio(&signal, policy, &current, now, CURRENT),
+            async {
+                match &baseline {
+                    Ok((rev, window)) => {
+                        let fill = Fill::baseline(subject, *window, cluster)?;
+                        let r = self
+                            .ratio(&signal, policy, &fill, subject.rollout_started, BASELINE)
+                            .await;
+                        Some((*rev, *window, r))
+                    }
+                    Err(_) => None,
+                }
+            },
+            async {
+                match &others {
+                    Some(fill) => Some(self.ratio(&signal, policy, fill, now, OTHERS).await),
                     None => None,
                 }
-            });
-        let outcome = match measured {
-            Err(why) => Outcome::inconclusive(format!("revision {}: {why}", subject.revision)),
-            Ok(m) => judge_error_ratio(policy, subject, m, baseline),
+            }
+        );
+        let (base_value, note) = match (&baseline, base) {
+            (Err(missing), _) => (None, BaselineNote::clone(missing)),
+            (Ok(_), Some((rev, window, Ok(b)))) => (
+                Some(b.ratio),
+                BaselineNote::used(
+                    rev,
+                    Measurement::ratio(b.ratio),
+                    window,
+                    subject.rollout_started,
+                ),
+            ),
+            (Ok(_), Some((rev, _, Err(why)))) => (
+                None,
+                BaselineNote::missing(Some(rev), format!("revision {rev}: {why}")),
+            ),
+            (Ok((rev, _)), None) => (None, BaselineNote::missing(Some(*rev), "no baseline")),
         };
-        SignalResult::new(signal, outcome, now)
+        let secs = span.as_secs_f64();
+        let concurrent = concurrent.map(|c| c.map(|s| s.counted(secs)).map_err(|e| e.to_string()));
+        let note = note.with_concurrent(concurrent_note(subject, &concurrent, |c| {
+            (Measurement::ratio(c.ratio), Some(c.n))
+        }));
+        let mut requests = None;
+        let outcome = match measured {
+            Err(RatioError::NoSamples(why)) => Outcome::inconclusive(format!(
+                "revision {}: no new samples since {} ({why})",
+                subject.revision,
+                hms(from)
+            )),
+            Err(RatioError::Other(why)) => {
+                Outcome::inconclusive(format!("revision {}: {why}", subject.revision))
+            }
+            Ok(m) => {
+                let counts = m.counted(secs);
+                requests = Some(counts.n);
+                judge_error_ratio(
+                    policy,
+                    subject,
+                    counts,
+                    base_value,
+                    &note,
+                    concurrent.as_ref().and_then(|c| c.as_ref().ok()),
+                )
+            }
+        };
+        let mut result = SignalResult::new(signal, outcome, now)
+            .over_span(from)
+            .with_baseline_note(note);
+        result.requests = requests;
+        result
     }
 
     async fn ratio(
@@ -396,7 +468,7 @@ impl PrometheusSource {
         fill: &Fill,
         at: Timestamp,
         role: Role,
-    ) -> Result<RatioSample, String> {
+    ) -> Result<RatioSample, RatioError> {
         let values = fill.placeholders();
         let errors_q = policy.errors_query.fill(&values);
         let total_q = policy.total_query.fill(&values);
@@ -404,28 +476,31 @@ impl PrometheusSource {
             self.query(signal, role.errors, &errors_q, at),
             self.query(signal, role.total, &total_q, at),
         );
-        let total = total.map_err(|e| format!("{}: {e}", role.total))?;
+        let total = total.map_err(|e| match e {
+            QueryError::Empty => RatioError::NoSamples(format!("{}: {e}", role.total)),
+            e => RatioError::Other(format!("{}: {e}", role.total)),
+        })?;
         let errors = match errors {
             Ok(v) => v,
             // No 5xx series yet: zero errors (see the module doc).
             Err(QueryError::Empty) => 0.0,
-            Err(e) => return Err(format!("{}: {e}", role.errors)),
+            Err(e) => return Err(RatioError::Other(format!("{}: {e}", role.errors))),
         };
         if total <= 0.0 || total < policy.min_request_rate {
-            return Err(format!(
+            return Err(RatioError::Other(format!(
                 "traffic {} is below min_request_rate {}",
                 Measurement::per_second(total),
                 Measurement::per_second(policy.min_request_rate)
-            ));
+            )));
         }
         if errors < 0.0 || errors > total * (1.0 + 1e-9) {
-            return Err(format!(
+            return Err(RatioError::Other(format!(
                 "{} ({}) is not between 0 and {} ({}): the two queries do not count the same requests",
                 role.errors,
                 Measurement::per_second(errors),
                 role.total,
                 Measurement::per_second(total)
-            ));
+            )));
         }
         Ok(RatioSample {
             errors,
@@ -434,12 +509,15 @@ impl PrometheusSource {
         })
     }
 
-    /// The latency figure of the revision, against `max` and the baseline.
+    /// The latency figure of the revision over the requests since its last
+    /// counted result, against `max`, the baseline before the rollout and,
+    /// while older pods serve, those pods over the same span.
     ///
     /// With `traffic` (the error-rate policy: its `total_query` and
     /// `min_request_rate`), a quantile over too few requests is not a
-    /// latency figure: below the minimum rate the signal is Inconclusive,
-    /// and a baseline measured over too few requests is not used.
+    /// latency figure: below the minimum rate, or below `min_requests` in
+    /// the span, the signal is Inconclusive, and a baseline or older pods
+    /// measured over too few requests are not compared with.
     pub async fn latency(
         &self,
         policy: &LatencyPolicy,
@@ -449,77 +527,179 @@ impl PrometheusSource {
         now: Timestamp,
     ) -> SignalResult {
         let signal = SignalId::Latency;
-        let current = Fill::current(subject, policy.window, cluster);
-        let query = policy.query.fill(&current.placeholders());
-        let baseline_fill = Fill::baseline(subject, policy.baseline_lookback, cluster);
-        let rate_of = |fill: &Fill, role: &'static str, at: Timestamp| {
-            let q = traffic.map(|t| t.total_query.fill(&fill.placeholders()));
+        let span = match measured_span(subject, &signal, policy.window, now) {
+            Ok(span) => span,
+            Err(since) => return no_new_samples(signal, subject, since, now),
+        };
+        let from = span_start(now, span);
+        let secs = span.as_secs_f64();
+        let current = Fill::current(subject, span, cluster);
+        let baseline = baseline_plan(subject, policy.baseline_lookback);
+        let baseline_fill = match &baseline {
+            Ok((_, window)) => Fill::baseline(subject, *window, cluster),
+            Err(_) => None,
+        };
+        let others = Fill::others(subject, span, cluster);
+        // The quantile and the request rate of one set of pods at `at`.
+        let measure = |fill: Option<Fill>, role: Role, at: Timestamp| {
             let signal = signal.clone();
             async move {
-                match q {
-                    Some(q) => Some(self.query(&signal, role, &q, at).await),
-                    None => None,
-                }
+                let fill = fill?;
+                let q = policy.query.fill(&fill.placeholders());
+                let rate_q = traffic.map(|t| t.total_query.fill(&fill.placeholders()));
+                let (value, rate) = tokio::join!(self.query(&signal, role.single, &q, at), async {
+                    match &rate_q {
+                        Some(q) => Some(self.query(&signal, role.total, q, at).await),
+                        None => None,
+                    }
+                });
+                Some((value, rate))
             }
         };
-        let (measured, baseline, current_rate, baseline_rate) = tokio::join!(
-            self.query(&signal, CURRENT.single, &query, now),
-            async {
-                match &baseline_fill {
-                    Some(fill) => {
-                        let q = policy.query.fill(&fill.placeholders());
-                        Some(
-                            self.query(&signal, BASELINE.single, &q, subject.rollout_started)
-                                .await,
-                        )
-                    }
-                    None => None,
-                }
-            },
-            rate_of(&current, CURRENT.total, now),
-            async {
-                match &baseline_fill {
-                    Some(fill) => rate_of(fill, BASELINE.total, subject.rollout_started).await,
-                    None => None,
-                }
-            }
+        let (measured, base, concurrent) = tokio::join!(
+            measure(Some(current), CURRENT, now),
+            measure(baseline_fill, BASELINE, subject.rollout_started),
+            measure(others, OTHERS, now),
         );
         let min_rate = traffic.map(|t| t.min_request_rate).unwrap_or(0.0);
+        let min_requests = f64::from(policy.min_requests);
         let too_quiet = |rate: &Option<Result<f64, QueryError>>| {
             matches!(rate, Some(Ok(r)) if *r < min_rate)
                 || matches!(rate, Some(Err(QueryError::Empty)))
         };
-        // A baseline over too few requests is noise: compare with max only.
-        let baseline = if too_quiet(&baseline_rate) {
-            None
-        } else {
-            baseline
+        let (base_value, note) = match (&baseline, base) {
+            (Err(missing), _) => (None, BaselineNote::clone(missing)),
+            (Ok((rev, window)), Some((value, rate))) => match (value, &rate) {
+                _ if too_quiet(&rate) => (
+                    None,
+                    BaselineNote::missing(
+                        Some(*rev),
+                        format!(
+                            "revision {rev} served too few requests before the rollout for a latency figure"
+                        ),
+                    ),
+                ),
+                (Ok(b), _) if b > 0.0 => (
+                    Some(b),
+                    BaselineNote::used(
+                        *rev,
+                        Measurement::seconds(b),
+                        *window,
+                        subject.rollout_started,
+                    ),
+                ),
+                (Ok(b), _) => (
+                    None,
+                    BaselineNote::missing(
+                        Some(*rev),
+                        format!(
+                            "revision {rev}: {} is no reference",
+                            Measurement::seconds(b)
+                        ),
+                    ),
+                ),
+                (Err(e), _) => (
+                    None,
+                    BaselineNote::missing(Some(*rev), format!("revision {rev}: {e}")),
+                ),
+            },
+            (Ok((rev, _)), None) => (None, BaselineNote::missing(Some(*rev), "no baseline")),
         };
-        let outcome = if too_quiet(&current_rate) {
-            let rate = match &current_rate {
-                Some(Ok(r)) => format!("{r:.2} req/s"),
-                _ => "no requests yet".to_string(),
-            };
+        let concurrent: Option<Result<(f64, Option<f64>), String>> =
+            concurrent.map(|(value, rate)| {
+                let n = match rate {
+                    Some(Ok(r)) => Some(r * secs),
+                    Some(Err(QueryError::Empty)) => Some(0.0),
+                    Some(Err(e)) => return Err(format!("{}: {e}", OTHERS.total)),
+                    None => None,
+                };
+                if let Some(n) = n {
+                    if n < min_requests {
+                        return Err(format!(
+                            "{} requests in the span, fewer than latency.min_requests {}",
+                            requests_text(n),
+                            policy.min_requests
+                        ));
+                    }
+                }
+                match value {
+                    Ok(v) if v > 0.0 => Ok((v, n)),
+                    Ok(v) => Err(format!("{} is no reference", Measurement::seconds(v))),
+                    Err(e) => Err(format!("{}: {e}", OTHERS.single)),
+                }
+            });
+        let note = note.with_concurrent(concurrent_note(subject, &concurrent, |c| {
+            (Measurement::seconds(c.0), c.1)
+        }));
+        let (measured, rate) = match measured {
+            Some(m) => m,
+            None => (Err(QueryError::Empty), None),
+        };
+        let requests = match &rate {
+            Some(Ok(r)) => Some(r * secs),
+            _ => None,
+        };
+        let outcome = if too_quiet(&rate) {
+            match &rate {
+                Some(Ok(r)) => Outcome::inconclusive(format!(
+                    "revision {}: {r:.2} req/s, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
+                    subject.revision
+                )),
+                _ => Outcome::inconclusive(format!(
+                    "revision {}: no new samples since {} ({}: {})",
+                    subject.revision,
+                    hms(from),
+                    CURRENT.total,
+                    QueryError::Empty
+                )),
+            }
+        } else if let Some(n) = requests.filter(|n| *n < min_requests) {
             Outcome::inconclusive(format!(
-                "revision {}: {rate}, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
-                subject.revision
+                "revision {}: {} requests since {}, fewer than latency.min_requests {}: too few for a latency figure",
+                subject.revision,
+                requests_text(n),
+                hms(from),
+                policy.min_requests
             ))
         } else {
             match measured {
                 Err(QueryError::NotFinite { value }) => Outcome::inconclusive(format!(
-                    "revision {}: the latency query returned {value} (no requests in the window?)",
-                    subject.revision
+                    "revision {}: the latency query returned {value} (no requests since {}?)",
+                    subject.revision,
+                    hms(from)
+                )),
+                Err(QueryError::Empty) => Outcome::inconclusive(format!(
+                    "revision {}: no new samples since {} (query: {})",
+                    subject.revision,
+                    hms(from),
+                    QueryError::Empty
                 )),
                 Err(e) => {
                     Outcome::inconclusive(format!("revision {}: query: {e}", subject.revision))
                 }
-                Ok(v) => judge_latency(policy, subject, v, baseline),
+                Ok(v) => judge_latency(
+                    policy,
+                    subject,
+                    v,
+                    base_value,
+                    &note,
+                    concurrent
+                        .as_ref()
+                        .and_then(|c| c.as_ref().ok())
+                        .map(|c| c.0),
+                ),
             }
         };
-        SignalResult::new(signal, outcome, now)
+        let mut result = SignalResult::new(signal, outcome, now)
+            .over_span(from)
+            .with_baseline_note(note);
+        result.requests = requests;
+        result
     }
 
-    /// A custom rule: Fail when `query op threshold` holds.
+    /// A custom rule: Fail when `query op threshold` holds. `{window}` is
+    /// the span since the rule's last counted result, as for the error
+    /// ratio, capped at the rule's `window`.
     pub async fn rule(
         &self,
         rule: &Rule,
@@ -528,13 +708,19 @@ impl PrometheusSource {
         now: Timestamp,
     ) -> SignalResult {
         let signal = SignalId::rule(&rule.name);
-        let fill = Fill::current(subject, rule.window, cluster);
+        let span = match measured_span(subject, &signal, rule.window, now) {
+            Ok(span) => span,
+            Err(since) => return no_new_samples(signal, subject, since, now),
+        };
+        let from = span_start(now, span);
+        let fill = Fill::current(subject, span, cluster);
         let query = rule.query.fill(&fill.placeholders());
         let outcome = match self.query(&signal, CURRENT.single, &query, now).await {
             Err(QueryError::Empty) => Outcome::inconclusive(format!(
-                "revision {}: {} (if no series means zero, end the query with `or vector(0)`)",
+                "revision {}: {} since {} (if no series means zero, end the query with `or vector(0)`)",
                 subject.revision,
-                QueryError::Empty
+                QueryError::Empty,
+                hms(from)
             )),
             Err(e) => Outcome::inconclusive(format!("revision {}: {e}", subject.revision)),
             Ok(value) if rule.op.holds(value, rule.threshold) => Outcome::Fail {
@@ -545,124 +731,328 @@ impl PrometheusSource {
                 },
                 baseline: None,
                 sentence: format!(
-                    "Rule {} fails for revision {}: {} {} {}",
+                    "Rule {} fails for revision {}: {} {} {} over the {} since {}",
                     rule.name,
                     subject.revision,
                     Measurement::number(value),
                     rule.op.symbol(),
-                    Measurement::number(rule.threshold)
+                    Measurement::number(rule.threshold),
+                    promql_duration(span),
+                    hms(from)
                 ),
             },
             Ok(value) => Outcome::pass_with(Measurement::number(value)),
         };
-        SignalResult::new(signal, outcome, now)
+        SignalResult::new(signal, outcome, now).over_span(from)
     }
+}
+
+/// Why one revision's error ratio has no number.
+#[derive(Debug)]
+enum RatioError {
+    /// `total_query` returned no series: over a span this short, too few
+    /// scrapes for `rate` (or no such pods).
+    NoSamples(String),
+    Other(String),
+}
+
+impl std::fmt::Display for RatioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RatioError::NoSamples(why) | RatioError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl RatioSample {
+    /// The requests behind the rates over a span of `secs` seconds.
+    fn counted(&self, secs: f64) -> Counts {
+        Counts {
+            errors: self.errors * secs,
+            n: self.total * secs,
+            ratio: self.ratio,
+        }
+    }
+}
+
+/// Errors and requests in a span, and their ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    errors: f64,
+    n: f64,
+    ratio: f64,
+}
+
+/// z of a one-sided 99 % bound of the normal distribution.
+pub const Z_99: f64 = 2.326;
+
+/// The shortest life of a previous revision before the rollout that makes
+/// a baseline (or the whole `baseline_lookback` when that is shorter: the
+/// user asked for no more): a shorter window holds too few scrapes (two at
+/// a 10 s scrape interval) to be a rate of anything.
+pub const MIN_BASELINE_WINDOW: Duration = Duration::from_secs(20);
+
+/// The Wilson score lower bound of a proportion `errors / n` at `z`
+/// (one-sided: z = 2.326 is 99 %): the smallest true error ratio still
+/// consistent with what was seen. Zero for no requests.
+pub fn wilson_lower(errors: f64, n: f64, z: f64) -> f64 {
+    if n.is_nan() || n <= 0.0 || !errors.is_finite() {
+        return 0.0;
+    }
+    let p = (errors / n).clamp(0.0, 1.0);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+}
+
+/// The span one tick of `signal` measures: from the evidence time of its
+/// last counted result for this revision (or the rollout's start when
+/// none was counted) to `now`, at most `longest`, at millisecond
+/// precision. `Err(since)` when no time has passed since: nothing new.
+pub fn measured_span(
+    subject: &Subject,
+    signal: &SignalId,
+    longest: Duration,
+    now: Timestamp,
+) -> Result<Duration, Timestamp> {
+    let since = subject
+        .counted_until
+        .get(signal)
+        .copied()
+        .map_or(subject.rollout_started, |c| c.max(subject.rollout_started));
+    let elapsed = now.duration_since(since);
+    let ms = elapsed.as_millis().clamp(0, i64::MAX as i128);
+    let span = Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)).min(longest);
+    if span.as_millis() == 0 {
+        Err(since)
+    } else {
+        Ok(span)
+    }
+}
+
+/// The window of the baseline query, evaluated at the rollout's start:
+/// `lookback`, but never reaching back before the previous revision
+/// started serving (`previous_since`; unknown: `lookback`). A previous
+/// revision that served less than [`MIN_BASELINE_WINDOW`] (or `lookback`
+/// if shorter) is too young to be a baseline: `Err(why)`.
+pub fn baseline_window(
+    lookback: Duration,
+    rollout_started: Timestamp,
+    previous_since: Option<Timestamp>,
+) -> Result<Duration, String> {
+    let Some(since) = previous_since else {
+        return Ok(lookback);
+    };
+    let lived_ms = rollout_started.duration_since(since).as_millis();
+    let lived = Duration::from_millis(u64::try_from(lived_ms.max(0)).unwrap_or(u64::MAX));
+    let shortest = MIN_BASELINE_WINDOW.min(lookback);
+    if lived < shortest {
+        return Err(format!(
+            "served only {} before the rollout (since {}), too young to be a baseline (at least {})",
+            promql_duration(lived),
+            hms(since),
+            promql_duration(shortest)
+        ));
+    }
+    Ok(lived.min(lookback))
+}
+
+/// Which baseline to query: the previous revision and its window, or the
+/// note saying why there is none.
+fn baseline_plan(
+    subject: &Subject,
+    lookback: Duration,
+) -> Result<(i64, Duration), Box<BaselineNote>> {
+    let Some(prev) = &subject.baseline else {
+        return Err(Box::new(BaselineNote::missing(
+            None,
+            "no previous revision",
+        )));
+    };
+    baseline_window(lookback, subject.rollout_started, prev.since)
+        .map(|w| (prev.revision, w))
+        .map_err(|why| {
+            Box::new(BaselineNote::missing(
+                Some(prev.revision),
+                format!("revision {} {why}", prev.revision),
+            ))
+        })
+}
+
+/// The note on older pods over the same span, from what was measured.
+fn concurrent_note<T>(
+    subject: &Subject,
+    measured: &Option<Result<T, String>>,
+    value: impl Fn(&T) -> (Measurement, Option<f64>),
+) -> Option<ConcurrentNote> {
+    let revisions: Vec<i64> = subject.serving_others.iter().map(|r| r.revision).collect();
+    Some(match measured.as_ref()? {
+        Ok(t) => {
+            let (v, n) = value(t);
+            ConcurrentNote {
+                revisions,
+                value: Some(v),
+                requests: n,
+                skipped: None,
+            }
+        }
+        Err(why) => ConcurrentNote {
+            revisions,
+            value: None,
+            requests: None,
+            skipped: Some(why.clone()),
+        },
+    })
+}
+
+fn span_start(now: Timestamp, span: Duration) -> Timestamp {
+    let ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+    now.checked_sub(jiff::SignedDuration::from_millis(ms))
+        .unwrap_or(now)
+}
+
+/// Inconclusive: nothing has happened since the last counted result.
+fn no_new_samples(
+    signal: SignalId,
+    subject: &Subject,
+    since: Timestamp,
+    now: Timestamp,
+) -> SignalResult {
+    let why = format!(
+        "revision {}: no new samples since {}",
+        subject.revision,
+        hms(since)
+    );
+    SignalResult::new(signal, Outcome::inconclusive(why), now)
+}
+
+/// `1.08 %`: a ratio with the precision a significance sentence needs.
+fn pct2(ratio: f64) -> String {
+    format!("{:.2} %", ratio * 100.0)
+}
+
+/// `10:00:05`, for spans within a tick or two.
+fn hms(ts: Timestamp) -> String {
+    ts.strftime("%H:%M:%S").to_string()
+}
+
+/// `the max 5.0 %` or `2× the baseline 0.1 % and the floor 1.0 %`: one
+/// limit the error ratio is held to.
+struct Limit {
+    threshold: Threshold,
+    value: f64,
+    words: String,
+    baseline: Option<f64>,
 }
 
 fn judge_error_ratio(
     policy: &ErrorRatePolicy,
     subject: &Subject,
-    m: RatioSample,
-    baseline: Option<Result<RatioSample, String>>,
+    m: Counts,
+    base: Option<f64>,
+    note: &BaselineNote,
+    concurrent: Option<&Counts>,
 ) -> Outcome {
     let ratio = Measurement::ratio(m.ratio);
-    let (base, base_note) = match (&baseline, &subject.baseline) {
-        (Some(Ok(b)), Some(rev)) => (
-            Some(b.ratio),
-            format!(
-                "baseline: revision {} had {} at the rollout start {}",
-                rev.revision,
-                Measurement::ratio(b.ratio),
-                when(subject.rollout_started)
-            ),
-        ),
-        (Some(Err(why)), _) => (
-            None,
-            format!("baseline unknown, relative test skipped: {why}"),
-        ),
-        _ => (
-            None,
-            "no previous revision, relative test skipped".to_owned(),
-        ),
-    };
-    let traffic = format!(
-        "{} of {}",
-        Measurement::per_second(m.errors),
-        Measurement::per_second(m.total)
-    );
-    if m.ratio > policy.max {
-        return Outcome::Fail {
-            measured: ratio.clone(),
-            threshold: Threshold::Max {
-                limit: Measurement::ratio(policy.max),
-            },
-            baseline: base,
-            sentence: format!(
-                "{ratio} of requests to revision {} fail ({traffic}), above the max {}; {base_note}",
-                subject.revision,
-                Measurement::ratio(policy.max)
-            ),
-        };
-    }
+    let n = requests_text(m.n);
+    let base_note = sentence_note(note, subject);
+    let mut limits = vec![Limit {
+        threshold: Threshold::Max {
+            limit: Measurement::ratio(policy.max),
+        },
+        value: policy.max,
+        words: format!("the max {}", Measurement::ratio(policy.max)),
+        baseline: base,
+    }];
     if let Some(b) = base {
-        if m.ratio > policy.max_ratio_to_baseline * b && m.ratio > policy.relative_floor {
-            return Outcome::Fail {
-                measured: ratio.clone(),
-                threshold: Threshold::RatioToBaseline {
-                    max_ratio: policy.max_ratio_to_baseline,
-                    floor: Some(Measurement::ratio(policy.relative_floor)),
-                },
-                baseline: Some(b),
-                sentence: format!(
-                    "{ratio} of requests to revision {} fail ({traffic}), more than {}× the baseline and above the floor {}; {base_note}",
-                    subject.revision,
-                    policy.max_ratio_to_baseline,
-                    Measurement::ratio(policy.relative_floor)
-                ),
-            };
+        limits.push(Limit {
+            threshold: Threshold::RatioToBaseline {
+                max_ratio: policy.max_ratio_to_baseline,
+                floor: Some(Measurement::ratio(policy.relative_floor)),
+            },
+            value: (policy.max_ratio_to_baseline * b).max(policy.relative_floor),
+            words: format!(
+                "{}× the baseline {} and the floor {}",
+                policy.max_ratio_to_baseline,
+                Measurement::ratio(b),
+                Measurement::ratio(policy.relative_floor)
+            ),
+            baseline: Some(b),
+        });
+    }
+    let lower = wilson_lower(m.errors, m.n, Z_99);
+    let Some(broken) = limits.iter().find(|l| m.ratio > l.value) else {
+        tracing::debug!(revision = subject.revision, ratio = m.ratio, %base_note, "error ratio passes");
+        return Outcome::pass_with(ratio);
+    };
+    let Some(limit) = limits.iter().find(|l| lower > l.value) else {
+        return Outcome::inconclusive(format!(
+            "{} of {n} requests is above the {} limit ({}), but not significantly: 99 % lower bound {}",
+            pct2(m.ratio),
+            pct2(broken.value),
+            broken.words,
+            pct2(lower)
+        ));
+    };
+    if let Some(old) = concurrent {
+        let blame_above = (policy.max_ratio_to_baseline * old.ratio).max(policy.relative_floor);
+        if lower <= blame_above {
+            return Outcome::inconclusive(format!(
+                "older pods fail alike over the same span ({} of {} requests for {} vs {ratio} for revision {}): not blamed on revision {}",
+                Measurement::ratio(old.ratio),
+                requests_text(old.n),
+                revisions_text(&subject.serving_others.iter().map(|r| r.revision).collect::<Vec<_>>()),
+                subject.revision,
+                subject.revision
+            ));
         }
     }
-    tracing::debug!(revision = subject.revision, ratio = m.ratio, %base_note, "error ratio passes");
-    Outcome::pass_with(ratio)
+    Outcome::Fail {
+        measured: ratio.clone(),
+        threshold: limit.threshold.clone(),
+        baseline: limit.baseline,
+        sentence: format!(
+            "{ratio} of {n} requests to revision {} fail, above {} (99 % lower bound {}); {base_note}",
+            subject.revision,
+            limit.words,
+            Measurement::ratio(lower)
+        ),
+    }
+}
+
+/// The baseline as the end of a Fail's sentence: "baseline: revision 1
+/// had 0.1 % over 30m before the rollout start 2026-11-27 10:00:00 UTC".
+fn sentence_note(note: &BaselineNote, subject: &Subject) -> String {
+    let mut text = match (&note.missing, note.revision, &note.value, note.window) {
+        (None, Some(rev), Some(v), Some(w)) => format!(
+            "baseline: revision {rev} had {v} over {} before the rollout start {}",
+            promql_duration(w),
+            when(subject.rollout_started)
+        ),
+        (Some(why), _, _, _) => format!("relative test skipped: {why}"),
+        _ => "relative test skipped".to_owned(),
+    };
+    if let Some(c) = &note.concurrent {
+        text.push_str(&format!("; {c}"));
+    }
+    text
 }
 
 fn judge_latency(
     policy: &LatencyPolicy,
     subject: &Subject,
     v: f64,
-    baseline: Option<Result<f64, QueryError>>,
+    base: Option<f64>,
+    note: &BaselineNote,
+    concurrent: Option<f64>,
 ) -> Outcome {
     let measured = Measurement::seconds(v);
     let max = policy.max.as_secs_f64();
     let floor = policy.relative_floor.as_secs_f64();
-    let (base, base_note) = match (&baseline, &subject.baseline) {
-        (Some(Ok(b)), Some(rev)) if *b > 0.0 => (
-            Some(*b),
-            format!(
-                "baseline: revision {} had {} at the rollout start {}",
-                rev.revision,
-                Measurement::seconds(*b),
-                when(subject.rollout_started)
-            ),
-        ),
-        (Some(Ok(b)), _) => (
-            None,
-            format!(
-                "baseline {} is no reference, relative test skipped",
-                Measurement::seconds(*b)
-            ),
-        ),
-        (Some(Err(e)), _) => (
-            None,
-            format!("baseline unknown, relative test skipped: {e}"),
-        ),
-        _ => (
-            None,
-            "no previous revision, relative test skipped".to_owned(),
-        ),
-    };
-    if v > max {
-        return Outcome::Fail {
+    let base_note = sentence_note(note, subject);
+    let failure = if v > max {
+        Some(Outcome::Fail {
             measured: measured.clone(),
             threshold: Threshold::Max {
                 limit: Measurement::seconds(max),
@@ -673,11 +1063,10 @@ fn judge_latency(
                 subject.revision,
                 Measurement::seconds(max)
             ),
-        };
-    }
-    if let Some(b) = base {
-        if v > policy.max_ratio_to_baseline * b && v > floor {
-            return Outcome::Fail {
+        })
+    } else {
+        base.filter(|b| v > policy.max_ratio_to_baseline * b && v > floor)
+            .map(|b| Outcome::Fail {
                 measured: measured.clone(),
                 threshold: Threshold::RatioToBaseline {
                     max_ratio: policy.max_ratio_to_baseline,
@@ -692,11 +1081,24 @@ fn judge_latency(
                     policy.max_ratio_to_baseline,
                     Measurement::seconds(floor)
                 ),
-            };
+            })
+    };
+    let Some(failure) = failure else {
+        tracing::debug!(revision = subject.revision, latency = v, %base_note, "latency passes");
+        return Outcome::pass_with(measured);
+    };
+    match concurrent {
+        Some(old) if !(v > policy.max_ratio_to_baseline * old && v > floor) => {
+            Outcome::inconclusive(format!(
+                "older pods are slow alike over the same span ({} for {} vs {measured} for revision {}): not blamed on revision {}",
+                Measurement::seconds(old),
+                revisions_text(&subject.serving_others.iter().map(|r| r.revision).collect::<Vec<_>>()),
+                subject.revision,
+                subject.revision
+            ))
         }
+        _ => failure,
     }
-    tracing::debug!(revision = subject.revision, latency = v, %base_note, "latency passes");
-    Outcome::pass_with(measured)
 }
 
 /// `2026-11-27 10:00:00 UTC`.
@@ -777,7 +1179,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use crate::config::Loader;
-    use crate::signals::BaselineRevision;
+    use crate::signals::{BaselineRevision, ServingRevision};
 
     fn defaults() -> crate::config::Policy {
         Loader::from_toml("")
@@ -788,6 +1190,10 @@ mod tests {
             .defaults
     }
 
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("time")
+    }
+
     fn subject(baseline: bool) -> Subject {
         Subject {
             namespace: "production".into(),
@@ -795,7 +1201,7 @@ mod tests {
             revision: 5,
             pod_template_hash: "bbb".into(),
             images: vec![],
-            rollout_started: "2026-01-01T10:00:00Z".parse().expect("time"),
+            rollout_started: ts("2026-01-01T10:00:00Z"),
             baseline: baseline.then(|| BaselineRevision {
                 revision: 4,
                 pod_template_hash: "aaa".into(),
@@ -807,35 +1213,73 @@ mod tests {
         }
     }
 
-    fn sample(errors: f64, total: f64) -> RatioSample {
-        RatioSample {
+    fn serving_old(mut s: Subject) -> Subject {
+        s.serving_others = vec![ServingRevision {
+            revision: 4,
+            pod_template_hash: "aaa".into(),
+            ready_pods: 3,
+        }];
+        s
+    }
+
+    /// `errors` of `n` requests.
+    fn counts(errors: f64, n: f64) -> Counts {
+        Counts {
             errors,
-            total,
-            ratio: errors / total,
+            n,
+            ratio: errors / n,
+        }
+    }
+
+    fn note() -> BaselineNote {
+        BaselineNote::used(
+            4,
+            Measurement::ratio(0.005),
+            Duration::from_secs(1800),
+            ts("2026-01-01T10:00:00Z"),
+        )
+    }
+
+    fn judge(s: &Subject, m: Counts, base: Option<f64>, old: Option<Counts>) -> Outcome {
+        judge_error_ratio(&defaults().error_rate, s, m, base, &note(), old.as_ref())
+    }
+
+    fn why(o: &Outcome) -> &str {
+        match o {
+            Outcome::Inconclusive { why } => why,
+            other => panic!("expected Inconclusive, got {other:?}"),
         }
     }
 
     #[test]
-    fn a_tripled_tiny_baseline_stays_under_the_relative_floor() {
-        let p = defaults().error_rate;
-        let o = judge_error_ratio(
-            &p,
-            &subject(true),
-            sample(0.15, 20.0),
-            Some(Ok(sample(0.002, 20.0))),
-        );
-        assert!(o.is_pass(), "{o:?}");
+    fn wilson_lower_bounds_match_the_textbook_values() {
+        // 13 errors in 1,200 requests: 1.08 %, lower bound 0.58 % (issue 12).
+        let l = wilson_lower(13.0, 1200.0, Z_99);
+        assert!((l - 0.00575).abs() < 0.0001, "{l}");
+        // 9 in 300 (3 %): the bound stays above 1 %.
+        let l = wilson_lower(9.0, 300.0, Z_99);
+        assert!((l - 0.01414).abs() < 0.0001, "{l}");
+        assert_eq!(wilson_lower(0.0, 1000.0, Z_99), 0.0);
+        assert_eq!(wilson_lower(0.0, 0.0, Z_99), 0.0);
+        // Everything failing on a few requests is still uncertain.
+        let l = wilson_lower(5.0, 5.0, Z_99);
+        assert!(l > 0.4 && l < 1.0, "{l}");
+        // More requests, a tighter bound.
+        assert!(wilson_lower(30.0, 1000.0, Z_99) > wilson_lower(3.0, 100.0, Z_99));
     }
 
     #[test]
-    fn above_the_floor_a_multiple_of_the_baseline_fails_and_names_it() {
-        let p = defaults().error_rate;
-        let o = judge_error_ratio(
-            &p,
-            &subject(true),
-            sample(0.6, 20.0),
-            Some(Ok(sample(0.1, 20.0))),
+    fn thirteen_errors_in_1200_requests_over_a_zero_baseline_are_not_significant() {
+        let o = judge(&subject(true), counts(13.0, 1200.0), Some(0.0), None);
+        assert_eq!(
+            why(&o),
+            "1.08 % of 1,200 requests is above the 1.00 % limit (2× the baseline 0.0 % and the floor 1.0 %), but not significantly: 99 % lower bound 0.58 %"
         );
+    }
+
+    #[test]
+    fn three_percent_of_300_requests_against_a_tenth_of_a_percent_fails() {
+        let o = judge(&subject(true), counts(9.0, 300.0), Some(0.001), None);
         let Outcome::Fail {
             threshold,
             baseline,
@@ -846,42 +1290,127 @@ mod tests {
             panic!("expected a Fail, got {o:?}");
         };
         assert!(matches!(threshold, Threshold::RatioToBaseline { .. }));
-        assert_eq!(baseline, Some(0.005));
+        assert_eq!(baseline, Some(0.001));
         assert!(
-            sentence.contains("baseline: revision 4 had 0.5 %"),
+            sentence.starts_with("3.0 % of 300 requests to revision 5 fail, above 2× the baseline 0.1 % and the floor 1.0 % (99 % lower bound 1.4 %)"),
             "{sentence}"
         );
+        assert!(
+            sentence.contains("baseline: revision 4 had 0.5 % over 30m before the rollout start 2026-01-01 10:00:00 UTC"),
+            "{sentence}"
+        );
+    }
+
+    #[test]
+    fn a_tripled_tiny_baseline_stays_under_the_relative_floor() {
+        let o = judge(&subject(true), counts(15.0, 2000.0), Some(0.0001), None);
+        assert!(o.is_pass(), "{o:?}");
     }
 
     #[test]
     fn without_a_baseline_only_the_absolute_test_runs() {
-        let p = defaults().error_rate;
         let s = subject(false);
-        assert!(judge_error_ratio(&p, &s, sample(0.6, 20.0), None).is_pass());
-        let o = judge_error_ratio(&p, &s, sample(6.0, 20.0), None);
-        let Outcome::Fail { sentence, .. } = o else {
-            panic!("expected a Fail, got {o:?}");
-        };
-        assert!(
-            sentence.contains("no previous revision, relative test skipped"),
-            "{sentence}"
-        );
-        let unknown = judge_error_ratio(
-            &p,
-            &subject(true),
-            sample(0.6, 20.0),
-            Some(Err(
-                "traffic 0 req/s is below min_request_rate 1 req/s".into()
-            )),
-        );
-        assert!(unknown.is_pass());
+        assert!(judge(&s, counts(60.0, 2000.0), None, None).is_pass());
+        assert!(judge(&s, counts(600.0, 2000.0), None, None).is_fail());
     }
 
     #[test]
-    fn a_zero_latency_baseline_is_no_reference() {
+    fn older_pods_failing_alike_over_the_same_span_are_not_blamed_on_the_new_revision() {
+        let s = serving_old(subject(true));
+        let o = judge(
+            &s,
+            counts(91.2, 300.0),
+            Some(0.001),
+            Some(counts(270.9, 900.0)),
+        );
+        assert_eq!(
+            why(&o),
+            "older pods fail alike over the same span (30.1 % of 900 requests for revision 4 vs 30.4 % for revision 5): not blamed on revision 5"
+        );
+        // Old pods healthy over the same span: the new ones are to blame.
+        let o = judge(
+            &s,
+            counts(91.2, 300.0),
+            Some(0.001),
+            Some(counts(0.9, 900.0)),
+        );
+        assert!(o.is_fail(), "{o:?}");
+    }
+
+    #[test]
+    fn a_span_runs_from_the_last_counted_result_or_the_rollout_start_capped_at_the_window() {
+        let mut s = subject(true);
+        let window = Duration::from_secs(120);
+        let signal = SignalId::ErrorRate;
+        // First tick, 15.5 s after the rollout started.
+        let now = ts("2026-01-01T10:00:15.5Z");
+        assert_eq!(
+            measured_span(&s, &signal, window, now),
+            Ok(Duration::from_millis(15_500))
+        );
+        // Long after the rollout: the window.
+        let late = ts("2026-01-01T11:00:00Z");
+        assert_eq!(measured_span(&s, &signal, window, late), Ok(window));
+        // Since the last counted result of this signal only.
+        s.counted_until
+            .insert(signal.clone(), ts("2026-01-01T10:59:45Z"));
+        assert_eq!(
+            measured_span(&s, &signal, window, late),
+            Ok(Duration::from_secs(15))
+        );
+        assert_eq!(
+            measured_span(&s, &SignalId::Latency, window, late),
+            Ok(window)
+        );
+        // Nothing new since.
+        assert_eq!(
+            measured_span(&s, &signal, window, ts("2026-01-01T10:59:45Z")),
+            Err(ts("2026-01-01T10:59:45Z"))
+        );
+    }
+
+    #[test]
+    fn the_baseline_window_never_reaches_back_before_the_previous_revision() {
+        let lookback = Duration::from_secs(1800);
+        let start = ts("2026-01-01T10:00:00Z");
+        assert_eq!(baseline_window(lookback, start, None), Ok(lookback));
+        assert_eq!(
+            baseline_window(lookback, start, Some(ts("2026-01-01T09:59:35Z"))),
+            Ok(Duration::from_secs(25))
+        );
+        // A lookback shorter than the minimum is what the user asked for.
+        assert_eq!(
+            baseline_window(
+                Duration::from_secs(10),
+                start,
+                Some(ts("2026-01-01T09:59:50Z"))
+            ),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            baseline_window(lookback, start, Some(ts("2026-01-01T08:00:00Z"))),
+            Ok(lookback)
+        );
+        let young = baseline_window(lookback, start, Some(ts("2026-01-01T09:59:50Z")));
+        assert_eq!(
+            young,
+            Err("served only 10s before the rollout (since 09:59:50), too young to be a baseline (at least 20s)".into())
+        );
+    }
+
+    #[test]
+    fn a_zero_latency_baseline_is_no_reference_and_older_pods_alike_are_not_blamed() {
         let p = defaults().latency;
-        assert!(judge_latency(&p, &subject(true), 0.3, Some(Ok(0.0))).is_pass());
-        assert!(judge_latency(&p, &subject(true), 0.3, Some(Ok(0.1))).is_fail());
-        assert!(judge_latency(&p, &subject(true), 2.5, None).is_fail());
+        let s = subject(true);
+        assert!(judge_latency(&p, &s, 0.3, Some(0.1), &note(), None).is_fail());
+        assert!(judge_latency(&p, &s, 0.3, None, &note(), None).is_pass());
+        assert!(judge_latency(&p, &s, 2.5, None, &note(), None).is_fail());
+        let s = serving_old(s);
+        let o = judge_latency(&p, &s, 0.3, Some(0.1), &note(), Some(0.28));
+        assert_eq!(
+            why(&o),
+            "older pods are slow alike over the same span (280 ms for revision 4 vs 300 ms for revision 5): not blamed on revision 5"
+        );
+        assert!(judge_latency(&p, &s, 0.3, Some(0.1), &note(), Some(0.1)).is_fail());
     }
 }

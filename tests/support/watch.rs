@@ -346,8 +346,13 @@ impl Scenario {
         assert_eq!(
             seen.last().and_then(|e| e.verdict()),
             Some(rollback_watchdog::decide::judge::Verdict::Bad),
-            "never Bad; verdicts: {:?}",
-            verdicts(&seen)
+            "never Bad; verdicts: {:?}; last results: {:#?}",
+            verdicts(&seen),
+            seen.iter()
+                .rev()
+                .take(2)
+                .map(|e| e.results.iter().map(|r| r.describe()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
         );
         seen
     }

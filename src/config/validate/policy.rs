@@ -184,6 +184,9 @@ impl Checker<'_> {
             window: self.positive_duration("latency.window", &l.window),
             baseline_lookback: self
                 .positive_duration("latency.baseline_lookback", &l.baseline_lookback),
+            min_requests: *self
+                .required("latency.min_requests", &l.min_requests)
+                .unwrap_or(&0),
         }
     }
 
