@@ -32,6 +32,14 @@
 //!   needs two ticks more than a probe (5 at the default 3).
 //! - One Pass resets that signal's counter to zero. Flapping (fail, pass,
 //!   pass, ...) is therefore never Bad.
+//! - **A span that is still filling is no reason to doubt a pass.** A
+//!   Prometheus signal measures the requests since its last counted tick;
+//!   when too few new samples or requests have come in yet it is
+//!   Inconclusive and its span grows. If its last counted span passed,
+//!   less than `blind_alert_after` ago, it does not keep the verdict from
+//!   Healthy (it is listed last, saying so). Without this a tick shorter
+//!   than two scrape intervals would never see every signal pass at once.
+//!   It changes no counter, and only Healthy, never Bad, depends on it.
 //! - **Inconclusive neither adds nor resets; it holds.** A held streak is
 //!   shown (verdict Suspect) but can only turn Bad on a later tick where the
 //!   signal really fails again. Why hold rather than reset: resetting would
@@ -322,6 +330,9 @@ enum Seen<'a> {
     Pass(Timestamp),
     Fail(Timestamp, &'a SignalResult),
     Inconclusive(String),
+    /// Inconclusive over a span of requests (too few new samples or
+    /// requests yet): the span grows until it holds enough.
+    Pending(String),
 }
 
 /// Judges one tick. Pure: same arguments, same answer.
@@ -365,6 +376,8 @@ struct Tally {
     failing: Vec<Reason>,
     held: Vec<Reason>,
     inconclusive: Vec<Reason>,
+    /// Span signals between counted spans whose last one passed.
+    pending: Vec<Reason>,
     any_pass: bool,
 }
 
@@ -407,17 +420,22 @@ impl Tally {
                     self.failing.push(reason);
                 }
             }
-            Seen::Inconclusive(why) => self.no_evidence(policy, signal, why, track, needed, now),
+            Seen::Inconclusive(why) => {
+                self.no_evidence(policy, signal, why, false, track, needed, now)
+            }
+            Seen::Pending(why) => self.no_evidence(policy, signal, why, true, track, needed, now),
         }
     }
 
     /// An Inconclusive tick: the counter holds (or is dropped after a
     /// blind spell), and the signal says why it had no evidence.
+    #[allow(clippy::too_many_arguments)]
     fn no_evidence(
         &mut self,
         policy: &JudgePolicy,
         signal: &SignalId,
         why: &str,
+        pending: bool,
         track: &mut SignalTrack,
         needed: u32,
         now: Timestamp,
@@ -442,6 +460,24 @@ impl Tally {
                     failing_ticks: track.failing_ticks,
                     needed_ticks: needed,
                     why: why.to_owned(),
+                },
+            });
+        } else if let Some(passed) = track
+            .last_observed
+            .filter(|at| pending && elapsed(*at, now) < policy.blind_alert_after)
+        {
+            // Its last counted span passed, and its next one is still
+            // filling: nothing against the revision, nothing new either.
+            self.pending.push(Reason {
+                signal: signal.clone(),
+                sentence: format!(
+                    "{} passed on its last counted span, up to {}; nothing to count since ({why})",
+                    signal.label(),
+                    rfc3339(passed)
+                ),
+                finding: Finding::Inconclusive {
+                    why: why.to_owned(),
+                    since: Some(since),
                 },
             });
         } else {
@@ -469,7 +505,7 @@ impl Tally {
             }
         } else if !self.failing.is_empty() || !self.held.is_empty() {
             Verdict::Suspect
-        } else if self.inconclusive.is_empty() && self.any_pass {
+        } else if self.inconclusive.is_empty() && (self.any_pass || !self.pending.is_empty()) {
             Verdict::Healthy
         } else {
             Verdict::Inconclusive
@@ -482,6 +518,7 @@ impl Tally {
         reasons.extend(self.failing);
         reasons.extend(self.held);
         reasons.extend(self.inconclusive);
+        reasons.extend(self.pending);
         reasons
     }
 }
@@ -497,7 +534,7 @@ fn blindness(
     let blind: Vec<BlindSignal> = seen
         .iter()
         .filter_map(|(signal, seen)| {
-            let Seen::Inconclusive(why) = seen else {
+            let (Seen::Inconclusive(why) | Seen::Pending(why)) = seen else {
                 return None;
             };
             let since = next.signals.get(signal)?.inconclusive_since?;
@@ -543,6 +580,7 @@ fn this_tick<'a>(
                     (Seen::Pass(x), Seen::Pass(y)) => Seen::Pass(x.max(y)),
                     (Seen::Fail(x, r), Seen::Fail(y, _)) => Seen::Fail(x.max(y), r),
                     (i @ Seen::Inconclusive(_), _) | (_, i @ Seen::Inconclusive(_)) => i,
+                    (i @ Seen::Pending(_), _) | (_, i @ Seen::Pending(_)) => i,
                     _ => Seen::Inconclusive(format!(
                         "{} results for this signal in one tick disagree",
                         rs.len()
@@ -567,7 +605,11 @@ fn check<'a>(
     now: Timestamp,
 ) -> Seen<'a> {
     if let Outcome::Inconclusive { why } = &r.outcome {
-        return Seen::Inconclusive(why.clone());
+        return if r.span_from.is_some() {
+            Seen::Pending(why.clone())
+        } else {
+            Seen::Inconclusive(why.clone())
+        };
     }
     if let Some(last) = last_observed {
         if r.at <= last {

@@ -27,6 +27,8 @@ enum Say {
     SpanFail,
     /// Pass over the requests since the previous tick.
     SpanPass,
+    /// Too few new samples in the span since the last counted tick.
+    SpanInc,
 }
 
 fn t0() -> Timestamp {
@@ -127,6 +129,12 @@ fn results_of(signal: &SignalId, say: Say, tick: usize) -> Vec<SignalResult> {
         ],
         Say::SpanFail => {
             vec![SignalResult::new(signal.clone(), fail_of(signal), now).over_span(now - TICK)]
+        }
+        Say::SpanInc => {
+            vec![
+                SignalResult::new(signal.clone(), Outcome::inconclusive("no new samples"), now)
+                    .over_span(now - TICK),
+            ]
         }
         Say::SpanPass => {
             vec![SignalResult::new(signal.clone(), Outcome::pass(), now).over_span(now - TICK)]
@@ -235,6 +243,29 @@ fn rows() -> Vec<Row> {
             ticks: seq(ErrorRate, &[SpanFail, SpanFail, SpanPass, SpanFail, SpanFail, SpanFail, SpanFail, SpanFail]),
             verdicts: "SSHSSSSB".into(),
             blind_at: vec![],
+        },
+        Row {
+            name: "a rate whose next span is still filling after a pass stays Healthy",
+            policy: p(),
+            ticks: vec![
+                vec![(ErrorRate, SpanInc), (Pods, Pass)],
+                vec![(ErrorRate, SpanPass), (Pods, Pass)],
+                vec![(ErrorRate, SpanInc), (Pods, Pass)],
+                vec![(ErrorRate, SpanPass), (Pods, Pass)],
+            ],
+            verdicts: "IHHH".into(),
+            blind_at: vec![],
+        },
+        Row {
+            name: "a span still filling for blind_alert_after is no longer a pass",
+            policy: p(),
+            ticks: {
+                let mut t = vec![vec![(ErrorRate, SpanPass)]];
+                t.extend(vec![vec![(ErrorRate, SpanInc)]; 21]);
+                t
+            },
+            verdicts: format!("H{}{}", "H".repeat(19), "II"),
+            blind_at: vec![21],
         },
         Row {
             name: "error ratio failing twice then passing resets the counter",
