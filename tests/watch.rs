@@ -84,10 +84,9 @@ async fn a_revision_with_critical_errors_is_judged_bad_naming_the_error_ratio() 
     let Some(Outcome::Fail { measured, .. }) = result_of(last, &SignalId::ErrorRate) else {
         panic!("error rate did not fail");
     };
-    assert!(
-        (0.25..0.35).contains(&measured.value),
-        "measured {measured}"
-    );
+    // 30 % in truth; a span of a second or two holds 60 to 120 noisy
+    // requests, so one span's ratio varies by several points.
+    assert!((0.15..0.5).contains(&measured.value), "measured {measured}");
     let judgement = last.judgement.as_ref().expect("judged");
     let reason = &judgement.reasons[0].sentence;
     assert!(
@@ -126,11 +125,17 @@ fn exact_traffic() -> Behaviours {
 #[tokio::test]
 async fn a_revision_more_than_50_percent_slower_than_its_baseline_is_bad() {
     let prom = shared();
-    let mut s = Scenario::start("s2-slow", Prom::Url(&prom.url), exact_traffic(), "").await;
+    // A p95 over a second's 60 requests is noise: each span holds at
+    // least 300 (5 s of traffic), as a production tick holds thousands.
+    let extra = "[targets.latency]\nmin_requests = 300\n";
+    let mut s = Scenario::start("s2-slow", Prom::Url(&prom.url), exact_traffic(), extra).await;
     prom.register(s.sim.scrape_target_handle());
     s.wait_scraped().await;
+    // v1 serves long enough to be a baseline (10 s here), as a release
+    // being replaced has.
+    s.tick_until(4, |_| false).await;
     s.deploy("web:v2-slow").await;
-    let seen = s.tick_until_bad(40).await;
+    let seen = s.tick_until_bad(90).await;
     let last = seen.last().expect("ticks");
     let Some(Outcome::Fail {
         measured, baseline, ..
@@ -143,8 +148,8 @@ async fn a_revision_more_than_50_percent_slower_than_its_baseline_is_bad() {
     assert!((0.09..0.14).contains(&baseline), "baseline {baseline}");
     let ratio = measured.value / baseline;
     // 1.6× in truth; a tick now measures only the requests since the last
-    // counted one (a second or two, ~120 requests), so the quantile of the
-    // span varies more than over a 10s window did.
+    // counted one, so the quantile of a span varies more than over a 10s
+    // window did.
     assert!((1.45..2.1).contains(&ratio), "ratio {ratio}");
     // No errors in this scenario: a Pass, or Inconclusive on a tick whose
     // span held no new scrape (issue 12), never a Fail.
