@@ -167,6 +167,9 @@ async fn critical_bugs_one_oom_kill_of_the_only_surge_pod_while_warming_up_is_ke
         Behaviour {
             crash: Crash::OomKilled,
             crashes: Some(1),
+            // 4 s (sim time 20×) to get Ready after its restart, so ticks
+            // see the OOM kill in its last state meanwhile.
+            ready_after: Duration::from_secs(80),
             ..Behaviour::default()
         },
     );
@@ -274,7 +277,9 @@ async fn critical_bugs_3_percent_against_a_young_0_1_percent_baseline_is_rolled_
     let mut s = Scenario::start("crit-close", Prom::Shared(shared()), behaviours, &toml).await;
     s.with_pipeline().await;
     s.wait_scraped().await;
-    s.tick_until(5, |_| false).await;
+    // v1 serves about 25 s: old enough to be a baseline (20 s at least),
+    // far younger than the lookback.
+    s.tick_until(20, |_| false).await;
 
     s.deploy("web:v2").await;
     let seen = rolled_back(&mut s, "web:v1", 90).await;

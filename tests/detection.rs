@@ -41,7 +41,8 @@ const CASES: &[Case] = &[
         ns: "det-slow",
         image: "web:v2-slow",
         caught_by: "latency 1.6× the baseline (limit 1.5×)",
-        extra: "",
+        // A p95 needs a few hundred requests to tell 1.6× from 1.5×.
+        extra: "[targets.latency]\nmin_requests = 300\n",
         serves: true,
     },
     Case {
@@ -63,6 +64,13 @@ const CASES: &[Case] = &[
         image: "web:v2-oom",
         caught_by: "pods: OOMKilled",
         extra: "",
+        serves: false,
+    },
+    Case {
+        ns: "det-unready",
+        image: "web:v2-unready",
+        caught_by: "pods: no pod Ready within `ready_timeout` (10 s here; 5 min by default)",
+        extra: "[targets.health]\nper_pod = { port = 8080, path = \"/health\" }\n\n[targets.pods]\nready_timeout = \"10s\"\n",
         serves: false,
     },
     Case {
@@ -133,7 +141,7 @@ async fn detect(case: &Case) -> (f64, String) {
     s.wait_scraped().await;
     // v1 serves for a while first, as a release that replaces a running
     // one: its baseline has a few seconds of real traffic.
-    s.tick_until(5, |_| false).await;
+    s.tick_until(10, |_| false).await;
 
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let first = first_bad_moment(pods, case.image, case.serves);
