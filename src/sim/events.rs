@@ -7,8 +7,6 @@
 
 use serde_json::{Map, Value};
 
-use super::store::{Kind, CORE_EVENTS, EVENTS_V1};
-
 /// `(core/v1 field, events.k8s.io/v1 field)` pairs that differ by name.
 const RENAMED: &[(&str, &str)] = &[
     ("involvedObject", "regarding"),
@@ -32,31 +30,14 @@ const SHARED: &[&str] = &[
     "related",
 ];
 
-/// The kind objects of `kind` are stored as.
-pub fn storage_kind(kind: &Kind) -> Kind {
-    if *kind == EVENTS_V1 {
-        CORE_EVENTS
-    } else {
-        *kind
-    }
+/// An `events.k8s.io/v1` Event as it is stored: a `core/v1` Event.
+pub fn to_core(obj: Value) -> Value {
+    convert(obj, "v1", |(core, v1)| (v1, core))
 }
 
-/// `obj`, written through `kind`'s API, as it is stored.
-pub fn to_storage(kind: &Kind, obj: Value) -> Value {
-    if *kind == EVENTS_V1 {
-        convert(obj, &CORE_EVENTS, |(core, v1)| (v1, core))
-    } else {
-        obj
-    }
-}
-
-/// A stored object as `kind`'s API shows it.
-pub fn from_storage(kind: &Kind, obj: Value) -> Value {
-    if *kind == EVENTS_V1 {
-        convert(obj, &EVENTS_V1, |(core, v1)| (core, v1))
-    } else {
-        obj
-    }
+/// A stored `core/v1` Event as the `events.k8s.io/v1` API shows it.
+pub fn to_v1(obj: Value) -> Value {
+    convert(obj, "events.k8s.io/v1", |(core, v1)| (core, v1))
 }
 
 /// Keeps the shared fields, renames the others `from` → `to`, and drops
@@ -64,15 +45,15 @@ pub fn from_storage(kind: &Kind, obj: Value) -> Value {
 /// fields). A non-object is passed through for the caller to reject.
 fn convert(
     obj: Value,
-    to: &Kind,
+    api_version: &str,
     direction: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
 ) -> Value {
     let Value::Object(mut from) = obj else {
         return obj;
     };
     let mut out = Map::new();
-    out.insert("apiVersion".into(), Value::String(to.api_version()));
-    out.insert("kind".into(), Value::String(to.kind.to_string()));
+    out.insert("apiVersion".into(), Value::String(api_version.to_owned()));
+    out.insert("kind".into(), Value::String("Event".to_owned()));
     for field in SHARED {
         if let Some(v) = from.remove(*field) {
             out.insert((*field).to_string(), v);
@@ -112,14 +93,14 @@ mod tests {
 
     #[test]
     fn an_events_k8s_io_event_is_stored_as_a_core_event_and_read_back_unchanged() {
-        let stored = to_storage(&EVENTS_V1, recorder_event());
+        let stored = to_core(recorder_event());
         assert_eq!(stored["apiVersion"], "v1");
         assert_eq!(stored["involvedObject"]["name"], "web");
         assert_eq!(stored["message"], "error ratio 31 % above 5 %");
         assert_eq!(stored["reportingComponent"], "rollback-watchdog");
         assert_eq!(stored["series"]["count"], 2);
         assert!(stored.get("note").is_none() && stored.get("regarding").is_none());
-        assert_eq!(from_storage(&EVENTS_V1, stored), recorder_event());
+        assert_eq!(to_v1(stored), recorder_event());
     }
 
     #[test]
@@ -134,7 +115,7 @@ mod tests {
             "count": 3,
             "bogus": 1,
         });
-        let v1 = from_storage(&EVENTS_V1, core.clone());
+        let v1 = to_v1(core.clone());
         assert_eq!(v1["apiVersion"], "events.k8s.io/v1");
         assert_eq!(v1["regarding"]["name"], "web");
         assert_eq!(v1["note"], "Scaled up");
@@ -142,6 +123,5 @@ mod tests {
         assert_eq!(v1["deprecatedCount"], 3);
         assert_eq!(v1["deprecatedLastTimestamp"], "2025-01-01T00:05:00Z");
         assert!(v1.get("bogus").is_none());
-        assert_eq!(from_storage(&CORE_EVENTS, core.clone()), core);
     }
 }

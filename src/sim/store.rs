@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
-use super::events::{from_storage, storage_kind, to_storage};
+use super::events;
 
 /// One kind of resource the simulated API server serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -888,6 +888,34 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| jiff::Timestamp::now())
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+/// The kind objects of `kind` are stored as: Events of both APIs as
+/// `core/v1` Events ([`events`]).
+fn storage_kind(kind: &Kind) -> Kind {
+    if *kind == EVENTS_V1 {
+        CORE_EVENTS
+    } else {
+        *kind
+    }
+}
+
+/// `obj`, written through `kind`'s API, as it is stored.
+fn to_storage(kind: &Kind, obj: Value) -> Value {
+    if *kind == EVENTS_V1 {
+        events::to_core(obj)
+    } else {
+        obj
+    }
+}
+
+/// A stored object as `kind`'s API shows it.
+fn from_storage(kind: &Kind, obj: Value) -> Value {
+    if *kind == EVENTS_V1 {
+        events::to_v1(obj)
+    } else {
+        obj
+    }
 }
 
 #[cfg(test)]
