@@ -33,6 +33,20 @@ fn sentences(seen: &[Evaluation]) -> Vec<String> {
         .collect()
 }
 
+/// The decisive reasons of the last evaluation, as on-call reads them.
+fn decisive(seen: &[Evaluation]) -> Vec<String> {
+    seen.last()
+        .and_then(|e| e.judgement.as_ref())
+        .map(|j| {
+            j.reasons
+                .iter()
+                .filter(|r| r.is_decisive())
+                .map(|r| r.sentence.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Deploys `image` and ticks through its rollout and `after` more ticks;
 /// asserts the release was kept: never Bad, no template patch, the
 /// Deployment still on `image`. Returns the evaluations.
@@ -244,17 +258,7 @@ async fn critical_bugs_an_error_burst_shorter_than_the_streak_is_kept_and_a_long
         })
         .expect("a valid burst");
     let seen = rolled_back(&mut s, "web:v1", 30).await;
-    let reasons: Vec<String> = seen
-        .last()
-        .and_then(|e| e.judgement.as_ref())
-        .map(|j| {
-            j.reasons
-                .iter()
-                .filter(|r| r.is_decisive())
-                .map(|r| r.sentence.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let reasons = decisive(&seen);
     assert!(
         reasons.iter().any(|r| r.starts_with("error ratio")),
         "{reasons:#?}"
@@ -283,17 +287,7 @@ async fn critical_bugs_3_percent_against_a_young_0_1_percent_baseline_is_rolled_
 
     s.deploy("web:v2").await;
     let seen = rolled_back(&mut s, "web:v1", 90).await;
-    let decisive: Vec<String> = seen
-        .last()
-        .and_then(|e| e.judgement.as_ref())
-        .map(|j| {
-            j.reasons
-                .iter()
-                .filter(|r| r.is_decisive())
-                .map(|r| r.sentence.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let decisive = decisive(&seen);
     assert!(
         decisive
             .iter()
@@ -332,7 +326,7 @@ async fn critical_bugs_an_outage_downstream_of_old_and_new_pods_is_not_blamed_on
                     && sub
                         .pods
                         .iter()
-                        .any(rollback_watchdog::observe::revision::is_ready)
+                        .any(rollback_watchdog::signals::pods::is_ready)
             });
             if v2_ready && !outage {
                 outage = true;

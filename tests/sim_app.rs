@@ -15,6 +15,7 @@ use rollback_watchdog::sim::deployment::apply_deployment_defaults;
 use rollback_watchdog::sim::store::{Store, DEPLOYMENTS, NAMESPACES, PODS};
 use rollback_watchdog::sim::{seed_deployment, SimCluster, SimOptions};
 use serde_json::{json, Value};
+use support::eventually;
 
 const NS: &str = "shop";
 const WAIT: Duration = Duration::from_secs(30);
@@ -55,19 +56,6 @@ fn base_url(pod: &Value) -> Option<String> {
     pod["status"]["podIP"]
         .as_str()
         .map(|ip| format!("http://{ip}:8080"))
-}
-
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if start.elapsed() > WAIT => {
-                panic!("timed out waiting for {what}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
 }
 
 /// (requests, errors) from a pod's `/metrics`.

@@ -4,7 +4,7 @@
 //! bounded; nothing asserts how fast anything happens.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rollback_watchdog::sim::behaviour::{Behaviour, Behaviours, Traffic};
 use rollback_watchdog::sim::clock::SimClock;
@@ -14,9 +14,10 @@ use rollback_watchdog::sim::store::{
 };
 use serde_json::{json, Value};
 
-const NS: &str = "production";
-const WAIT: Duration = Duration::from_secs(30);
+mod support;
+use support::eventually;
 
+const NS: &str = "production";
 fn cluster(behaviours: Behaviours) -> (Store, ControllerHandle) {
     let store = Store::default();
     store
@@ -38,21 +39,6 @@ fn deployment(name: &str, image: &str, replicas: i64) -> Value {
             },
         },
     })
-}
-
-/// Polls `check` until it returns Some, or fails the test naming `what`
-/// and the last state seen.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if start.elapsed() > WAIT => {
-                panic!("timed out waiting for {what}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-        }
-    }
 }
 
 fn get(store: &Store, name: &str) -> Value {

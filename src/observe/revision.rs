@@ -51,6 +51,7 @@ use serde_json::Value;
 
 use crate::observe::cache::Snapshot;
 use crate::observe::targets::WatchedDeployment;
+use crate::signals::pods::is_ready;
 use crate::signals::{BaselineRevision, ServingRevision, Subject};
 
 /// How long the known-good patch may take.
@@ -368,16 +369,6 @@ pub fn serving_others(
             .collect();
     out.reverse();
     out
-}
-
-/// A pod that is Ready and not being deleted: one a Service routes to.
-pub fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The known-good record kept in the [`KNOWN_GOOD`] annotation.
