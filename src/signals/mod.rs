@@ -927,13 +927,17 @@ pub struct PodHistory {
 }
 
 impl Subject {
-    /// A regex matching exactly the pods of a revision:
-    /// `<deployment>-<pod-template-hash>-.*` (the `{pods}` placeholder).
+    /// A regex matching exactly the pods of a revision (the `{pods}`
+    /// placeholder): the prefix Kubernetes gives them, `<deployment>-<hash>-`
+    /// cut to [`MAX_GENERATED_PREFIX`] characters as the API server cuts a
+    /// `generateName`, then `.*`. For a Deployment name of about 47
+    /// characters or more the cut reaches into the hash, and from 58 on the
+    /// regex matches the pods of every revision: the names no longer say
+    /// which revision a pod belongs to.
     pub fn pods_regex(deployment: &str, pod_template_hash: &str) -> String {
         format!(
-            "{}-{}-.*",
-            regex_escape_promql(deployment),
-            regex_escape_promql(pod_template_hash)
+            "{}.*",
+            regex_escape_promql(&pod_name_prefix(deployment, pod_template_hash))
         )
     }
 
@@ -943,21 +947,38 @@ impl Subject {
     }
 
     /// A regex matching exactly the pods of several revisions:
-    /// `<deployment>-(<hash>|<hash>)-.*`, with the escaping of
-    /// [`Subject::pods_regex`]; one hash gives the same as that.
+    /// `(<prefix>|<prefix>).*` over their cut prefixes (see
+    /// [`Subject::pods_regex`]), each prefix once; one prefix gives the
+    /// same as that.
     pub fn pods_regex_of(deployment: &str, hashes: &[&str]) -> String {
-        match hashes {
-            [one] => Self::pods_regex(deployment, one),
-            many => format!(
-                "{}-({})-.*",
-                regex_escape_promql(deployment),
-                many.iter()
-                    .map(|h| regex_escape_promql(h))
-                    .collect::<Vec<_>>()
-                    .join("|")
-            ),
+        let mut prefixes: Vec<String> = Vec::new();
+        for h in hashes {
+            let p = regex_escape_promql(&pod_name_prefix(deployment, h));
+            if !prefixes.contains(&p) {
+                prefixes.push(p);
+            }
+        }
+        match prefixes.as_slice() {
+            [one] => format!("{one}.*"),
+            many => format!("({}).*", many.join("|")),
         }
     }
+}
+
+/// The longest `generateName` prefix the API server keeps before it adds
+/// five random characters (`maxGeneratedNameLength = 63 - 5` in
+/// apiserver's `names.go`).
+pub const MAX_GENERATED_PREFIX: usize = 58;
+
+/// The name prefix of a revision's pods: its ReplicaSet's generateName,
+/// `<deployment>-<hash>-`, cut to [`MAX_GENERATED_PREFIX`] characters.
+pub fn pod_name_prefix(deployment: &str, pod_template_hash: &str) -> String {
+    let mut prefix = format!("{deployment}-{pod_template_hash}-");
+    // DNS-1123 names are ASCII; cut on a char boundary all the same.
+    if let Some((i, _)) = prefix.char_indices().nth(MAX_GENERATED_PREFIX) {
+        prefix.truncate(i);
+    }
+    prefix
 }
 
 /// Names and hashes are DNS-1123 (letters, digits, `-`, `.`), so only `.`
@@ -1000,6 +1021,9 @@ impl Fill {
     /// when none serves. `{pods}` matches all their pods; with more than
     /// one revision `{revision}` and `{pod_template_hash}` are regex
     /// alternations (`3|1`), so templates should match them with `=~`.
+    /// Also None when a long Deployment name leaves pod names that cannot
+    /// tell the revisions apart (see [`Subject::pods_regex`]): the
+    /// comparison would set the pods against themselves.
     pub fn others(subject: &Subject, span: Duration, cluster: &str) -> Option<Self> {
         if subject.serving_others.is_empty() {
             return None;
@@ -1009,6 +1033,13 @@ impl Fill {
             .iter()
             .map(|r| r.pod_template_hash.as_str())
             .collect();
+        let mine = pod_name_prefix(&subject.deployment, &subject.pod_template_hash);
+        if hashes.iter().any(|h| {
+            let theirs = pod_name_prefix(&subject.deployment, h);
+            theirs.starts_with(&mine) || mine.starts_with(&theirs)
+        }) {
+            return None;
+        }
         Some(Fill {
             namespace: subject.namespace.clone(),
             deployment: subject.deployment.clone(),
@@ -1097,6 +1128,90 @@ mod fill_tests {
         for (d, text) in cases {
             assert_eq!(promql_duration(d), text, "{d:?}");
         }
+    }
+
+    /// A pod name as the API server makes it from the ReplicaSet's
+    /// generateName: cut to 58 characters, then 5 random ones.
+    fn pod_name(deployment: &str, hash: &str) -> String {
+        let prefix: String = format!("{deployment}-{hash}-").chars().take(58).collect();
+        format!("{prefix}x7k2q")
+    }
+
+    /// The regex as Prometheus reads it: the PromQL string's escapes
+    /// undone, anchored at both ends.
+    fn matches(promql_regex: &str, pod: &str) -> bool {
+        let re = regex::Regex::new(&format!("^(?:{})$", promql_regex.replace("\\\\", "\\")))
+            .expect("a valid regex");
+        re.is_match(pod)
+    }
+
+    #[test]
+    fn pods_matches_the_pods_kubernetes_names_for_short_and_long_deployments() {
+        let name_47 = "payments-reconciliation-worker-eu-west-primary1";
+        let name_60 = "payments-reconciliation-worker-eu-west-primary-canary-blue01";
+        assert_eq!((name_47.len(), name_60.len()), (47, 60));
+        let cases = [
+            // (deployment, regex, still tells revisions apart)
+            ("web", "web-5d8f7c9b4f-.*", true),
+            ("web.v2", "web\\\\.v2-5d8f7c9b4f-.*", true),
+            (
+                name_47,
+                "payments-reconciliation-worker-eu-west-primary1-5d8f7c9b4f.*",
+                true,
+            ),
+            (
+                name_60,
+                "payments-reconciliation-worker-eu-west-primary-canary-blue.*",
+                false,
+            ),
+        ];
+        for (deployment, regex, separates) in cases {
+            let pods = Subject::pods_regex(deployment, "5d8f7c9b4f");
+            assert_eq!(pods, regex, "{deployment}");
+            assert!(
+                matches(&pods, &pod_name(deployment, "5d8f7c9b4f")),
+                "{deployment}: {pods} must match its pods"
+            );
+            assert_eq!(
+                matches(&pods, &pod_name(deployment, "77c4d6f5bd")),
+                !separates,
+                "{deployment}: another revision's pods"
+            );
+            let both = Subject::pods_regex_of(deployment, &["5d8f7c9b4f", "77c4d6f5bd"]);
+            assert!(
+                matches(&both, &pod_name(deployment, "5d8f7c9b4f")),
+                "{both}"
+            );
+            assert!(
+                matches(&both, &pod_name(deployment, "77c4d6f5bd")),
+                "{both}"
+            );
+        }
+        assert_eq!(
+            Subject::pods_regex_of("web", &["aaa", "bbb"]),
+            "(web-aaa-|web-bbb-).*"
+        );
+    }
+
+    #[test]
+    fn older_pods_are_not_compared_when_their_names_cannot_be_told_apart() {
+        let subject = |deployment: &str| Subject {
+            namespace: "production".into(),
+            deployment: deployment.into(),
+            revision: 2,
+            pod_template_hash: "5d8f7c9b4".into(),
+            serving_others: vec![ServingRevision {
+                revision: 1,
+                pod_template_hash: "77c4d6f5b".into(),
+                ready_pods: 3,
+            }],
+            ..Default::default()
+        };
+        let span = Duration::from_secs(60);
+        let short = Fill::others(&subject("web"), span, "prod").expect("web's older pods");
+        assert_eq!(short.pods, "web-77c4d6f5b-.*");
+        let long = "payments-reconciliation-worker-eu-west-primary-canary-blue01";
+        assert_eq!(Fill::others(&subject(long), span, "prod"), None);
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct Kind {
     pub has_spec_generation: bool,
 }
 
+/// The longest `generateName` prefix a real API server keeps
+/// (`maxGeneratedNameLength = 63 - 5`).
+const MAX_GENERATED_PREFIX: usize = 58;
+
 const RW_VERBS: &[&str] = &[
     "create",
     "delete",
@@ -479,6 +483,10 @@ impl Store {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => match meta.get("generateName").and_then(Value::as_str) {
                 Some(prefix) if !prefix.is_empty() => loop {
+                    // As the API server's names.go: the prefix is cut to
+                    // 58 characters (63 - 5) before the random suffix, so
+                    // long Deployment names give pods as on a real cluster.
+                    let prefix: String = prefix.chars().take(MAX_GENERATED_PREFIX).collect();
                     let candidate = format!("{prefix}{}", random_suffix(5));
                     if !inner.objects.contains_key(&key(kind, namespace, &candidate)) {
                         break candidate;
@@ -978,6 +986,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), 409);
         assert_eq!(err.reason(), "AlreadyExists");
+    }
+
+    #[test]
+    fn a_long_generate_name_is_cut_to_58_characters_as_the_api_server_does() {
+        let store = seeded();
+        let long = format!("{}-5d8f7c9b4-", "a".repeat(60));
+        let pod = store
+            .create(
+                &CONFIGMAPS,
+                "production",
+                json!({"metadata": {"generateName": long}}),
+            )
+            .unwrap();
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(name.starts_with(&long[..58]), "{name}");
     }
 
     #[test]
