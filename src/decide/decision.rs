@@ -413,12 +413,22 @@ fn action(
             // `rollout undo`) and bad now: nothing older is known to be
             // better, so a person decides, as after the watchdog's own.
             let known_good_again = state.current_template_is_known_good();
-            if restored_by_us || known_good_again {
+            // A template brought back (a person's `rollout undo`) with no
+            // older template to go to: every other revision is newer, the
+            // one the person just left among them, or blocklisted.
+            let undone_nothing_older =
+                state.current().is_some_and(|c| c.reused) && state.older_target.is_none();
+            if restored_by_us || known_good_again || undone_nothing_older {
                 memory.acted = Some(Acted::Escalated);
-                let why = if !restored_by_us {
-                    "is the last known-good revision, deployed again, and is bad now: nothing older is known to be better, so there is no automatic rollback"
+                let why = if restored_by_us {
+                    "was restored by the watchdog's own rollback and is bad too: no second automatic rollback".to_owned()
+                } else if known_good_again {
+                    "is the last known-good revision, deployed again, and is bad now: nothing older is known to be better, so there is no automatic rollback".to_owned()
                 } else {
-                    "was restored by the watchdog's own rollback and is bad too: no second automatic rollback"
+                    format!(
+                        "brings back the template first deployed as revision {}, and is bad now: every other revision is newer (the one left behind among them) or blocklisted, so there is no automatic rollback",
+                        state.current().map_or(subject.revision, |c| c.first_deployed())
+                    )
                 };
                 Action::Escalate {
                     sentence: format!(
@@ -541,6 +551,7 @@ mod tests {
             images: vec![format!("web:v{number}")],
             created: None,
             reused: false,
+            history: Vec::new(),
         }
     }
 
@@ -592,6 +603,7 @@ mod tests {
                 pods_seen_at: None,
                 previous_since: None,
                 warnings: Vec::new(),
+                older_target: Some(1),
             },
             subject: Subject {
                 namespace: "production".into(),
@@ -761,6 +773,45 @@ mod tests {
             ),
             "{sentence}"
         );
+    }
+
+    #[test]
+    fn a_persons_undo_with_nothing_older_to_go_to_escalates() {
+        let undone = |older_target: Option<i64>| {
+            let mut w = world("");
+            // `rollout undo` to revision 1's template: its ReplicaSet is
+            // revision 4 now, and remembers it was 1.
+            let mut current = revision(4, "h1");
+            current.reused = true;
+            current.history = vec![1];
+            w.state.rollout = Rollout::Known {
+                current,
+                previous: Some(revision(3, "h3")),
+            };
+            w.state.older_target = older_target;
+            w.subject.revision = 4;
+            w
+        };
+        let mut w = undone(None);
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        let Action::Escalate { sentence } = &bad.action else {
+            panic!("{:?}", bad.action)
+        };
+        assert!(
+            sentence.starts_with(
+                "revision 4 brings back the template first deployed as revision 1, and is bad now: every other revision is newer"
+            ),
+            "{sentence}"
+        );
+        let again = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert_eq!(again.action, Action::None, "escalated once");
+
+        // With an older template to go to, it rolls back as usual.
+        let mut w = undone(Some(2));
+        let mut memory = RevisionState::default();
+        let (_, bad) = until_bad(&mut w, &mut memory, 0);
+        assert!(is_rollback(&bad.action), "{:?}", bad.action);
     }
 
     #[test]

@@ -136,6 +136,14 @@ pub enum Rule {
     AllOlderBlocklisted { target: String },
     /// There is no older revision.
     NoOlderRevision { target: String },
+    /// The current revision brings back an older template (a person's
+    /// undo) and every other revision is a newer template or was deployed
+    /// after it: none is a rollback target.
+    NoOlderTemplate {
+        target: String,
+        revision: i64,
+        first_deployed: i64,
+    },
     /// The chosen revision's ReplicaSet has no pod template.
     NoRevisionTemplate {
         target: String,
@@ -258,6 +266,14 @@ impl fmt::Display for Rule {
             Rule::NoOlderRevision { target } => write!(
                 f,
                 "no revision of {target} to roll back to: it has no older revision"
+            ),
+            Rule::NoOlderTemplate {
+                target,
+                revision,
+                first_deployed,
+            } => write!(
+                f,
+                "no revision of {target} to roll back to: revision {revision} brings back the template first deployed as revision {first_deployed}, and every other revision is newer or was deployed after it"
             ),
             Rule::NoRevisionTemplate { target, revision, replica_set } => write!(
                 f,

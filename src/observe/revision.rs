@@ -38,6 +38,7 @@
 //!   younger one keeps its window for the remaining time.
 
 use crate::k8s::keys::{FIELD_MANAGER, KNOWN_GOOD, POD_TEMPLATE_HASH, REVISION, REVISION_HISTORY};
+use crate::observe::blocklist::{self, Entry};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,10 @@ pub struct Revision {
     pub created: Option<jiff::Timestamp>,
     /// The ReplicaSet was brought back by a rollback (`revision-history`).
     pub reused: bool,
+    /// The revision numbers its template had before, oldest first (its
+    /// `revision-history`): when it was deployed before.
+    #[serde(skip)]
+    pub history: Vec<i64>,
 }
 
 impl Revision {
@@ -130,7 +135,47 @@ impl Revision {
                 .annotations()
                 .get(REVISION_HISTORY)
                 .is_some_and(|h| !h.trim().is_empty()),
+            history: rs
+                .annotations()
+                .get(REVISION_HISTORY)
+                .map(|h| revision_history(h))
+                .unwrap_or_default(),
         })
+    }
+
+    /// The revision its template was first deployed as: how old the
+    /// template is, whatever undo or re-deploy brought it back since.
+    pub fn first_deployed(&self) -> i64 {
+        self.history
+            .iter()
+            .copied()
+            .chain([self.number])
+            .min()
+            .unwrap_or(self.number)
+    }
+
+    /// The revision its template was deployed as before the current one
+    /// (itself when it was never deployed before).
+    pub fn deployed_before(&self) -> i64 {
+        self.history
+            .iter()
+            .copied()
+            .filter(|n| *n < self.number)
+            .max()
+            .unwrap_or(self.number)
+    }
+
+    /// Whether a rollback of `current` may restore this revision: an older
+    /// template (first deployed before the current one was), and not one
+    /// the Deployment moved to after the current template's previous
+    /// deploy (a person's undo left it), unless the current template is
+    /// blocklisted: a re-deploy of a template already judged bad goes back
+    /// to the older template it replaced.
+    pub fn may_replace(&self, current: &Revision, current_blocklisted: bool) -> bool {
+        self.number != current.number
+            && self.pod_template_hash != current.pod_template_hash
+            && self.first_deployed() < current.first_deployed()
+            && (self.number < current.deployed_before() || current_blocklisted)
     }
 
     pub fn baseline(&self) -> BaselineRevision {
@@ -140,6 +185,18 @@ impl Revision {
             since: None,
         }
     }
+}
+
+/// `deployment.kubernetes.io/revision-history`: `"1,4"`, oldest first;
+/// unreadable entries are skipped.
+fn revision_history(h: &str) -> Vec<i64> {
+    let mut numbers: Vec<i64> = h
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n: &i64| *n > 0)
+        .collect();
+    numbers.sort_unstable();
+    numbers
 }
 
 fn revision_number(obj: &impl ResourceExt) -> Option<i64> {
@@ -207,6 +264,29 @@ pub fn owned_revisions<'a>(
         .collect();
     owned.sort_by_key(|(r, _)| r.number);
     owned
+}
+
+/// The revisions a rollback of `current` may restore, newest first: those
+/// [`Revision::may_replace`] allows and no blocklist entry blocks. Shared
+/// by the plan (which restores the first, or the known-good one among
+/// them) and the run loop (which escalates when there is none after a
+/// person brought an older template back).
+pub fn rollback_candidates<'a, 'r>(
+    current: &Revision,
+    owned: &'a [(Revision, &'r ReplicaSet)],
+    blocked: &[Entry],
+) -> Vec<&'a (Revision, &'r ReplicaSet)> {
+    let is_blocked = |r: &Revision| {
+        blocked
+            .iter()
+            .any(|e| e.matches(&r.pod_template_hash, &r.images))
+    };
+    let current_blocklisted = is_blocked(current);
+    owned
+        .iter()
+        .rev()
+        .filter(|(r, _)| r.may_replace(current, current_blocklisted) && !is_blocked(r))
+        .collect()
 }
 
 /// Finds the current and previous revision among the ReplicaSets the
@@ -465,6 +545,9 @@ pub struct TargetState {
     pub previous_since: Option<jiff::Timestamp>,
     /// Problems to report (a malformed known-good record).
     pub warnings: Vec<String>,
+    /// The newest revision a rollback of the current one may restore
+    /// ([`rollback_candidates`]); None when there is none.
+    pub older_target: Option<i64>,
 }
 
 impl TargetState {
@@ -631,6 +714,18 @@ impl Tracker {
             }
             Rollout::Pending { .. } => Vec::new(),
         };
+        let older_target = match &rollout {
+            Rollout::Known { current, .. } => {
+                let owned = owned_revisions(d, snapshot.replicasets_of(&uid));
+                // A malformed blocklist is reported where a rollback reads
+                // it; here it only makes the choice stricter.
+                let blocked = blocklist::read(d).unwrap_or_default();
+                rollback_candidates(current, &owned, &blocked)
+                    .first()
+                    .map(|(r, _)| r.number)
+            }
+            Rollout::Pending { .. } => None,
+        };
         let previous_since = match &rollout {
             Rollout::Known {
                 previous: Some(previous),
@@ -655,6 +750,7 @@ impl Tracker {
             previous_since,
             pods,
             warnings,
+            older_target,
         }
     }
 

@@ -328,33 +328,40 @@ impl<'a> Choice<'a> {
         Ok((rev.clone(), *rs))
     }
 
-    /// The newest known-good revision that is not the current one, else the
-    /// newest older one; blocklisted revisions are skipped either way.
+    /// The newest known-good revision a rollback may restore, else the
+    /// newest one it may restore: always an older template than the
+    /// current one, never one the Deployment moved to after the current
+    /// template's previous deploy ([`revision::rollback_candidates`]), and
+    /// never a blocklisted one.
     fn previous(&mut self) -> Result<(Revision, &'a ReplicaSet), Rule> {
-        let by_known_good = self.known_good.as_ref().and_then(|kg| {
-            self.owned.iter().rev().find(|(r, _)| {
-                r.pod_template_hash == kg.pod_template_hash
-                    && r.number != self.current.number
-                    && self.blocking(r).is_none()
-            })
-        });
+        let candidates: Vec<(Revision, &'a ReplicaSet)> =
+            revision::rollback_candidates(&self.current, &self.owned, &self.blocked)
+                .into_iter()
+                .map(|(r, rs)| (r.clone(), *rs))
+                .collect();
+        let by_known_good = candidates.iter().find(|(r, _)| self.is_known_good(r));
         if let Some((r, rs)) = by_known_good {
             return Ok((r.clone(), *rs));
         }
-        let older = self
-            .owned
-            .iter()
-            .rev()
-            .find(|(r, _)| r.number < self.current.number && self.blocking(r).is_none())
-            .map(|(r, rs)| (r.clone(), *rs));
         let target = self.target.clone();
-        match older {
+        match candidates.into_iter().next() {
             Some((r, rs)) => {
                 self.notes.push(format!(
                     "revision {} was never verified as known-good",
                     r.number
                 ));
                 Ok((r, rs))
+            }
+            None if self
+                .owned
+                .iter()
+                .any(|(r, _)| r.number < self.current.number && self.blocking(r).is_none()) =>
+            {
+                Err(Rule::NoOlderTemplate {
+                    target,
+                    revision: self.current.number,
+                    first_deployed: self.current.first_deployed(),
+                })
             }
             None if self.has_previous => Err(Rule::AllOlderBlocklisted { target }),
             None => Err(Rule::NoOlderRevision { target }),

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::Loader;
 use crate::decide::request::InFlight;
-use crate::k8s::keys::{BLOCKLIST, KNOWN_GOOD, REVISION, ROLLBACKS};
+use crate::k8s::keys::{BLOCKLIST, KNOWN_GOOD, REVISION, REVISION_HISTORY, ROLLBACKS};
 use serde_json::json;
 
 const UID: &str = "d-uid";
@@ -593,4 +593,130 @@ fn gitops_labels_are_recognised() {
     d.metadata.annotations =
         Some([("argocd.argoproj.io/sync-wave".to_string(), "1".to_string())].into());
     assert!(gitops_manager(&d).unwrap().starts_with("Argo CD"));
+}
+
+/// web on `image`, with ReplicaSets `(revision, hash, image,
+/// revision-history)` as the deployment controller leaves them after
+/// undos and re-deploys.
+fn deployed(image: &str, rss: &[(i64, &str, &str, &str)]) -> Case {
+    Case::previous().with(|c| {
+        c.d = deployment(image);
+        c.replicasets = rss
+            .iter()
+            .map(|(n, hash, image, history)| {
+                let mut rs = replicaset(*n, hash, image);
+                if !history.is_empty() {
+                    rs.metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(REVISION_HISTORY.into(), (*history).into());
+                }
+                Arc::new(rs)
+            })
+            .collect();
+    })
+}
+
+fn known_good_record(hash: &str, n: i64) -> String {
+    format!(
+        r#"{{"revision":{n},"podTemplateHash":"{hash}","images":[],"at":"2026-11-26T10:00:00Z"}}"#
+    )
+}
+
+#[test]
+fn a_rollback_never_goes_to_a_newer_template_than_the_one_it_replaces() {
+    // The issue's case: revisions 1 to 6, then `rollout undo --to-revision=4`
+    // made revision 7 from revision 4's ReplicaSet. Revision 6 (the one the
+    // person left, known-good) and 5 are newer templates: the target is 3.
+    let undo_6_to_4 = deployed(
+        "web:v4",
+        &[
+            (1, "h1", "web:v1", ""),
+            (2, "h2", "web:v2", ""),
+            (3, "h3", "web:v3", ""),
+            (5, "h5", "web:v5", ""),
+            (6, "h6", "web:v6", ""),
+            (7, "h4", "web:v4", "4"),
+        ],
+    )
+    .annotated(KNOWN_GOOD, &known_good_record("h6", 6));
+    let plan = undo_6_to_4.plan().expect("revision 3 is older");
+    assert_eq!((plan.from.revision, plan.to.revision), (7, 3));
+    assert_eq!(plan.to.images, ["web:v3"]);
+    assert_eq!(plan.notes, ["revision 3 was never verified as known-good"]);
+
+    // An older known-good template is still preferred.
+    let plan = undo_6_to_4
+        .annotated(KNOWN_GOOD, &known_good_record("h2", 2))
+        .plan()
+        .expect("revision 2 is older and known-good");
+    assert_eq!((plan.to.revision, plan.to.known_good), (2, true));
+}
+
+#[test]
+fn a_persons_undo_to_the_oldest_template_has_no_rollback_target() {
+    // v1 -> v2 -> v3, then undo to v1 (revision 4): v2 and v3 are newer.
+    let undo_to_v1 = deployed(
+        "web:v1",
+        &[
+            (2, "bbb", "web:v2", ""),
+            (3, "ccc", "web:v3", ""),
+            (4, "aaa", "web:v1", "1"),
+        ],
+    )
+    .annotated(KNOWN_GOOD, &known_good_record("ccc", 3));
+    let refusal = match undo_to_v1.plan() {
+        Err(r) => r,
+        Ok(p) => panic!("planned a rollback to revision {}", p.to.revision),
+    };
+    assert!(
+        matches!(
+            refusal.rule(),
+            Some(Rule::NoOlderTemplate {
+                revision: 4,
+                first_deployed: 1,
+                ..
+            })
+        ),
+        "{refusal:?}"
+    );
+    assert_eq!(
+        refusal.to_string(),
+        "no revision of production/web to roll back to: revision 4 brings back the template first deployed as revision 1, and every other revision is newer or was deployed after it"
+    );
+    // An explicit revision stays a person's choice.
+    let by_number = undo_to_v1.with(|c| c.request.to = Target::Revision(3));
+    assert_eq!(by_number.plan().map(|p| p.to.revision).ok(), Some(3));
+}
+
+#[test]
+fn a_redeploy_goes_back_only_past_what_it_replaced_when_it_was_judged_bad_before() {
+    // v1, v2 bad and rolled back (v1 became 3), v2 deployed again (4).
+    let rss = [(3, "aaa", "web:v1", "1"), (4, "bbb", "web:v2", "2")];
+    let blocklisted = deployed("web:v2", &rss).annotated(BLOCKLIST, &format!("[{CRASHED}]"));
+    let plan = blocklisted.plan().expect("v1 is the older template");
+    assert_eq!((plan.from.revision, plan.to.revision), (4, 3));
+    // The same moves by a person with nothing judged bad: v1 is the
+    // revision they left, so it is no target.
+    let refusal = deployed("web:v2", &rss).plan().map(|p| p.to.revision);
+    assert!(
+        matches!(
+            refusal.as_ref().map_err(Refusal::rule),
+            Err(Some(Rule::NoOlderTemplate { revision: 4, .. }))
+        ),
+        "{refusal:?}"
+    );
+    // A new template after the watchdog's rollback goes back to v1 (3).
+    let new_after_rollback = deployed(
+        "web:v3",
+        &[
+            (2, "bbb", "web:v2", ""),
+            (3, "aaa", "web:v1", "1"),
+            (4, "ccc", "web:v3", ""),
+        ],
+    );
+    assert_eq!(
+        new_after_rollback.plan().map(|p| p.to.revision).ok(),
+        Some(3)
+    );
 }
