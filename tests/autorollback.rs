@@ -428,3 +428,118 @@ async fn the_known_good_revision_deployed_again_by_a_person_and_bad_escalates_in
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_persons_undo_to_an_older_revision_that_turns_bad_escalates_with_no_patch() {
+    support::kubectl::require_kubectl();
+    let (hook, got) = receiver().await;
+    let behaviours = Behaviours::builtin();
+    let mut s = Scenario::start(
+        "auto-undo-older",
+        Prom::Url("http://127.0.0.1:1"),
+        behaviours.clone(),
+        &extra(&hook),
+    )
+    .await;
+    s.with_pipeline().await;
+    s.deploy("web:v2").await;
+    s.wait_rolled_out("web:v2").await;
+    s.deploy("web:v3").await;
+    s.wait_rolled_out("web:v3").await;
+    // v3 is the recorded known-good revision (its window closed healthy):
+    // the newest template, and the one the person is about to leave.
+    let v3 = s.tick().await.subject.expect("v3 is judged");
+    assert_eq!(v3.revision, 3);
+    rollback_watchdog::observe::revision::record_known_good(
+        &s.client,
+        &s.ns,
+        NAME,
+        &rollback_watchdog::observe::revision::KnownGood {
+            revision: v3.revision,
+            pod_template_hash: v3.pod_template_hash.clone(),
+            images: v3.images.clone(),
+            at: jiff::Timestamp::now().to_string(),
+        },
+    )
+    .await
+    .expect("record known-good");
+
+    // A person goes back to v1's template (revision 4), which then crashes.
+    support::kubectl::kubectl_ok(
+        &s.sim,
+        &[
+            "-n",
+            &s.ns,
+            "rollout",
+            "undo",
+            &format!("deployment/{NAME}"),
+            "--to-revision=1",
+        ],
+    )
+    .await;
+    s.wait_rolled_out("web:v1").await;
+    // kubectl's undo is a JSON Patch too: count the watchdog's from here.
+    let by_the_person = template_patches(&s.sim);
+    assert_eq!(by_the_person, 1, "kubectl rollout undo patched once");
+    behaviours.set(
+        "web:v1",
+        Behaviour {
+            crash: Crash::CrashLoop,
+            ..Behaviour::default()
+        },
+    );
+    let judged = s.tick_until_bad(40).await;
+    assert_eq!(
+        judged
+            .last()
+            .and_then(|e| e.subject.as_ref())
+            .map(|s| s.revision),
+        Some(4),
+        "the undo is judged as revision 4"
+    );
+    s.tick_until(5, |_| false).await;
+    assert!(!s.daemon.pipelines_running());
+    assert!(
+        s.daemon.take_outcomes().is_empty(),
+        "no pipeline: v2 and v3 are newer than the template restored"
+    );
+    assert_eq!(
+        template_patches(&s.sim),
+        by_the_person,
+        "no patch from the watchdog: v3 is not brought back"
+    );
+    assert_eq!(
+        first_image(&s.deployments().get(NAME).await.expect("get")),
+        "web:v1"
+    );
+    let escalated = s
+        .events()
+        .into_iter()
+        .find(|(r, _)| r == "RollbackEscalated")
+        .unwrap_or_else(|| panic!("no escalation: {:?}", s.events()));
+    assert!(
+        escalated.1.contains(
+            "revision 4 brings back the template first deployed as revision 1, and is bad now"
+        ),
+        "{}",
+        escalated.1
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !events_received(&got).contains(&"escalation".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "received {:?}",
+            events_received(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        events_received(&got)
+            .iter()
+            .filter(|e| *e == "escalation")
+            .count(),
+        1,
+        "one escalation: {:?}",
+        events_received(&got)
+    );
+}

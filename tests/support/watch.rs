@@ -38,6 +38,9 @@ pub enum Prom<'a> {
 
 pub struct Scenario {
     pub sim: SimCluster,
+    /// The Deployment's name: [`NAME`] unless started with
+    /// [`Scenario::start_named`].
+    pub name: String,
     pub config: Arc<Config>,
     pub own_prometheus: Option<PrometheusServer>,
     pub prometheus_url: String,
@@ -53,6 +56,17 @@ pub struct Scenario {
 /// The watchdog config every scenario starts from; `extra` is appended
 /// (more sections, or `[targets.*]` tables for the one target).
 pub fn config_toml(ns: &str, prometheus_url: &str, audit: &str, extra: &str) -> String {
+    config_toml_named(ns, NAME, prometheus_url, audit, extra)
+}
+
+/// [`config_toml`] for a Deployment called `name`.
+pub fn config_toml_named(
+    ns: &str,
+    name: &str,
+    prometheus_url: &str,
+    audit: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [watchdog]
@@ -86,7 +100,7 @@ baseline_lookback = "10s"
 
 [[targets]]
 namespace = "{ns}"
-name = "{NAME}"
+name = "{name}"
 {extra}
 "#
     )
@@ -107,7 +121,19 @@ impl Scenario {
     /// daemon whose caches have synced. `{service}` in `extra` is replaced
     /// with the URL of the Service in front of `web`.
     pub async fn start(ns: &str, prom: Prom<'_>, behaviours: Behaviours, extra: &str) -> Scenario {
-        let (sim, client) = sim_with_web(ns, behaviours).await;
+        Self::start_named(ns, NAME, prom, behaviours, extra).await
+    }
+
+    /// [`Scenario::start`] with the Deployment called `name` (its image is
+    /// still `web:v1`, so the sim's behaviours apply as for `web`).
+    pub async fn start_named(
+        ns: &str,
+        name: &str,
+        prom: Prom<'_>,
+        behaviours: Behaviours,
+        extra: &str,
+    ) -> Scenario {
+        let (sim, client) = sim_with(ns, name, behaviours).await;
         let every_second = Duration::from_secs(1);
         let (own_prometheus, prometheus_url, scrape_interval) = match prom {
             Prom::Url(url) => (None, url.to_string(), every_second),
@@ -122,10 +148,11 @@ impl Scenario {
         let audit_dir = tempfile::tempdir().expect("tempdir");
         let audit = audit_dir.path().join("audit.jsonl");
         // `{service}` in `extra`: the URL of the Service in front of web.
-        let service = sim.service_url(ns, NAME).unwrap_or_default();
+        let service = sim.service_url(ns, name).unwrap_or_default();
         let extra = extra.replace("{service}", &service);
-        let config = Arc::new(load(&config_toml(
+        let config = Arc::new(load(&config_toml_named(
             ns,
+            name,
             prometheus_url,
             &audit.display().to_string(),
             &extra,
@@ -139,6 +166,7 @@ impl Scenario {
             .expect("caches sync");
         let scenario = Scenario {
             sim,
+            name: name.to_string(),
             config,
             prometheus_url: prometheus_url.to_string(),
             scrape_interval,
@@ -158,13 +186,13 @@ impl Scenario {
     /// rolled out: web's current ReplicaSet and its 3 pods with addresses.
     /// The first tick judges from them; the API alone can be ahead.
     pub async fn wait_cached(&self) {
-        let d = self.deployments().get(NAME).await.expect("get web");
+        let d = self.deployments().get(&self.name).await.expect("get web");
         let uid = d.metadata.uid.clone().expect("a uid");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let snap = self.daemon.caches().snapshot();
             let hash = snap
-                .deployment(&self.ns, NAME)
+                .deployment(&self.ns, &self.name)
                 .filter(|cached| cached.metadata.generation == d.metadata.generation)
                 .and_then(|_| {
                     snap.replicasets_of(&uid)
@@ -234,7 +262,11 @@ impl Scenario {
     pub async fn deploy(&self, image: &str) {
         let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
         self.deployments()
-            .patch(NAME, &PatchParams::default(), &Patch::Strategic(&patch))
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
             .await
             .expect("set image");
     }
@@ -242,7 +274,7 @@ impl Scenario {
     pub async fn wait_rolled_out(&self, image: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let d = self.deployments().get(NAME).await.expect("get web");
+            let d = self.deployments().get(&self.name).await.expect("get web");
             let status = d.status.clone().unwrap_or_default();
             let current = d
                 .spec
@@ -311,7 +343,7 @@ impl Scenario {
         let evaluations = self.daemon.tick(jiff::Timestamp::now()).await;
         evaluations
             .into_iter()
-            .find(|e| e.target.name == NAME)
+            .find(|e| e.target.name == self.name)
             .expect("web is evaluated")
     }
 
@@ -365,7 +397,9 @@ impl Scenario {
             .list(&sim::store::EVENTS_V1, Some(&self.ns));
         items
             .iter()
-            .filter(|e| e.pointer("/regarding/name").and_then(|v| v.as_str()) == Some(NAME))
+            .filter(|e| {
+                e.pointer("/regarding/name").and_then(|v| v.as_str()) == Some(self.name.as_str())
+            })
             .map(|e| {
                 (
                     e["reason"].as_str().unwrap_or_default().to_string(),
@@ -391,6 +425,11 @@ async fn own_prometheus(
 /// A sim (20× time) with namespaces `ns` and `rollback-watchdog`, and
 /// `ns/web` created with 3 × `web:v1` (not yet rolled out).
 pub async fn sim_with_web(ns: &str, behaviours: Behaviours) -> (SimCluster, Client) {
+    sim_with(ns, NAME, behaviours).await
+}
+
+/// [`sim_with_web`] with the Deployment called `name`.
+pub async fn sim_with(ns: &str, name: &str, behaviours: Behaviours) -> (SimCluster, Client) {
     let sim = SimCluster::start(SimOptions {
         clock: SimClock::new(20.0),
         behaviours,
@@ -410,7 +449,7 @@ pub async fn sim_with_web(ns: &str, behaviours: Behaviours) -> (SimCluster, Clie
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let body: Deployment =
-        serde_json::from_value(sim::seed_deployment(NAME, "web:v1", 3)).expect("deployment");
+        serde_json::from_value(sim::seed_deployment(name, "web:v1", 3)).expect("deployment");
     deployments
         .create(&PostParams::default(), &body)
         .await
@@ -421,10 +460,15 @@ pub async fn sim_with_web(ns: &str, behaviours: Behaviours) -> (SimCluster, Clie
 /// The watchdog's template patches of `web` (its Update step) in `sim`'s
 /// request log.
 pub fn template_patches(sim: &SimCluster) -> usize {
+    template_patches_of(sim, NAME)
+}
+
+/// [`template_patches`] of the Deployment called `name`.
+pub fn template_patches_of(sim: &SimCluster, name: &str) -> usize {
     sim.request_log()
         .entries()
         .iter()
-        .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{NAME}")))
+        .filter(|e| e.verb == "patch" && e.path.ends_with(&format!("/deployments/{name}")))
         .filter(|e| e.content_type.contains("json-patch"))
         .count()
 }
