@@ -461,3 +461,75 @@ async fn two_hundred_targets_tick_without_a_single_list_or_get_request() {
         log.entries()
     );
 }
+
+/// Issue 13, "Long names": the API server cuts a pod's generateName
+/// (`<deployment>-<hash>-`) to 58 characters, so a 60-character Deployment's
+/// pods are not `<deployment>-<hash>-…`. `{pods}` must still find them.
+#[tokio::test]
+async fn a_deployment_with_a_60_character_name_is_judged_by_its_prometheus_signals() {
+    const LONG: &str = "payments-reconciliation-worker-eu-west-primary-canary-blue01";
+    assert_eq!(LONG.len(), 60);
+    let prom = shared();
+    let mut s = Scenario::start_named(
+        "s-long-name",
+        LONG,
+        Prom::Url(&prom.url),
+        Behaviours::builtin(),
+        "",
+    )
+    .await;
+    prom.register(s.sim.scrape_target_handle());
+    s.wait_scraped().await;
+
+    // The pods really are cut short: 58 characters of the name, then the
+    // API server's 5 random ones; no room for `-<hash>-`.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(s.client.clone(), &s.ns);
+    let names: Vec<String> = pods
+        .list(&Default::default())
+        .await
+        .expect("list pods")
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.len() == 63 && n.starts_with(&LONG[..58])),
+        "{names:?}"
+    );
+
+    // v1 healthy: the error ratio is measured, not "no series".
+    let seen = s
+        .tick_until(15, |e| {
+            result_of(e, &SignalId::ErrorRate).is_some_and(|o| !o.is_inconclusive())
+        })
+        .await;
+    let measured = match seen.last().and_then(|e| result_of(e, &SignalId::ErrorRate)) {
+        Some(Outcome::Pass {
+            measured: Some(m), ..
+        }) => m.value,
+        other => panic!("v1's error ratio was never measured: {other:?}"),
+    };
+    assert!(measured < 0.05, "v1 at 0.1 % errors measured {measured}");
+
+    // A bad release of it is judged Bad on its error ratio.
+    s.deploy("web:v2-errors").await;
+    let seen = s.tick_until_bad(40).await;
+    let last = seen.last().expect("ticks");
+    let Some(Outcome::Fail { measured, .. }) = result_of(last, &SignalId::ErrorRate) else {
+        panic!(
+            "Bad, but not on the error ratio: {:?}",
+            last.results
+                .iter()
+                .map(|r| r.describe())
+                .collect::<Vec<_>>()
+        );
+    };
+    assert!((0.1..0.5).contains(&measured.value), "measured {measured}");
+    let status = s.admin.snapshot();
+    assert_eq!(status.targets[0].name, LONG);
+    assert_eq!(status.targets[0].verdict.as_str(), "bad");
+}
