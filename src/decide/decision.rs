@@ -8,9 +8,11 @@
 //! The rules it keeps:
 //! - one decision per revision: a Bad revision is rolled back (or
 //!   escalated) once, never once per tick;
-//! - a revision the watchdog restored itself, or the known-good revision
-//!   deployed again, is never rolled back automatically: it escalates,
-//!   since nothing older is known to be better;
+//! - a revision the watchdog restored itself, the known-good revision
+//!   deployed again, or a template a person brought back with no older
+//!   template left to go to ([`TargetState::older_target`]), is never
+//!   rolled back automatically: it escalates, since nothing older is known
+//!   to be better;
 //! - a template rolled back before is judged with `failure_threshold = 1`;
 //! - only a replica that may act decides (a follower judges, marks nothing);
 //! - known-good is recorded once, on a Healthy tick, for a revision whose

@@ -29,6 +29,12 @@
 //!   oldest pod of the revision (those pods were started by the switch),
 //!   or now when it has none, and says so in [`TargetState::started_estimated`].
 //! - window: `[rollout start, rollout start + watch_window)`.
+//! - rollback targets ([`rollback_candidates`]): older templates only. A
+//!   template's age is the revision it was first deployed as (the lowest
+//!   of its number and its `revision-history`); a target must be older,
+//!   and must not be a revision the Deployment moved to after the current
+//!   template's previous deploy (the one a person's undo left), unless the
+//!   current template is blocklisted (a bad re-deploy goes back past it).
 //! - known-good: the annotation [`KNOWN_GOOD`] on the Deployment, JSON:
 //!   `{"revision":3,"podTemplateHash":"5d8f7c","images":["web:v3"],"at":"2026-11-27T10:15:00Z"}`.
 //!   A revision is due to be recorded once its window has closed, the

@@ -4,8 +4,9 @@
 //! clock: the pipeline's Validate step reads, then asks here, so every rule
 //! below is table-tested.
 //!
-//! It must never choose a blocklisted revision or the current template,
-//! and never plan anything while a rollback is in flight, the target is
+//! It must never choose a blocklisted revision, the current template or a
+//! newer template than the current one (after a person's undo, the
+//! revision they left is newer), and never plan anything while a rollback is in flight, the target is
 //! paused or GitOps-managed, its revision is irreversible, or the cooldown
 //! or the budget forbids it.
 
