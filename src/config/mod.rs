@@ -12,6 +12,7 @@
 //! # Ok::<(), rollback_watchdog::config::ConfigError>(())
 //! ```
 
+pub mod credentials;
 mod raw;
 mod schema;
 mod validate;
