@@ -482,11 +482,9 @@ impl Request {
         let mut headers = headers(sink, incident, &body)?;
         if let Some(auth) = auth {
             let Some(value) = credentials::authorization_header(&auth) else {
-                return Err(
-                    "the user name or password in its URL cannot be sent in an \
+                return Err("the user name or password in its URL cannot be sent in an \
                      Authorization header (not shown: it is a secret)"
-                        .to_owned(),
-                );
+                    .to_owned());
             };
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
