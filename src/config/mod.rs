@@ -12,6 +12,7 @@
 //! # Ok::<(), rollback_watchdog::config::ConfigError>(())
 //! ```
 
+pub mod credentials;
 mod raw;
 mod schema;
 mod validate;
@@ -429,6 +430,45 @@ mod tests {
         assert_eq!(p.latency.max, std::time::Duration::from_secs(1));
         assert_eq!(p.latency.max_ratio_to_baseline, 1.8);
         assert_eq!(p.cooldown, c.defaults.cooldown);
+    }
+
+    #[test]
+    fn credentials_in_prometheus_url_leave_it_and_conflict_with_an_explicit_authorization() {
+        let c = load(
+            r#"
+            [prometheus]
+            url = "https://user:SECRET@prom.example.com"
+            "#,
+        )
+        .expect("valid")
+        .config;
+        assert_eq!(c.prometheus.url.as_str(), "https://prom.example.com/");
+        assert!(c.prometheus.url_credentials.is_some());
+        let printed = toml::to_string(&c.prometheus).expect("serializes");
+        assert!(!printed.contains("SECRET"), "{printed}");
+
+        let got = problems(
+            r#"
+            [prometheus]
+            url = "https://user:SECRET@prom.example.com"
+            headers.Authorization = "Bearer x"
+            "#,
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("prometheus.url: carries credentials"),
+            "{got:?}"
+        );
+        assert!(
+            got[0].contains("prometheus.headers.Authorization"),
+            "{got:?}"
+        );
+        assert!(!got[0].contains("SECRET"), "{got:?}");
+        let got = problems(r#"prometheus.url = "ftp://user:SECRET@prom.example.com""#);
+        assert!(
+            !got.is_empty() && got.iter().all(|p| !p.contains("SECRET")),
+            "{got:?}"
+        );
     }
 
     #[test]

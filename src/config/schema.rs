@@ -52,7 +52,12 @@ pub struct WatchdogSettings {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PrometheusSettings {
+    /// Without userinfo: credentials written into the URL are in
+    /// `url_credentials` (see [`super::credentials`]).
     pub url: url::Url,
+    /// `Authorization: Basic ...` made of the URL's userinfo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_credentials: Option<Secret>,
     #[serde(serialize_with = "duration")]
     pub timeout: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -34,7 +34,7 @@ use super::{
     promql_duration, requests_text, revisions_text, BaselineNote, ConcurrentNote, Fill,
     Measurement, Outcome, SignalId, SignalResult, Subject, Threshold,
 };
-use crate::config::{ErrorRatePolicy, LatencyPolicy, PrometheusSettings, Rule};
+use crate::config::{credentials, ErrorRatePolicy, LatencyPolicy, PrometheusSettings, Rule};
 
 /// Extra time past the query timeout before the watchdog stops waiting on
 /// its own, in case the HTTP client's timer and Prometheus's disagree.
@@ -195,6 +195,19 @@ impl PrometheusSource {
             })?;
             header_value.set_sensitive(true);
             headers.insert(header_name, header_value);
+        }
+        // Credentials that were in the URL: the loader took them out, so
+        // the URL below (quoted by every error) no longer carries them.
+        if let Some(auth) = &settings.url_credentials {
+            let value = credentials::authorization_header(auth).ok_or_else(|| {
+                PrometheusSourceError::Url {
+                    url: settings.url.to_string(),
+                    message: "the user name or password in it cannot be sent in an \
+                              Authorization header (control characters?)"
+                        .into(),
+                }
+            })?;
+            headers.insert(AUTHORIZATION, value);
         }
         let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)

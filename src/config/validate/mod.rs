@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::raw::{self, DurationStr, RawConfig, RawPolicy};
 use super::schema::*;
-use super::{MissingSecrets, Problem};
+use super::{credentials, MissingSecrets, Problem};
 
 mod notify;
 mod policy;
@@ -374,7 +374,13 @@ impl<'a> Checker<'a> {
             self.problem(path, "must not be empty");
         } else if self.placeholders(path, text, known) {
             if let Err(why) = http_url(&fill(text, &SAMPLE)) {
-                self.problem(path, format!("{text:?} is not an http(s) URL: {why}"));
+                self.problem(
+                    path,
+                    format!(
+                        "{:?} is not an http(s) URL: {why}",
+                        credentials::shown(text)
+                    ),
+                );
             }
         }
         UrlTemplate(text.to_string())

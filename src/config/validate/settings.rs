@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{http_url, is_dns_label, parse_duration, Checker};
+use crate::config::credentials;
 use crate::config::raw::RawConfig;
 use crate::config::schema::{
     placeholder_regex, AdminSettings, LeaderElection, PrometheusSettings, Secret, WatchdogSettings,
@@ -70,7 +71,9 @@ impl Checker<'_> {
     pub(super) fn prometheus(&mut self, raw: &RawConfig) -> PrometheusSettings {
         let p = &raw.prometheus;
         let text = self.string("prometheus.url", &p.url);
-        let url = match http_url(&text) {
+        // Messages show the URL without its userinfo, never the credentials.
+        let shown = credentials::shown(&text);
+        let mut url = match http_url(&text) {
             Ok(url) if placeholder_regex().is_match(&text) => {
                 self.problem(
                     "prometheus.url",
@@ -83,12 +86,33 @@ impl Checker<'_> {
                 if !text.trim().is_empty() {
                     self.problem(
                         "prometheus.url",
-                        format!("{text:?} is not an http(s) URL: {why}"),
+                        format!("{shown:?} is not an http(s) URL: {why}"),
                     );
                 }
                 fallback_url()
             }
         };
+        let url_credentials = credentials::take_userinfo(&mut url);
+        if url_credentials.is_some() {
+            let explicit = p
+                .headers
+                .keys()
+                .any(|name| name.eq_ignore_ascii_case("authorization"));
+            if explicit || p.bearer_token_file.is_some() {
+                let other = if explicit {
+                    "prometheus.headers.Authorization"
+                } else {
+                    "prometheus.bearer_token_file"
+                };
+                self.problem(
+                    "prometheus.url",
+                    format!(
+                        "carries credentials (user:password@) and {other} is set too; \
+                         keep one of them (both would be sent as the Authorization header)"
+                    ),
+                );
+            }
+        }
         let bearer_token_file = p.bearer_token_file.as_ref().map(|f| {
             self.secret_file("prometheus.bearer_token_file", f);
             PathBuf::from(f)
@@ -110,6 +134,7 @@ impl Checker<'_> {
         }
         PrometheusSettings {
             url,
+            url_credentials,
             timeout: self.positive_duration("prometheus.timeout", &p.timeout),
             bearer_token_file,
             ca_file,

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{payload, webhook, NotifyError};
-use crate::config::{EventKind, NotifySink, SinkKind};
+use crate::config::{credentials, EventKind, NotifySink, SinkKind};
 use crate::report::incident::{Incident, IncidentSink};
 use crate::report::metrics::{Metrics, SinkOutcome};
 
@@ -471,12 +471,23 @@ impl Request {
             }
             .to_string()
         })?;
-        let Ok(url) = reqwest::Url::parse(url.expose()) else {
+        let Ok(mut url) = reqwest::Url::parse(url.expose()) else {
             return Err("its URL does not parse (not shown: it is a secret)".to_owned());
         };
+        // `user:password@` in the URL goes as a sensitive Authorization
+        // header; the URL kept for the attempts no longer carries it.
+        let auth = credentials::take_userinfo(&mut url);
         let body = serde_json::to_vec(&payload(sink, incident))
             .map_err(|e| NotifyError::Encode(e).to_string())?;
-        let headers = headers(sink, incident, &body)?;
+        let mut headers = headers(sink, incident, &body)?;
+        if let Some(auth) = auth {
+            let Some(value) = credentials::authorization_header(&auth) else {
+                return Err("the user name or password in its URL cannot be sent in an \
+                     Authorization header (not shown: it is a secret)"
+                    .to_owned());
+            };
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(Request { url, headers, body })
     }
 }
