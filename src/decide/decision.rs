@@ -13,6 +13,9 @@
 //!   template left to go to ([`TargetState::older_target`]), is never
 //!   rolled back automatically: it escalates, since nothing older is known
 //!   to be better;
+//! - a Bad revision of a paused Deployment (`spec.paused`) is not acted
+//!   on until the rollout is resumed: the decision is kept, not spent on
+//!   a refusal;
 //! - a template rolled back before is judged with `failure_threshold = 1`;
 //! - only a replica that may act decides (a follower judges, marks nothing);
 //! - known-good is recorded once, on a Healthy tick, for a revision whose
@@ -331,6 +334,12 @@ pub fn decide(memory: &mut RevisionState, input: &Input) -> Decision {
         ));
     }
     status_reasons.extend(state.warnings.iter().cloned());
+    if verdict == Verdict::Bad && state.paused && memory.acted.is_none() {
+        status_reasons.push(format!(
+            "{}/{} is paused (spec.paused): the rollback waits until the rollout is resumed",
+            state.namespace, state.deployment
+        ));
+    }
 
     let verdict_event = judgement
         .verdict_changed
@@ -401,6 +410,10 @@ fn action(
     }
     let first_reason = reasons.first().cloned().unwrap_or_default();
     match judgement.verdict {
+        // A person holds the rollout (`kubectl rollout pause`): the
+        // pipeline would refuse, so the decision is kept for the resume
+        // (the window stays open meanwhile).
+        Verdict::Bad if memory.acted.is_none() && state.paused => Action::None,
         Verdict::Bad if memory.acted.is_none() => {
             // Restored by the watchdog: its rollout started with one of our
             // rollbacks, or it is the known-good revision a rollback
@@ -483,7 +496,7 @@ fn known_good(
     let adopted = memory
         .first_seen
         .zip(state.window.as_ref())
-        .is_some_and(|(seen, w)| seen >= w.closes);
+        .is_some_and(|(seen, w)| w.closes.is_some_and(|closes| seen >= closes));
     let verified = memory.evidence == Evidence::Healthy;
     let unverified = (!adopted && !verified && memory.known_good == KnownGoodProgress::Pending)
         .then(|| {
@@ -520,7 +533,7 @@ mod tests {
     use super::*;
     use crate::config::Loader;
     use crate::k8s::keys::BLOCKLIST;
-    use crate::observe::revision::{Revision, Rollout, Window};
+    use crate::observe::revision::{Revision, Rollout, Window, WindowWhy};
     use crate::observe::targets::Source;
     use crate::signals::{Measurement, Outcome, SignalId, Threshold};
 
@@ -593,10 +606,16 @@ mod tests {
                 },
                 rollout_started: Some(started),
                 started_estimated: false,
-                window: Some(Window {
-                    opened: started,
-                    closes: started + jiff::SignedDuration::from_mins(15),
-                }),
+                window: Some(Window::closing(
+                    started,
+                    started,
+                    Duration::from_secs(15 * 60),
+                    WindowWhy::AfterCompletion {
+                        completed: started,
+                        estimated: false,
+                    },
+                )),
+                paused: false,
                 known_good: None,
                 fully_rolled_out: true,
                 progress_deadline_exceeded: false,
@@ -682,6 +701,30 @@ mod tests {
 
     fn is_rollback(a: &Action) -> bool {
         matches!(a, Action::RollBack(_))
+    }
+
+    #[test]
+    fn a_bad_revision_of_a_paused_deployment_is_rolled_back_once_it_is_resumed() {
+        let mut w = world("");
+        w.state.paused = true;
+        let mut memory = RevisionState::default();
+        let (n, bad) = until_bad(&mut w, &mut memory, 0);
+        assert_eq!(bad.action, Action::None, "no rollback while paused");
+        assert!(
+            bad.status_reasons
+                .iter()
+                .any(|r| r.contains("waits until the rollout is resumed")),
+            "{:?}",
+            bad.status_reasons
+        );
+        assert_eq!(memory.acted(), None, "the decision is kept");
+        let still = tick(&mut w, &mut memory, failing(at(n + 1)), at(n + 1));
+        assert_eq!(still.action, Action::None);
+        w.state.paused = false;
+        let resumed = tick(&mut w, &mut memory, failing(at(n + 2)), at(n + 2));
+        assert!(is_rollback(&resumed.action), "{:?}", resumed.action);
+        let after = tick(&mut w, &mut memory, failing(at(n + 3)), at(n + 3));
+        assert_eq!(after.action, Action::None, "once");
     }
 
     #[test]
@@ -921,7 +964,11 @@ mod tests {
 
     /// A window that closed at `closes`; the state is read at `now`.
     fn close_window(w: &mut World) -> Timestamp {
-        w.state.window.as_ref().map(|w| w.closes).expect("a window") + TICK
+        w.state
+            .window
+            .and_then(|w| w.closes)
+            .expect("a window with an end")
+            + TICK
     }
 
     #[test]

@@ -28,7 +28,21 @@
 //!   that starts after the switch estimates it as the creation of the
 //!   oldest pod of the revision (those pods were started by the switch),
 //!   or now when it has none, and says so in [`TargetState::started_estimated`].
-//! - window: `[rollout start, rollout start + watch_window)`.
+//! - window: from the rollout start until `watch_window` after the rollout
+//!   completed, so a slow or paused rollout is judged at full traffic too.
+//!   While the rollout is in progress, or paused (`spec.paused`) before
+//!   it completed, the window has no end; a resumed rollout completes
+//!   later and its window runs from then. A rollout past its progress
+//!   deadline will not complete: its window closes `watch_window` after
+//!   its start. Completion is "fully rolled out" (see
+//!   [`fully_rolled_out`]) for the current revision, remembered by the
+//!   [`Tracker`] (in memory) at the time the controller recorded it (the
+//!   `Progressing` condition `NewReplicaSetAvailable` naming the
+//!   revision's ReplicaSet, its `lastUpdateTime`), else at the tick that
+//!   saw it. A watchdog that first sees a revision already complete takes
+//!   that condition; without it, the rollout start (an estimate that never
+//!   reopens an old revision's window). Completion is never taken back: a
+//!   later scale-up or pause of a complete rollout does not reopen it.
 //! - rollback targets ([`rollback_candidates`]): older templates only. A
 //!   template's age is the revision it was first deployed as (the lowest
 //!   of its number and its `revision-history`); a target must be older,
@@ -414,6 +428,55 @@ pub fn progress_deadline_exceeded(d: &Deployment) -> bool {
         })
 }
 
+/// The Deployment's `spec.paused` (`kubectl rollout pause`).
+pub fn is_paused(d: &Deployment) -> bool {
+    d.spec.as_ref().and_then(|s| s.paused) == Some(true)
+}
+
+/// Whether `current`'s rollout is over: the Deployment is fully rolled out
+/// ([`fully_rolled_out`]), or its template is not `current`'s any more
+/// while the controller has not made a ReplicaSet for it (a template
+/// changed under a pause): `current` is then all that runs and will run.
+fn rolled_out_for(d: &Deployment, snapshot: &Snapshot, current: &Revision) -> bool {
+    if fully_rolled_out(d) {
+        return true;
+    }
+    let wanted = d.spec.as_ref().map(|s| template_without_hash(&s.template));
+    let ours = snapshot
+        .replicasets_of(&d.uid().unwrap_or_default())
+        .iter()
+        .find(|rs| rs.uid().as_deref() == Some(current.replica_set_uid.as_str()))
+        .and_then(|rs| {
+            rs.spec
+                .as_ref()?
+                .template
+                .as_ref()
+                .map(template_without_hash)
+        });
+    ours.is_some() && wanted.is_some() && ours != wanted
+}
+
+/// When the controller recorded `current`'s rollout complete: the
+/// `Progressing` condition with reason `NewReplicaSetAvailable`, whose
+/// message names `current`'s ReplicaSet, at its `lastUpdateTime` (the
+/// controller leaves it alone while the reason stays).
+pub fn completion_condition(d: &Deployment, current: &Revision) -> Option<jiff::Timestamp> {
+    let named = format!("\"{}\"", current.replica_set);
+    d.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == "Progressing"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("NewReplicaSetAvailable")
+                && c.message.as_deref().is_some_and(|m| m.contains(&named))
+        })
+        .and_then(|c| c.last_update_time.as_ref())
+        .and_then(|t| t.0.to_string().parse().ok())
+}
+
 /// The pods of a revision: carrying its hash and controlled by its ReplicaSet.
 pub fn pods_of(snapshot: &Snapshot, namespace: &str, revision: &Revision) -> Vec<Arc<Pod>> {
     snapshot
@@ -490,31 +553,96 @@ pub fn known_good_of(d: &Deployment) -> Result<Option<KnownGood>, RevisionError>
         })
 }
 
-/// An observation window: `[opened, closes)`.
+/// An observation window: from `opened` until `closes`, or open for as
+/// long as the rollout is in progress or paused when `closes` is None.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub opened: jiff::Timestamp,
-    pub closes: jiff::Timestamp,
+    /// None: open until `watch_window` after the rollout completes.
+    pub closes: Option<jiff::Timestamp>,
+    pub why: WindowWhy,
+}
+
+/// Which rule sets a window's end, for `/status` and the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowWhy {
+    /// The rollout is under way: open until it completes.
+    InProgress,
+    /// `spec.paused` stopped the rollout part-way: open until it is
+    /// resumed and completes.
+    Paused,
+    /// The rollout completed at `completed` (an estimate from the
+    /// Deployment's `Progressing` condition, or the rollout start, when
+    /// this process did not see it complete).
+    AfterCompletion {
+        completed: jiff::Timestamp,
+        estimated: bool,
+    },
+    /// The rollout exceeded its progress deadline: it will not complete on
+    /// its own, so the window runs from its start.
+    NeverCompleted,
 }
 
 impl Window {
-    pub fn new(opened: jiff::Timestamp, length: Duration) -> Window {
+    /// A window that closes `length` after `from`.
+    pub fn closing(
+        opened: jiff::Timestamp,
+        from: jiff::Timestamp,
+        length: Duration,
+        why: WindowWhy,
+    ) -> Window {
         let closes = jiff::SignedDuration::try_from(length)
             .ok()
-            .and_then(|d| opened.checked_add(d).ok())
+            .and_then(|d| from.checked_add(d).ok())
             .unwrap_or(jiff::Timestamp::MAX);
-        Window { opened, closes }
+        Window {
+            opened,
+            closes: Some(closes),
+            why,
+        }
     }
 
-    /// Open at `now` (a rollout start in the future, from clock skew, counts
-    /// as open: the revision is new).
+    /// Open at `now`: before its end, or while it has none (a rollout
+    /// start in the future, from clock skew, counts as open: the revision
+    /// is new).
     pub fn is_open(&self, now: jiff::Timestamp) -> bool {
-        now < self.closes
+        self.closes.is_none_or(|c| now < c)
     }
 
-    /// Time left at `now`; zero once closed.
-    pub fn remaining(&self, now: jiff::Timestamp) -> Duration {
-        Duration::try_from(self.closes.duration_since(now)).unwrap_or(Duration::ZERO)
+    /// Time left at `now`; zero once closed, None while it has no end yet.
+    pub fn remaining(&self, now: jiff::Timestamp) -> Option<Duration> {
+        self.closes
+            .map(|c| Duration::try_from(c.duration_since(now)).unwrap_or(Duration::ZERO))
+    }
+
+    /// Why it is open, or why it closed when it did, for people:
+    /// "rollout in progress", "paused", "until 10:15:00, 15m after the
+    /// rollout completed".
+    pub fn describe(&self, length: Duration) -> String {
+        let length = humantime::format_duration(length);
+        let until = |c: Option<jiff::Timestamp>| {
+            c.map(|c| c.strftime("%H:%M:%S").to_string())
+                .unwrap_or_default()
+        };
+        match self.why {
+            WindowWhy::InProgress => "rollout in progress".into(),
+            WindowWhy::Paused => {
+                "paused (spec.paused): open until the rollout is resumed and completes".into()
+            }
+            WindowWhy::AfterCompletion { estimated, .. } => format!(
+                "until {}, {length} after the rollout completed{}",
+                until(self.closes),
+                if estimated {
+                    " (completion time estimated)"
+                } else {
+                    ""
+                }
+            ),
+            WindowWhy::NeverCompleted => format!(
+                "until {}, {length} after the rollout started: it exceeded its progress deadline",
+                until(self.closes)
+            ),
+        }
     }
 }
 
@@ -534,6 +662,8 @@ pub struct TargetState {
     /// after the switch).
     pub started_estimated: bool,
     pub window: Option<Window>,
+    /// The Deployment's `spec.paused`.
+    pub paused: bool,
     /// The record on the Deployment (or the one this process just wrote,
     /// until the cache shows it).
     pub known_good: Option<KnownGood>,
@@ -576,9 +706,10 @@ impl TargetState {
         self.window.is_some_and(|w| w.is_open(self.now))
     }
 
-    /// Time left in the window; None without a window, zero once closed.
+    /// Time left in the window; None without a window or while it has no
+    /// end yet (the rollout is in progress or paused), zero once closed.
     pub fn remaining(&self) -> Option<Duration> {
-        self.window.map(|w| w.remaining(self.now))
+        self.window.and_then(|w| w.remaining(self.now))
     }
 
     /// Whether the current revision is the recorded known-good one.
@@ -656,12 +787,16 @@ struct Seen {
     hash: String,
     started: jiff::Timestamp,
     estimated: bool,
+    /// When its rollout completed, and whether that is an estimate.
+    completed: Option<(jiff::Timestamp, bool)>,
+    /// This process saw its rollout under way (not complete) on a tick.
+    rolling: bool,
 }
 
 /// The in-memory part of revision tracking: when each Deployment switched
-/// revision and which known-good records this process wrote. One per
-/// process; losing it (a restart) only turns exact switch times of reused
-/// ReplicaSets into estimates.
+/// revision, when that rollout completed, and which known-good records
+/// this process wrote. One per process; losing it (a restart) only turns
+/// exact switch and completion times into estimates.
 #[derive(Debug, Default)]
 pub struct Tracker {
     seen: HashMap<String, Seen>,
@@ -709,8 +844,9 @@ impl Tracker {
             Rollout::Known { current, .. } => {
                 let pods = pods_of(snapshot, &target.namespace, current);
                 let seen = self.switch_time(&uid, current, &pods, now);
-                let window = Window::new(seen.started, target.policy.watch_window);
-                (pods, Some(seen.started), seen.estimated, Some(window))
+                let window =
+                    self.window(&uid, d, snapshot, current, target.policy.watch_window, now);
+                (pods, Some(seen.started), seen.estimated, window)
             }
             Rollout::Pending { .. } => (Vec::new(), None, false, None),
         };
@@ -748,6 +884,7 @@ impl Tracker {
             rollout_started,
             started_estimated,
             window,
+            paused: is_paused(d),
             known_good,
             fully_rolled_out: fully_rolled_out(d),
             progress_deadline_exceeded: progress_deadline_exceeded(d),
@@ -805,6 +942,8 @@ impl Tracker {
                 hash: current.pod_template_hash.clone(),
                 started: created,
                 estimated: false,
+                completed: None,
+                rolling: false,
             },
             // Reused, and this process saw the Deployment at another
             // revision before: the switch happened since the last tick.
@@ -813,6 +952,8 @@ impl Tracker {
                 hash: current.pod_template_hash.clone(),
                 started: now,
                 estimated: false,
+                completed: None,
+                rolling: false,
             },
             // Reused, first seen now: the switch started its pods.
             _ => {
@@ -831,11 +972,69 @@ impl Tracker {
                     hash: current.pod_template_hash.clone(),
                     started,
                     estimated: true,
+                    completed: None,
+                    rolling: false,
                 }
             }
         };
         self.seen.insert(uid.to_owned(), seen.clone());
         seen
+    }
+
+    /// The current revision's window (see the module doc), from what
+    /// [`Self::switch_time`] recorded for it this tick.
+    fn window(
+        &mut self,
+        uid: &str,
+        d: &Deployment,
+        snapshot: &Snapshot,
+        current: &Revision,
+        length: Duration,
+        now: jiff::Timestamp,
+    ) -> Option<Window> {
+        let complete = rolled_out_for(d, snapshot, current);
+        let seen = self.seen.get_mut(uid)?;
+        if seen.completed.is_none() {
+            if complete {
+                // The controller's record of the completion; else now when
+                // this process saw the rollout under way (it completed
+                // since the last tick); else, first seen complete with no
+                // record, the start (the window is never reopened).
+                seen.completed = Some(
+                    match completion_condition(d, current).filter(|t| *t >= seen.started) {
+                        Some(t) => (t, false),
+                        None if seen.rolling => (now, false),
+                        None => (seen.started, true),
+                    },
+                );
+            } else {
+                seen.rolling = true;
+            }
+        }
+        let started = seen.started;
+        Some(match seen.completed {
+            Some((at, estimated)) => Window::closing(
+                started,
+                at,
+                length,
+                WindowWhy::AfterCompletion {
+                    completed: at,
+                    estimated,
+                },
+            ),
+            None if progress_deadline_exceeded(d) => {
+                Window::closing(started, started, length, WindowWhy::NeverCompleted)
+            }
+            None => Window {
+                opened: started,
+                closes: None,
+                why: if is_paused(d) {
+                    WindowWhy::Paused
+                } else {
+                    WindowWhy::InProgress
+                },
+            },
+        })
     }
 
     /// Remembers a record this process wrote, so the next ticks do not
@@ -1002,7 +1201,9 @@ mod tests {
         assert_eq!(cur.images, ["web:v3"]);
         assert_eq!(s.previous().map(|p| p.number), Some(2));
         assert!(s.in_window());
-        assert_eq!(s.remaining(), Some(Duration::from_secs(600)));
+        // In progress: open with no end yet.
+        assert_eq!(s.remaining(), None);
+        assert_eq!(s.window.map(|w| w.why), Some(WindowWhy::InProgress));
         assert!(
             s.known_good_due().is_none(),
             "still in its window and rolling out"
@@ -1038,12 +1239,178 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_window_of_an_incomplete_rollout_is_not_known_good() {
+    fn an_incomplete_rollout_keeps_its_window_open_and_is_not_known_good() {
         let d = deployment("web:v3", false, json!({}));
         let snap = Snapshot::from_objects([d.clone()], three_revisions(), []);
         let s = Tracker::new().observe(&target(d, "15m"), &snap, ts("2026-11-27T11:00:00Z"));
-        assert!(!s.in_window());
+        assert!(s.in_window(), "an hour after its start, still rolling out");
         assert!(s.known_good_due().is_none());
+    }
+
+    /// `d` with its status changed by `f` (the JSON of the status).
+    fn with_status(d: Deployment, f: impl FnOnce(&mut Value)) -> Deployment {
+        let mut v = serde_json::to_value(&d).expect("encodes");
+        f(&mut v["status"]);
+        serde_json::from_value(v).expect("a valid Deployment")
+    }
+
+    fn paused(d: Deployment, paused: bool) -> Deployment {
+        let mut d = d;
+        if let Some(spec) = d.spec.as_mut() {
+            spec.paused = Some(paused);
+        }
+        d
+    }
+
+    fn completed_condition(rs: &str, at: &str) -> Value {
+        json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+               "message": format!("ReplicaSet \"{rs}\" has successfully progressed."),
+               "lastUpdateTime": at, "lastTransitionTime": at})
+    }
+
+    /// One tick of `tracker` on `d` (revisions of [`three_revisions`]).
+    fn tick(tracker: &mut Tracker, d: &Deployment, now: &str) -> TargetState {
+        let snap = Snapshot::from_objects([d.clone()], three_revisions(), []);
+        tracker.observe(&target(d.clone(), "15m"), &snap, ts(now))
+    }
+
+    #[test]
+    fn a_slow_rollout_keeps_its_window_until_watch_window_after_it_completed() {
+        // Revision 3 started at 10:00 and takes 30 minutes to roll out.
+        let mut tracker = Tracker::new();
+        let rolling = deployment("web:v3", false, json!({}));
+        for now in ["2026-11-27T10:05:00Z", "2026-11-27T10:20:00Z"] {
+            let s = tick(&mut tracker, &rolling, now);
+            assert!(s.in_window(), "{now}: in progress");
+            assert_eq!(s.remaining(), None);
+            assert_eq!(
+                s.window.map(|w| w.describe(Duration::from_secs(900))),
+                Some("rollout in progress".into())
+            );
+        }
+        // Complete at 10:30 (no condition: the tick that saw it).
+        let done = deployment("web:v3", true, json!({}));
+        let s = tick(&mut tracker, &done, "2026-11-27T10:30:00Z");
+        let w = s.window.expect("a window");
+        assert_eq!(w.closes, Some(ts("2026-11-27T10:45:00Z")));
+        assert_eq!(
+            w.describe(Duration::from_secs(900)),
+            "until 10:45:00, 15m after the rollout completed"
+        );
+        assert!(s.known_good_due().is_none());
+        // Remembered: the next ticks keep that end.
+        let s = tick(&mut tracker, &done, "2026-11-27T10:44:59Z");
+        assert!(s.in_window());
+        assert_eq!(s.remaining(), Some(Duration::from_secs(1)));
+        let s = tick(&mut tracker, &done, "2026-11-27T10:45:00Z");
+        assert!(!s.in_window());
+        assert!(s.known_good_due().is_some());
+    }
+
+    #[test]
+    fn the_controllers_completion_time_is_taken_when_it_names_the_revision() {
+        let mut tracker = Tracker::new();
+        tick(
+            &mut tracker,
+            &deployment("web:v3", false, json!({})),
+            "2026-11-27T10:05:00Z",
+        );
+        // Seen complete at 10:40, completed at 10:31 by the condition.
+        let done = with_status(deployment("web:v3", true, json!({})), |st| {
+            st["conditions"] = json!([completed_condition("web-ccc", "2026-11-27T10:31:00Z")]);
+        });
+        let s = tick(&mut tracker, &done, "2026-11-27T10:40:00Z");
+        assert_eq!(
+            s.window.and_then(|w| w.closes),
+            Some(ts("2026-11-27T10:46:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_restarted_watchdog_estimates_the_completion_from_the_condition() {
+        let done = with_status(deployment("web:v3", true, json!({})), |st| {
+            st["conditions"] = json!([completed_condition("web-ccc", "2026-11-27T10:31:00Z")]);
+        });
+        // First seen at 10:40: still open until 10:46.
+        let s = tick(&mut Tracker::new(), &done, "2026-11-27T10:40:00Z");
+        assert!(s.in_window());
+        assert_eq!(s.remaining(), Some(Duration::from_secs(360)));
+        assert_eq!(
+            s.window.map(|w| w.why),
+            Some(WindowWhy::AfterCompletion {
+                completed: ts("2026-11-27T10:31:00Z"),
+                estimated: false
+            })
+        );
+        // A condition of another ReplicaSet says nothing of revision 3:
+        // the start is the estimate, and an old window is not reopened.
+        let other = with_status(deployment("web:v3", true, json!({})), |st| {
+            st["conditions"] = json!([completed_condition("web-bbb", "2026-11-27T10:31:00Z")]);
+        });
+        let s = tick(&mut Tracker::new(), &other, "2026-11-27T10:40:00Z");
+        assert!(!s.in_window());
+        assert_eq!(
+            s.window.map(|w| w.why),
+            Some(WindowWhy::AfterCompletion {
+                completed: ts("2026-11-27T10:00:00Z"),
+                estimated: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_paused_rollout_keeps_its_window_open_and_a_resumed_one_is_judged_again() {
+        let mut tracker = Tracker::new();
+        let held = paused(deployment("web:v3", false, json!({})), true);
+        // Paused for two hours: open all along.
+        for now in ["2026-11-27T10:05:00Z", "2026-11-27T12:00:00Z"] {
+            let s = tick(&mut tracker, &held, now);
+            assert!(s.in_window(), "{now}");
+            assert!(s.paused);
+            assert_eq!(s.window.map(|w| w.why), Some(WindowWhy::Paused));
+            assert!(s.known_good_due().is_none());
+        }
+        // Resumed, then complete at 12:10: open until 12:25.
+        let resumed = paused(deployment("web:v3", false, json!({})), false);
+        assert_eq!(
+            tick(&mut tracker, &resumed, "2026-11-27T12:01:00Z")
+                .window
+                .map(|w| w.why),
+            Some(WindowWhy::InProgress)
+        );
+        let done = deployment("web:v3", true, json!({}));
+        let s = tick(&mut tracker, &done, "2026-11-27T12:10:00Z");
+        assert_eq!(
+            s.window.and_then(|w| w.closes),
+            Some(ts("2026-11-27T12:25:00Z"))
+        );
+        assert!(!tick(&mut tracker, &done, "2026-11-27T12:25:00Z").in_window());
+    }
+
+    #[test]
+    fn a_rollout_past_its_deadline_has_the_window_of_its_start() {
+        let stuck = with_status(deployment("web:v3", false, json!({})), |st| {
+            st["conditions"] = json!([{"type": "Progressing", "status": "False",
+                                       "reason": "ProgressDeadlineExceeded"}]);
+        });
+        let s = tick(&mut Tracker::new(), &stuck, "2026-11-27T10:20:00Z");
+        assert_eq!(s.window.map(|w| w.why), Some(WindowWhy::NeverCompleted));
+        assert_eq!(
+            s.window.and_then(|w| w.closes),
+            Some(ts("2026-11-27T10:15:00Z"))
+        );
+        assert!(!s.in_window());
+    }
+
+    #[test]
+    fn a_template_changed_under_a_pause_does_not_reopen_the_current_window() {
+        // v4 set on a paused Deployment: no ReplicaSet for it, revision 3
+        // stays current (by annotation) and its rollout is over.
+        let mut d = paused(deployment("web:v4", false, json!({REVISION: "3"})), true);
+        d.metadata.generation = Some(4);
+        let s = tick(&mut Tracker::new(), &d, "2026-11-27T12:00:00Z");
+        assert_eq!(s.current().map(|c| c.number), Some(3));
+        assert!(!s.in_window(), "{:?}", s.window);
     }
 
     #[test]

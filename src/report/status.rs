@@ -121,9 +121,16 @@ pub struct TargetStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowStatus {
     pub opened_at: String,
-    pub closes_at: String,
-    /// Whole seconds left; 0 once closed.
-    pub remaining_seconds: u64,
+    /// None while it lasts until the rollout completes (in progress or
+    /// paused).
+    pub closes_at: Option<String>,
+    /// Whole seconds left; 0 once closed, None while it has no end yet.
+    pub remaining_seconds: Option<u64>,
+    pub open: bool,
+    /// Why it is open or when it closes: "rollout in progress", "paused
+    /// ...", "until 10:15:00, 15m after the rollout completed".
+    #[serde(default)]
+    pub why: String,
 }
 
 /// The revision recorded as known-good (the preferred rollback target).
@@ -260,11 +267,14 @@ pub fn render_table(report: &StatusReport) -> String {
             .unwrap_or_else(|| "no revision".into());
         let hash = t.pod_template_hash.as_deref().unwrap_or("-");
         let window = match &t.window {
-            Some(w) if w.remaining_seconds > 0 => format!(
-                "window {} left",
-                humantime::format_duration(std::time::Duration::from_secs(w.remaining_seconds))
-            ),
-            Some(_) => "window closed".to_string(),
+            Some(w) => match w.remaining_seconds {
+                Some(0) => "window closed".to_string(),
+                Some(left) => format!(
+                    "window {} left",
+                    humantime::format_duration(std::time::Duration::from_secs(left))
+                ),
+                None => format!("window open ({})", w.why),
+            },
             None => "no window".to_string(),
         };
         let known_good = t
@@ -353,7 +363,7 @@ mod tests {
                 verdict: StatusVerdict::Bad,
                 signals: vec![SignalStatus::from_result(&fail, 3)],
                 window: Some(WindowStatus {
-                    remaining_seconds: 600,
+                    remaining_seconds: Some(600),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -578,8 +578,10 @@ fn base_status(target: &WatchedDeployment, state: &TargetState, now: Timestamp) 
         images: current.map(|r| r.images.clone()).unwrap_or_default(),
         window: state.window.as_ref().map(|w| WindowStatus {
             opened_at: w.opened.to_string(),
-            closes_at: w.closes.to_string(),
-            remaining_seconds: w.remaining(now).as_secs(),
+            closes_at: w.closes.map(|c| c.to_string()),
+            remaining_seconds: w.remaining(now).map(|r| r.as_secs()),
+            open: w.is_open(now),
+            why: w.describe(target.policy.watch_window),
         }),
         known_good: state.known_good.as_ref().map(|k| KnownGoodStatus {
             revision: k.revision,
