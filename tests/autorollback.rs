@@ -29,16 +29,7 @@ async fn judged_bad_and_rolled_back(
     s: &mut Scenario,
 ) -> Vec<rollback_watchdog::pipeline::RollbackOutcome> {
     s.tick_until_bad(40).await;
-    for _ in 0..60 {
-        s.tick().await;
-        if !s.daemon.pipelines_running() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
-    s.tick().await;
-    s.daemon.take_outcomes()
+    s.finish_pipelines().await
 }
 
 #[tokio::test]

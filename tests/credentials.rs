@@ -219,14 +219,7 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
     // A bad deploy, judged Bad and rolled back: on-call hears of it.
     s.deploy("web:v2-errors").await;
     s.tick_until_bad(40).await;
-    for _ in 0..60 {
-        s.tick().await;
-        if !s.daemon.pipelines_running() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    s.daemon.wait_pipelines(Duration::from_secs(30)).await;
+    s.finish_pipelines().await;
 
     // Prometheus goes away: every query error now names its URL, in the
     // reasons, /status, the Events and the logs.

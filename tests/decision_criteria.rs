@@ -98,14 +98,7 @@ async fn kept(s: &mut Scenario, image: &str, after: usize, max: usize) -> Vec<Ev
 /// back to `to` with one template patch.
 async fn rolled_back(s: &mut Scenario, to: &str, max: usize) -> Vec<Evaluation> {
     let seen = s.tick_until_bad(max).await;
-    for _ in 0..60 {
-        if !s.daemon.pipelines_running() {
-            break;
-        }
-        s.tick().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    s.daemon.wait_pipelines(Duration::from_secs(60)).await;
+    s.finish_pipelines().await;
     assert_eq!(template_patches(&s.sim), 1, "one rollback patch");
     let d = s.deployments().get(NAME).await.expect("get web");
     assert_eq!(first_image(&d), to, "web's template after the rollback");

@@ -367,6 +367,22 @@ impl Scenario {
         seen
     }
 
+    /// Goes on ticking while the pipelines the loop started run, waits for
+    /// them, ticks once more (the loop collects them), and returns their
+    /// outcomes.
+    pub async fn finish_pipelines(&mut self) -> Vec<rollback_watchdog::pipeline::RollbackOutcome> {
+        for _ in 0..60 {
+            self.tick().await;
+            if !self.daemon.pipelines_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.daemon.wait_pipelines(Duration::from_secs(60)).await;
+        self.tick().await;
+        self.daemon.take_outcomes()
+    }
+
     /// Ticks (at most `max`) until the verdict is Bad, asserting it got
     /// there; every evaluation made.
     pub async fn tick_until_bad(&mut self, max: usize) -> Vec<Evaluation> {
