@@ -439,7 +439,8 @@ async fn a_host_that_never_completes_the_connection_is_inconclusive_not_a_failur
 }
 
 /// A loopback server: `/slow` answers after 3 s, `/ok` at once, `/oops`
-/// with 500, `/degraded` with 200 and a body saying so.
+/// with 500, `/degraded` with 200 and a body saying so, `/private` 200
+/// only with the basic auth of `probe:SECRET-pw`.
 async fn tiny_server() -> (String, tokio::task::JoinHandle<()>) {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -456,7 +457,21 @@ async fn tiny_server() -> (String, tokio::task::JoinHandle<()>) {
             "/oops",
             get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
         )
-        .route("/degraded", get(|| async { r#"{"status":"degraded"}"# }));
+        .route("/degraded", get(|| async { r#"{"status":"degraded"}"# }))
+        .route(
+            "/private",
+            get(|headers: axum::http::HeaderMap| async move {
+                // user "probe", password "SECRET-pw".
+                let ok = headers
+                    .get("authorization")
+                    .is_some_and(|v| v == "Basic cHJvYmU6U0VDUkVULXB3");
+                if ok {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::UNAUTHORIZED, "who are you")
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -516,4 +531,22 @@ async fn a_refused_health_url_fails() {
         fail_sentence(&r),
         format!("GET http://{closed}/health: connection refused by {closed}")
     );
+}
+
+#[tokio::test]
+async fn credentials_in_a_health_url_are_sent_as_a_header_and_never_shown() {
+    let (base, _server) = tiny_server().await;
+    let with_userinfo = base.replacen("http://", "http://probe:SECRET-pw@", 1);
+    let policy = health(&format!("urls = [\"{with_userinfo}/private\"]"));
+    assert_eq!(policy.urls[0].as_str(), format!("{base}/private"));
+    let r = probe_url(&policy, &bare_subject()).await;
+    assert!(r.outcome.is_pass(), "{r:?}");
+    assert_eq!(r.signal, SignalId::health(format!("{base}/private")));
+    let shown = serde_json::to_string(&r).expect("json") + &r.describe() + &format!("{policy:?}");
+    assert!(!shown.contains("SECRET"), "{shown}");
+
+    // Without the credentials the server says 401: they were really sent.
+    let bare = health(&format!("urls = [\"{base}/private\"]"));
+    let r = probe_url(&bare, &bare_subject()).await;
+    assert!(fail_sentence(&r).contains("HTTP 401"), "{r:?}");
 }

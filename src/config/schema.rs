@@ -294,10 +294,13 @@ impl Placeholders<'_> {
 #[serde(transparent)]
 pub struct QueryTemplate(pub(crate) String);
 
-/// A URL with placeholders, checked at load to parse once filled.
+/// A URL with placeholders, checked at load to parse once filled. Userinfo
+/// written into it (`http://user:pw@host/`) is taken out at load and kept
+/// as the `Authorization` value to send ([`super::credentials`]): the text
+/// never carries credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct UrlTemplate(pub(crate) String);
+pub struct UrlTemplate(pub(crate) String, #[serde(skip)] pub(crate) Option<Secret>);
 
 impl QueryTemplate {
     pub fn as_str(&self) -> &str {
@@ -311,6 +314,10 @@ impl QueryTemplate {
 impl UrlTemplate {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+    /// The `Authorization` value its userinfo gave, if it had any.
+    pub fn authorization(&self) -> Option<&Secret> {
+        self.1.as_ref()
     }
     pub fn fill(&self, values: &Placeholders) -> String {
         fill(&self.0, values)

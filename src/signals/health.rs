@@ -56,7 +56,8 @@ use url::Url;
 use super::{
     Fill, Measurement, Outcome, ServingRevision, SignalId, SignalResult, Subject, Threshold,
 };
-use crate::config::{HealthPolicy, PerPodProbe, UrlTemplate};
+use crate::config::credentials;
+use crate::config::{HealthPolicy, PerPodProbe, Secret, UrlTemplate};
 
 /// Bodies are read up to this size; a health answer is small.
 const MAX_BODY: usize = 64 * 1024;
@@ -328,7 +329,9 @@ impl HealthProber {
             Ok(e) => e,
             Err(why) => return SignalResult::new(signal, Outcome::inconclusive(why), now),
         };
-        let probe = self.probe_str(&signal, &filled, policy.timeout).await;
+        let probe = self
+            .probe_str(&signal, &filled, template.authorization(), policy.timeout)
+            .await;
         let outcome = match expect.judge(&probe) {
             Ok(elapsed) => Outcome::pass_with(Measurement::seconds(elapsed.as_secs_f64())),
             Err(Ok(f)) => Outcome::Fail {
@@ -389,7 +392,7 @@ impl HealthProber {
                     let expect = &expect;
                     let was_ready = ready || subject.pod_history.ever_ready.contains(&name);
                     async move {
-                        let p = self.probe_str(signal, &url, policy.timeout).await;
+                        let p = self.probe_str(signal, &url, None, policy.timeout).await;
                         (i, name, pod_verdict(expect, &p, ready, was_ready))
                     }
                 })
@@ -484,7 +487,9 @@ impl HealthProber {
             body_source: None,
             timeout: policy.timeout,
         };
-        let probe = self.probe_str(&signal, &url, policy.timeout).await;
+        let probe = self
+            .probe_str(&signal, &url, template.authorization(), policy.timeout)
+            .await;
         let outcome = match (&probe, expect.judge(&probe)) {
             (Probe::Answered { status, body, .. }, Ok(elapsed)) => {
                 if !(200..300).contains(status) {
@@ -527,17 +532,31 @@ impl HealthProber {
         SignalResult::new(signal, through_service(subject, outcome), now)
     }
 
-    async fn probe_str(&self, signal: &SignalId, url: &str, timeout: Duration) -> Probe {
+    async fn probe_str(
+        &self,
+        signal: &SignalId,
+        url: &str,
+        auth: Option<&Secret>,
+        timeout: Duration,
+    ) -> Probe {
         match Url::parse(url) {
-            Ok(u) => self.probe(signal, &u, timeout).await,
+            Ok(u) => self.probe(signal, &u, auth, timeout).await,
             Err(e) => Probe::BadUrl {
                 message: format!("health URL {url} does not parse: {e}"),
             },
         }
     }
 
-    /// Resolves, connects and requests `url`, each step within `timeout`.
-    pub async fn probe(&self, signal: &SignalId, url: &Url, timeout: Duration) -> Probe {
+    /// Resolves, connects and requests `url`, each step within `timeout`,
+    /// sending `auth` (from the URL's userinfo) as a sensitive
+    /// `Authorization` header.
+    pub async fn probe(
+        &self,
+        signal: &SignalId,
+        url: &Url,
+        auth: Option<&Secret>,
+        timeout: Duration,
+    ) -> Probe {
         let span = tracing::debug_span!(
             "health_probe",
             signal = %signal,
@@ -547,7 +566,7 @@ impl HealthProber {
         );
         let started = Instant::now();
         let probe = self
-            .probe_inner(url, timeout)
+            .probe_inner(url, auth, timeout)
             .instrument(span.clone())
             .await;
         let duration = started.elapsed();
@@ -564,7 +583,7 @@ impl HealthProber {
         probe
     }
 
-    async fn probe_inner(&self, url: &Url, timeout: Duration) -> Probe {
+    async fn probe_inner(&self, url: &Url, auth: Option<&Secret>, timeout: Duration) -> Probe {
         if !matches!(url.scheme(), "http" | "https") {
             return Probe::BadUrl {
                 message: format!("health URL {url} is not http or https"),
@@ -606,7 +625,7 @@ impl HealthProber {
             return probe;
         }
         let started = Instant::now();
-        match tokio::time::timeout(timeout, self.fetch(url, timeout)).await {
+        match tokio::time::timeout(timeout, self.fetch(url, auth, timeout)).await {
             Err(_) => Probe::NoAnswer { waited: timeout },
             Ok(Ok((status, body))) => Probe::Answered {
                 status,
@@ -628,8 +647,17 @@ impl HealthProber {
         }
     }
 
-    async fn fetch(&self, url: &Url, timeout: Duration) -> Result<(u16, String), reqwest::Error> {
-        let mut response = self.client.get(url.clone()).timeout(timeout).send().await?;
+    async fn fetch(
+        &self,
+        url: &Url,
+        auth: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<(u16, String), reqwest::Error> {
+        let mut request = self.client.get(url.clone()).timeout(timeout);
+        if let Some(value) = auth.and_then(credentials::authorization_header) {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let mut response = request.send().await?;
         let status = response.status().as_u16();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {

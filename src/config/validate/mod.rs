@@ -383,7 +383,8 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        UrlTemplate(text.to_string())
+        let (text, auth) = credentials::split_userinfo(text);
+        UrlTemplate(text, auth)
     }
 
     /// A file the watchdog reads at run time (token, CA, webhook URL).
