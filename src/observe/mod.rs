@@ -1,7 +1,11 @@
 //! What the watchdog sees of the cluster: watch caches, the targets they
-//! resolve to, revisions and their observation windows, the blocklist.
+//! resolve to, revisions (`revision`: what the cluster says of them;
+//! `tracker`: what the watchdog remembers between ticks; `window`: their
+//! observation windows), the blocklist.
 
 pub mod blocklist;
 pub mod cache;
 pub mod revision;
 pub mod targets;
+pub mod tracker;
+pub mod window;

@@ -27,8 +27,9 @@ use crate::decide::decision::{
 };
 use crate::decide::judge::{Judgement, Verdict};
 use crate::observe::cache::Caches;
-use crate::observe::revision::{self, TargetState, Tracker};
+use crate::observe::revision::{self, TargetState};
 use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
+use crate::observe::tracker::Tracker;
 use crate::pipeline::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
 use crate::report::audit::Reason;
 use crate::report::incident::{Incident, IncidentId, IncidentSink, RevisionRef, Trigger};
