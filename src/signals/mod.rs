@@ -14,6 +14,7 @@ use serde::{Serialize, Serializer};
 use crate::config::Placeholders;
 
 pub mod evaluate;
+pub mod evidence;
 pub mod health;
 pub mod pods;
 pub mod prometheus;
