@@ -33,6 +33,20 @@ pub fn wilson_lower(errors: f64, n: f64, z: f64) -> f64 {
     ((centre - spread) / (1.0 + z2 / n)).max(0.0)
 }
 
+/// The Wilson score upper bound of a proportion `errors / n` at `z`
+/// (one-sided): the largest true error ratio still consistent with what
+/// was seen. One for no requests: nothing rules anything out.
+pub fn wilson_upper(errors: f64, n: f64, z: f64) -> f64 {
+    if n.is_nan() || n <= 0.0 || !errors.is_finite() {
+        return 1.0;
+    }
+    let p = (errors / n).clamp(0.0, 1.0);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre + spread) / (1.0 + z2 / n)).min(1.0)
+}
+
 /// The span one tick of `signal` measures: from the evidence time of its
 /// last counted result for this revision (or the rollout's start when
 /// none was counted) to `now`, at most `longest`, at millisecond

@@ -30,7 +30,9 @@ use prometheus_http_query::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tracing::Instrument;
 
-use super::evidence::{baseline_window, hms, measured_span, pct2, span_start, wilson_lower, Z_99};
+use super::evidence::{
+    baseline_window, hms, measured_span, pct2, span_start, wilson_lower, wilson_upper, Z_99,
+};
 use super::{
     promql_duration, requests_text, revisions_text, BaselineNote, ConcurrentNote, Fill,
     Measurement, Outcome, SignalId, SignalResult, Subject, Threshold,
@@ -465,6 +467,7 @@ impl PrometheusSource {
                     base_value,
                     &note,
                     concurrent.as_ref().and_then(|c| c.as_ref().ok()),
+                    span >= policy.window,
                 )
             }
         };
@@ -869,6 +872,14 @@ struct Limit {
     baseline: Option<f64>,
 }
 
+/// Pass, Fail or Inconclusive for the error ratio `m` of one span. Both
+/// directions must be significant: a Fail needs the 99 % lower bound above
+/// a limit, a Pass the 99 % upper bound below every limit, because one
+/// Pass resets a failing streak (0 errors in 118 requests is what a 3 %
+/// release shows one time in 40). An insignificant span is Inconclusive
+/// and is not counted, so the next tick's span grows over it; once the
+/// span is the whole `window` (`whole_window`), a ratio below the limits
+/// passes on what the window holds: at low traffic that is all there is.
 fn judge_error_ratio(
     policy: &ErrorRatePolicy,
     subject: &Subject,
@@ -876,6 +887,7 @@ fn judge_error_ratio(
     base: Option<f64>,
     note: &BaselineNote,
     concurrent: Option<&Counts>,
+    whole_window: bool,
 ) -> Outcome {
     let ratio = Measurement::ratio(m.ratio);
     let n = requests_text(m.n);
@@ -906,6 +918,21 @@ fn judge_error_ratio(
     }
     let lower = wilson_lower(m.errors, m.n, Z_99);
     let Some(broken) = limits.iter().find(|l| m.ratio > l.value) else {
+        let upper = wilson_upper(m.errors, m.n, Z_99);
+        let tightest = limits
+            .iter()
+            .min_by(|a, b| a.value.total_cmp(&b.value))
+            .filter(|l| upper > l.value);
+        if let (Some(limit), false) = (tightest, whole_window) {
+            return Outcome::inconclusive(format!(
+                "{} of {n} requests is below the {} limit ({}), but not yet significantly: 99 % upper bound {}; the span grows until it is (at most {})",
+                pct2(m.ratio),
+                pct2(limit.value),
+                limit.words,
+                pct2(upper),
+                promql_duration(policy.window)
+            ));
+        }
         tracing::debug!(revision = subject.revision, ratio = m.ratio, %base_note, "error ratio passes");
         return Outcome::pass_with(ratio);
     };
@@ -1164,7 +1191,15 @@ mod tests {
     }
 
     fn judge(s: &Subject, m: Counts, base: Option<f64>, old: Option<Counts>) -> Outcome {
-        judge_error_ratio(&defaults().error_rate, s, m, base, &note(), old.as_ref())
+        judge_error_ratio(
+            &defaults().error_rate,
+            s,
+            m,
+            base,
+            &note(),
+            old.as_ref(),
+            false,
+        )
     }
 
     fn why(o: &Outcome) -> &str {
@@ -1201,6 +1236,43 @@ mod tests {
     }
 
     #[test]
+    fn wilson_upper_bounds_match_the_textbook_values() {
+        // No error in 536 requests: the bound just reaches 1 % (z²/(n+z²)).
+        let u = wilson_upper(0.0, 536.0, Z_99);
+        assert!((u - 0.01).abs() < 0.0002, "{u}");
+        // 9 in 300 (3 %): at most 6.25 %.
+        let u = wilson_upper(9.0, 300.0, Z_99);
+        assert!((u - 0.0625).abs() < 0.0002, "{u}");
+        assert_eq!(wilson_upper(0.0, 0.0, Z_99), 1.0);
+        assert!(wilson_upper(3.0, 1000.0, Z_99) < wilson_upper(0.0, 100.0, Z_99));
+        assert!(wilson_upper(5.0, 100.0, Z_99) > 0.05);
+    }
+
+    #[test]
+    fn no_error_in_118_requests_is_no_pass_yet_but_in_1000_it_is() {
+        // What a 3 % release shows one time in 40: not proof of health,
+        // and a Pass would reset its failing streak.
+        let o = judge(&subject(true), counts(0.0, 118.0), Some(0.001), None);
+        assert_eq!(
+            why(&o),
+            "0.00 % of 118 requests is below the 1.00 % limit (2× the baseline 0.1 % and the floor 1.0 %), but not yet significantly: 99 % upper bound 4.38 %; the span grows until it is (at most 2m)"
+        );
+        let o = judge(&subject(true), counts(1.0, 1000.0), Some(0.001), None);
+        assert!(matches!(o, Outcome::Pass { .. }), "{o:?}");
+        // The span is the whole window: what it holds is all there is.
+        let o = judge_error_ratio(
+            &defaults().error_rate,
+            &subject(true),
+            counts(0.0, 118.0),
+            Some(0.001),
+            &note(),
+            None,
+            true,
+        );
+        assert!(matches!(o, Outcome::Pass { .. }), "{o:?}");
+    }
+
+    #[test]
     fn three_percent_of_300_requests_against_a_tenth_of_a_percent_fails() {
         let o = judge(&subject(true), counts(9.0, 300.0), Some(0.001), None);
         let Outcome::Fail {
@@ -1226,7 +1298,9 @@ mod tests {
 
     #[test]
     fn a_tripled_tiny_baseline_stays_under_the_relative_floor() {
-        let o = judge(&subject(true), counts(15.0, 2000.0), Some(0.0001), None);
+        // 0.3 %: thirty times the baseline, but under the floor, and
+        // significantly so (99 % upper bound 0.75 %).
+        let o = judge(&subject(true), counts(6.0, 2000.0), Some(0.0001), None);
         assert!(o.is_pass(), "{o:?}");
     }
 

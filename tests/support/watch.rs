@@ -341,10 +341,24 @@ impl Scenario {
     /// One tick of the real loop; the evaluation of `web`.
     pub async fn tick(&mut self) -> Evaluation {
         let evaluations = self.daemon.tick(jiff::Timestamp::now()).await;
-        evaluations
+        let e = evaluations
             .into_iter()
             .find(|e| e.target.name == self.name)
-            .expect("web is evaluated")
+            .expect("web is evaluated");
+        if std::env::var_os("RW_TEST_TRACE").is_some() {
+            eprintln!(
+                "[{}] {:?} {:#?} {:#?}",
+                self.ns,
+                e.verdict(),
+                e.results.iter().map(|r| r.describe()).collect::<Vec<_>>(),
+                e.judgement.as_ref().map(|j| j
+                    .reasons
+                    .iter()
+                    .map(|r| r.sentence.clone())
+                    .collect::<Vec<_>>())
+            );
+        }
+        e
     }
 
     /// Ticks once a second, up to `max` ticks, until `done` says so; returns
