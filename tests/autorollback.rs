@@ -37,8 +37,9 @@ async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_t
     let prom = shared();
     let (hook, got) = receiver().await;
     // The [[notify]] table must follow the target's keys: a window short
-    // enough for v1 to become known-good first.
-    let extra = format!("watch_window = \"12s\"\n{}", extra(&hook));
+    // enough for v1 to become known-good first, long enough for v2's rate
+    // signals to prove a streak on a loaded machine (about 8 ticks).
+    let extra = format!("watch_window = \"20s\"\n{}", extra(&hook));
     let mut s = Scenario::start(
         "auto-errors",
         Prom::Url(&prom.url),

@@ -55,9 +55,10 @@ impl Cluster {
     }
 
     /// A replica's config: its own admin port and audit log, the shared
-    /// Lease, a webhook to on-call. Prometheus is a closed port: the pod
-    /// signal alone judges a crash-looping revision.
-    fn replica(&self, name: &str, admin_port: u16) -> PathBuf {
+    /// Lease, a webhook to on-call, and `defaults` added at the end of
+    /// `[defaults]` (keys, then sub-tables). Prometheus is a closed port:
+    /// the pod signal alone judges a crash-looping revision.
+    fn replica_with(&self, name: &str, admin_port: u16, defaults: &str) -> PathBuf {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).expect("replica dir");
         let path = dir.join("watchdog.toml");
@@ -90,6 +91,7 @@ failure_threshold = 3
 verify_window = "3s"
 rollout_timeout = "90s"
 blind_alert_after = "10m"
+{defaults}
 
 [[targets]]
 namespace = "{NS}"
@@ -111,7 +113,11 @@ deadline = "10s"
     }
 
     fn run(&self, name: &str, admin_port: u16) -> Running {
-        let config = self.replica(name, admin_port);
+        self.run_with(name, admin_port, "")
+    }
+
+    fn run_with(&self, name: &str, admin_port: u16, defaults: &str) -> Running {
+        let config = self.replica_with(name, admin_port, defaults);
         Running::run(self.sim.kubeconfig_path(), &config, &[("POD_NAME", name)])
     }
 
@@ -613,4 +619,176 @@ async fn sigterm_on_the_leader_hands_over_only_after_it_has_stopped_writing() {
         "{:?}",
         events_received(&c.got)
     );
+}
+
+/// Judged by the pod signal alone, in dry run: a Bad verdict's rollback is
+/// refused ("would roll back"), and the revision stays.
+const DRY_RUN_PODS_ONLY: &str = r#"dry_run = true
+[defaults.error_rate]
+enabled = false
+[defaults.latency]
+enabled = false
+"#;
+
+/// The received notices of `kind`, and every kind received.
+fn told(c: &Cluster, kind: &str) -> (usize, Vec<String>) {
+    let events = events_received(&c.got);
+    (count(&events, kind), events)
+}
+
+/// Waits until replica `name`'s audit log records the delivery of a
+/// `kind` notice: the delivery ledger has it from then on.
+async fn wait_delivery_recorded(c: &Cluster, name: &str, kind: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded = c.audit(name).iter().any(|l| {
+            l["step"] == "notify"
+                && l["details"]["kind"] == kind
+                && l["details"]["result"] == "delivered"
+        });
+        if recorded {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never recorded the delivery of {kind}: {:?}",
+            c.audit(name)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bad_revision_is_not_adopted_as_known_good_after_a_restart_and_nothing_is_told_twice(
+) {
+    let c = Cluster::start().await;
+    // v2 crash-loops until the watchdog is gone, then runs healthy (a
+    // dependency came back): Bad while it crashes, Healthy after.
+    c.sim.behaviours().set(
+        "web:v2",
+        Behaviour {
+            crash: rollback_watchdog::sim::Crash::CrashLoop,
+            ..Behaviour::default()
+        },
+    );
+    // A short window for this Deployment (an override may only shorten).
+    c.deployments()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"rollback-watchdog.io/watch-window": "10s"}}}),
+            ),
+        )
+        .await
+        .expect("annotate web");
+    let defaults = DRY_RUN_PODS_ONLY;
+    let pa = free_port();
+    let mut a = c.run_with("replica-a", pa, defaults);
+    roles(&[pa]).await;
+
+    c.deploy("web:v2").await;
+    c.wait_notified(&["would_roll_back"]).await;
+    // Killed right after telling on-call its rollback was refused.
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5)).await;
+    c.sim.behaviours().set("web:v2", Behaviour::default());
+
+    // v2 recovers and completes its rollout; its window closes 10 s later,
+    // with no watchdog running.
+    c.wait_deployment("v2 rolled out and available", |d| {
+        let s = d.status.clone().unwrap_or_default();
+        first_image(d) == "web:v2"
+            && s.updated_replicas == Some(3)
+            && s.available_replicas == Some(3)
+            && s.replicas == Some(3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    // Restarted: v2 looks healthy now, and its window has closed.
+    let pb = free_port();
+    let mut again = c.run_with("replica-a", pb, defaults);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let healthy = status(pb).await.is_some_and(|s| {
+            s.targets.iter().any(|t| {
+                t.name == NAME
+                    && t.revision == Some(2)
+                    && t.verdict == rollback_watchdog::report::status::StatusVerdict::Healthy
+            })
+        });
+        if healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted watchdog never judged v2 Healthy: {:?}; {}",
+            status(pb).await,
+            again.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A few more ticks, for a known-good write or a second notice to show.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    again.assert_alive();
+
+    let d = c.deployments().get(NAME).await.expect("get web");
+    let known_good = d
+        .annotations()
+        .get(rollback_watchdog::k8s::keys::KNOWN_GOOD)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !known_good.contains("\"revision\":2"),
+        "the refused Bad revision 2 was adopted as known-good: {known_good}; {}",
+        again.log()
+    );
+    let memory = d
+        .annotations()
+        .get(rollback_watchdog::k8s::keys::MEMORY)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        memory.contains("\"revision\":2") && memory.contains("\"evidence\":\"failed\""),
+        "the memory on the Deployment: {memory}"
+    );
+    let (refusals, all) = told(&c, "would_roll_back");
+    assert_eq!(refusals, 1, "told once: {all:?}");
+    assert_eq!(all.len(), 1, "nothing else told: {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_right_after_a_notice_was_delivered_leaves_no_duplicate_to_the_next() {
+    let c = Cluster::start().await;
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = c.run_with("replica-a", pa, DRY_RUN_PODS_ONLY);
+    roles(&[pa]).await;
+    let mut b = c.run_with("replica-b", pb, DRY_RUN_PODS_ONLY);
+    assert_eq!(roles(&[pa, pb]).await, vec![Role::Leader, Role::Follower]);
+
+    // Crash-loops for good: Bad on every replica's every tick.
+    c.deploy("web:v2-crash").await;
+    c.wait_notified(&["would_roll_back"]).await;
+    wait_delivery_recorded(&c, "replica-a", "would_roll_back").await;
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.holder().await.as_deref() != Some("replica-b") {
+        assert!(
+            Instant::now() < deadline,
+            "replica-b never took the Lease: {}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // replica-b leads, still judging the same Bad revision: give a repeat
+    // time to show.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    b.assert_alive();
+    let (refusals, all) = told(&c, "would_roll_back");
+    assert_eq!(refusals, 1, "told once, by replica-a: {all:?}; {}", b.log());
+    assert_eq!(all.len(), 1, "nothing else told: {all:?}");
+    assert_eq!(c.template_patches(), 0, "dry run: nothing patched");
 }

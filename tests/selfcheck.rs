@@ -372,7 +372,7 @@ async fn under_the_shipped_rbac_a_crash_looping_deploy_is_rolled_back() {
 
     // The watchdog, acting.
     let app = App::new(config.clone(), client.clone());
-    let notifier = Arc::new(app.notifier(Record::AuditLog).expect("notifiers"));
+    let notifier = Arc::new(app.notifier(Record::AuditLog).await.expect("notifiers"));
     let mut daemon = app
         .daemon()
         .pipeline(PipelineOptions::new(notifier).poll_interval(Duration::from_millis(250)))

@@ -86,7 +86,7 @@ struct Stopped {
 impl Running {
     async fn start(app: &App) -> Result<Running, CliError> {
         let admin = admin::start(app.config().admin.listen, app.admin().clone()).await?;
-        let notifier = Arc::new(app.notifier(Record::AuditLog)?);
+        let notifier = Arc::new(app.notifier(Record::AuditLog).await?);
         // Leader election: only the Lease holder acts; the others evaluate.
         let (leadership, elector) = app.leadership();
         let elector = elector.map(ElectorTask::spawn);

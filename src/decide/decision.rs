@@ -30,7 +30,9 @@ use jiff::{SignedDuration, Timestamp};
 use crate::config::PodsPolicy;
 use crate::decide::judge::{judge, JudgePolicy, JudgeState, Judgement, Verdict};
 use crate::observe::blocklist::{self, Entry};
-use crate::observe::revision::{KnownGood, TargetState};
+use crate::observe::memory::Memory;
+pub use crate::observe::memory::{Acted, Evidence};
+use crate::observe::revision::{KnownGood, TargetState, WindowWhy};
 use crate::observe::targets::WatchedDeployment;
 use crate::report::audit::Reason;
 use crate::signals::{PodHistory, SignalId, SignalResult, Subject};
@@ -38,25 +40,6 @@ use crate::signals::{PodHistory, SignalId, SignalResult, Subject};
 /// A revision restored by the watchdog's own rollback is one whose rollout
 /// started no earlier than this before the rollback was recorded.
 const OWN_ROLLBACK_SLACK: SignedDuration = SignedDuration::from_secs(60);
-
-/// What one revision's verdicts have shown, for known-good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Evidence {
-    /// No healthy evaluation yet, and no bad one in the window.
-    #[default]
-    Unproven,
-    /// At least one Healthy tick, and no Bad or Degraded one in the window.
-    Healthy,
-    /// Bad or Degraded during the window: never known-good, whatever follows.
-    Failed,
-}
-
-/// What the watchdog did about a Bad verdict of the revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acted {
-    RolledBack,
-    Escalated,
-}
 
 /// How far the revision's known-good record has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,6 +70,13 @@ pub struct RevisionState {
     known_good: KnownGoodProgress,
     /// What was seen of the revision's pods on earlier ticks.
     pod_history: PodHistory,
+    /// The rollback decided on this revision has an outcome (its pipeline
+    /// finished, and was not handed back before its patch): only then is
+    /// it part of the memory kept in the cluster.
+    settled: bool,
+    /// The cluster's memory of this revision was read once: the blind
+    /// episode under way is taken from it only then.
+    recalled: bool,
 }
 
 impl RevisionState {
@@ -146,6 +136,76 @@ impl RevisionState {
     /// next tick decides again.
     pub fn give_back_decision(&mut self) {
         self.acted = None;
+        self.settled = false;
+    }
+
+    /// The rollback decided on this revision finished (rolled back,
+    /// refused, or failed after its patch): the decision is spent for
+    /// good, and the memory in the cluster says so from now on.
+    pub fn settle_decision(&mut self) {
+        self.settled = self.acted.is_some();
+    }
+
+    /// Merges what the cluster remembers of this revision (written by this
+    /// or an earlier leader) into this state: a Bad verdict, what was done
+    /// about it and the notices sent are never forgotten, and the blind
+    /// episode under way when this process first saw the revision is the
+    /// one already told. A record about another revision changes nothing.
+    pub fn recall(&mut self, kept: &Memory) {
+        let Some((number, hash)) = &self.key else {
+            return;
+        };
+        if !kept.is_about(*number, hash) {
+            return;
+        }
+        self.evidence = self.evidence.merge(kept.evidence);
+        if let (None, Some(acted)) = (self.acted, kept.acted) {
+            self.acted = Some(acted);
+            self.settled = true;
+        }
+        self.detected_at = match (self.detected_at, kept.bad_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.degraded_reported |= kept.degraded_reported;
+        if kept.unverified_reported && self.known_good == KnownGoodProgress::Pending {
+            self.known_good = KnownGoodProgress::ReportedUnverified;
+        }
+        if !self.recalled {
+            self.recalled = true;
+            if self.judge.blind_since.is_none() {
+                self.judge.blind_since = kept.blind_since;
+            }
+        }
+    }
+
+    /// The memory to keep in the cluster for this revision, given its
+    /// target state (the window's times), or None before it has a key and
+    /// a start. A rollback still running is not in it: if this process
+    /// goes before the patch, the next leader must decide again.
+    pub fn to_keep(&self, state: &TargetState) -> Option<Memory> {
+        let (revision, hash) = self.key.clone()?;
+        let window = state.window.as_ref()?;
+        let completed = match window.why {
+            WindowWhy::AfterCompletion { completed, .. } => Some(completed),
+            _ => None,
+        };
+        let acted = match self.acted {
+            Some(Acted::RolledBack) if !self.settled => None,
+            acted => acted,
+        };
+        Some(Memory {
+            revision,
+            pod_template_hash: hash,
+            started: window.opened,
+            completed,
+            evidence: self.evidence,
+            bad_at: self.detected_at,
+            acted,
+            degraded_reported: self.degraded_reported,
+            unverified_reported: self.known_good == KnownGoodProgress::ReportedUnverified,
+            blind_since: self.judge.blind_since,
+        })
     }
 
     pub fn detected_at(&self) -> Option<Timestamp> {
@@ -625,6 +685,7 @@ mod tests {
                 previous_since: None,
                 warnings: Vec::new(),
                 older_target: Some(1),
+                kept: None,
             },
             subject: Subject {
                 namespace: "production".into(),

@@ -68,9 +68,12 @@ pub(super) async fn start_watchdog(
     app.metrics().leader.set(1);
     let deliveries: Arc<Mutex<Vec<DeliveryOutcome>>> = Arc::default();
     let observed = deliveries.clone();
-    let notifier = Arc::new(app.notifier(Record::InMemory(Arc::new(
-        move |o: &DeliveryOutcome| lock(&observed).push(o.clone()),
-    )))?);
+    let notifier = Arc::new(
+        app.notifier(Record::InMemory(Arc::new(move |o: &DeliveryOutcome| {
+            lock(&observed).push(o.clone())
+        })))
+        .await?,
+    );
     parts.notifier = Some(notifier.clone());
     let collected = Collected::default();
     let sink: Arc<dyn IncidentSink> =

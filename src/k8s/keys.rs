@@ -41,6 +41,9 @@ pub const BLOCKLIST: &str = "rollback-watchdog.io/blocklist";
 pub const IN_FLIGHT: &str = "rollback-watchdog.io/in-flight";
 /// Times of the watchdog's rollbacks of this Deployment.
 pub const ROLLBACKS: &str = "rollback-watchdog.io/rollbacks";
+/// What the watchdog remembers of the current revision across restarts
+/// and leader changes (window times, a Bad verdict, notices sent).
+pub const MEMORY: &str = "rollback-watchdog.io/memory";
 
 // ---- On the backup ConfigMaps ----
 

@@ -590,6 +590,10 @@ pub struct TargetState {
     /// The newest revision a rollback of the current one may restore
     /// ([`rollback_candidates`]); None when there is none.
     pub older_target: Option<i64>,
+    /// What the watchdog keeps on the Deployment about its current
+    /// revision ([`super::memory`]); None when it keeps nothing, or the
+    /// record is about another revision.
+    pub kept: Option<super::memory::Memory>,
 }
 
 impl TargetState {

@@ -14,6 +14,7 @@ use kube::ResourceExt;
 
 use super::blocklist;
 use super::cache::Snapshot;
+use super::memory::{self, Memory};
 use super::revision::*;
 use super::targets::WatchedDeployment;
 use super::window::{Window, WindowWhy};
@@ -79,10 +80,22 @@ impl Tracker {
                 known_good = Some(written.clone());
             }
         }
+        let kept = match memory::read(d) {
+            Ok(kept) => kept.filter(|m| match &rollout {
+                Rollout::Known { current, .. } => {
+                    m.is_about(current.number, &current.pod_template_hash)
+                }
+                Rollout::Pending { .. } => false,
+            }),
+            Err(e) => {
+                warnings.push(e.to_string());
+                None
+            }
+        };
         let (pods, rollout_started, started_estimated, window) = match &rollout {
             Rollout::Known { current, .. } => {
                 let pods = pods_of(snapshot, &target.namespace, current);
-                let seen = self.switch_time(&uid, current, &pods, now);
+                let seen = self.switch_time(&uid, current, &pods, kept.as_ref(), now);
                 let window =
                     self.window(&uid, d, snapshot, current, target.policy.watch_window, now);
                 (pods, Some(seen.started), seen.estimated, window)
@@ -133,6 +146,7 @@ impl Tracker {
             pods,
             warnings,
             older_target,
+            kept,
         }
     }
 
@@ -164,6 +178,7 @@ impl Tracker {
         uid: &str,
         current: &Revision,
         pods: &[Arc<Pod>],
+        kept: Option<&Memory>,
         now: jiff::Timestamp,
     ) -> Seen {
         let previous = self.seen.get(uid);
@@ -174,9 +189,20 @@ impl Tracker {
             self.before.insert(uid.to_owned(), p.clone());
         }
         let previous = self.seen.get(uid);
-        let seen = match (current.created, previous) {
+        let seen = match (current.created, previous, kept) {
+            // The watchdog kept its times in the cluster (an earlier
+            // process, or the leader before a hand-over): they are exact,
+            // and a window once closed is never reopened.
+            (_, _, Some(kept)) => Seen {
+                number: current.number,
+                hash: current.pod_template_hash.clone(),
+                started: kept.started,
+                estimated: false,
+                completed: kept.completed.map(|c| (c, false)),
+                rolling: false,
+            },
             // A ReplicaSet made for this rollout: its creation is the start.
-            (Some(created), _) if !current.reused => Seen {
+            (Some(created), _, None) if !current.reused => Seen {
                 number: current.number,
                 hash: current.pod_template_hash.clone(),
                 started: created,
@@ -186,7 +212,7 @@ impl Tracker {
             },
             // Reused, and this process saw the Deployment at another
             // revision before: the switch happened since the last tick.
-            (_, Some(_)) => Seen {
+            (_, Some(_), None) => Seen {
                 number: current.number,
                 hash: current.pod_template_hash.clone(),
                 started: now,

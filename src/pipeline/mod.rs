@@ -591,6 +591,15 @@ fn without_replicas(d: &Deployment) -> Option<k8s_openapi::api::apps::v1::Deploy
     })
 }
 
+/// The annotations a person (or a tool) sets: without the watchdog's own
+/// memory record, which another replica may rewrite at any time.
+fn annotations_of_people(d: &Deployment) -> Option<std::collections::BTreeMap<String, String>> {
+    d.metadata.annotations.clone().map(|mut a| {
+        a.remove(crate::k8s::keys::MEMORY);
+        a
+    })
+}
+
 fn pod_running_and_ready(p: &Pod) -> bool {
     let status = p.status.as_ref();
     status.and_then(|s| s.phase.as_deref()) == Some("Running")

@@ -130,7 +130,7 @@ impl Pipeline {
         // compare them too.
         let same_spec = without_replicas(&fresh) == without_replicas(&plan.deployment)
             && fresh.metadata.labels == plan.deployment.metadata.labels
-            && fresh.metadata.annotations == plan.deployment.metadata.annotations
+            && annotations_of_people(&fresh) == annotations_of_people(&plan.deployment)
             && fresh.annotations().get(IN_FLIGHT).is_none();
         if same_spec && attempt < STATUS_RACE_RETRIES {
             return Moved::StatusOnly(fresh.metadata.resource_version.clone());

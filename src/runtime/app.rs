@@ -5,7 +5,6 @@
 //! start a task the caller does not end (the notifier's workers and the
 //! watch caches are the caller's to stop).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::report::audit::{AuditError, AuditLine, AuditLog, AuditOutcome, Step};
 use crate::report::incident::{IncidentId, IncidentSink};
 use crate::report::metrics::Metrics;
 use crate::report::notify::{
-    DeliveryObserver, DeliveryOutcome, FileLedger, MetricsObserver, Notifier, NotifyError,
+    ClusterLedger, DeliveryObserver, DeliveryOutcome, MetricsObserver, Notifier, NotifyError,
 };
 use crate::report::status::Role;
 use crate::runtime::admin::AdminState;
@@ -28,12 +27,6 @@ use crate::runtime::lease::{Elector, Leadership, LeaseSettings};
 pub enum AppError {
     #[error(transparent)]
     Audit(#[from] AuditError),
-    #[error("{source} (the delivery ledger lives next to watchdog.audit_log: {})", path.display())]
-    Ledger {
-        path: PathBuf,
-        #[source]
-        source: NotifyError,
-    },
     #[error(transparent)]
     Notify(#[from] NotifyError),
     #[error(transparent)]
@@ -53,8 +46,9 @@ pub struct App {
 
 /// Where the notifiers record what they delivered.
 pub enum Record {
-    /// In a ledger next to the audit log, so a restart never resends a
-    /// decision, and each outcome as a line of the audit log (`run`).
+    /// In the delivery ledger ConfigMap of the watchdog's namespace
+    /// ([`ClusterLedger`]), so neither a restart nor a new leader resends
+    /// a decision, and each outcome as a line of the audit log (`run`).
     AuditLog,
     /// In memory only, each outcome also handed to this observer (the
     /// demo's timeline).
@@ -108,14 +102,14 @@ impl App {
     /// The notifiers of `[[notify]]`, their outcomes counted in the
     /// metrics and recorded as `record` says. Starts one worker per sink:
     /// call inside a Tokio runtime, and [`Notifier::shutdown`] at the end.
-    pub fn notifier(&self, record: Record) -> Result<Notifier, AppError> {
+    pub async fn notifier(&self, record: Record) -> Result<Notifier, AppError> {
         let builder =
             Notifier::builder(&self.config.notify).observer(MetricsObserver(self.metrics.clone()));
         let builder = match record {
             Record::AuditLog => {
                 let audit = AuditLog::open(&self.config.watchdog.audit_log)?;
                 builder
-                    .ledger(Arc::new(self.ledger()?))
+                    .ledger(Arc::new(self.ledger().await?))
                     .observer(move |o: &DeliveryOutcome| append_outcome(&audit, o))
             }
             Record::InMemory(observer) => builder.observer(move |o: &DeliveryOutcome| {
@@ -127,15 +121,14 @@ impl App {
         Ok(notifier)
     }
 
-    fn ledger(&self) -> Result<FileLedger, AppError> {
-        let path = self
-            .config
-            .watchdog
-            .audit_log
-            .parent()
-            .map(|dir| dir.join("notified.jsonl"))
-            .unwrap_or_else(|| PathBuf::from("notified.jsonl"));
-        FileLedger::open(&path).map_err(|source| AppError::Ledger { path, source })
+    /// The delivery ledger: the ConfigMap `<lease_name>-notified` in
+    /// `watchdog.namespace`, shared by every replica.
+    async fn ledger(&self) -> Result<ClusterLedger, AppError> {
+        let name = format!("{}-notified", self.config.leader_election.lease_name);
+        Ok(
+            ClusterLedger::open(self.client.clone(), &self.config.watchdog.namespace, &name)
+                .await?,
+        )
     }
 
     /// The run loop on these parts; see [`DaemonBuilder`].

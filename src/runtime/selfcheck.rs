@@ -188,7 +188,7 @@ impl Needs {
             "apps",
             "deployments",
             ns,
-            "roll a bad revision back (JSON Patch of the pod template) and write the known-good, in-flight and blocklist annotations",
+            "roll a bad revision back (JSON Patch of the pod template) and write the known-good, in-flight, blocklist and memory annotations",
         );
         self.add(
             &["list"],
@@ -253,6 +253,20 @@ impl Needs {
             "configmaps",
             own,
             "prune backups beyond backup_retention",
+        );
+        self.add(
+            &["get", "watch"],
+            "",
+            "configmaps",
+            own,
+            "read the delivery ledger (<lease_name>-notified) and follow what the other replica delivered",
+        );
+        self.add(
+            &["update"],
+            "",
+            "configmaps",
+            own,
+            "record each delivered notice in the delivery ledger, so no notice is sent twice",
         );
     }
 
@@ -588,12 +602,16 @@ name = "web"
             &"update leases.coordination.k8s.io in namespace \"rollback-watchdog\"".to_owned()
         ));
         assert!(reqs.iter().all(|r| r.permission.namespace.is_some()));
-        // Only what the code uses: no get on ReplicaSets or pods, no
-        // configmap get, nothing on secrets.
+        // Only what the code uses: no get on ReplicaSets or pods, nothing
+        // on secrets; configmaps in the watchdog's namespace only (backups
+        // and the delivery ledger).
         assert!(!all.contains(&"get pods in namespace \"shop\"".to_owned()));
         assert!(!all.contains(&"get replicasets.apps in namespace \"shop\"".to_owned()));
         assert!(!all.iter().any(|p| p.contains("secrets")));
-        assert!(!all.contains(&"get configmaps in namespace \"rollback-watchdog\"".to_owned()));
+        assert!(all.contains(&"get configmaps in namespace \"rollback-watchdog\"".to_owned()));
+        assert!(!all
+            .iter()
+            .any(|p| p.contains("configmaps in namespace \"shop\"")));
         // Each permission once, with every reason.
         let list_pods = reqs
             .iter()

@@ -229,7 +229,7 @@ impl Scenario {
     pub async fn with_pipeline_guarded(&mut self, may_write: Arc<dyn Fn() -> bool + Send + Sync>) {
         let app = App::new(self.config.clone(), self.client.clone());
         self.admin = app.admin().clone();
-        let notifier = Arc::new(app.notifier(Record::AuditLog).expect("notifiers"));
+        let notifier = Arc::new(app.notifier(Record::AuditLog).await.expect("notifiers"));
         self.daemon = app
             .daemon()
             .pipeline(
@@ -347,9 +347,11 @@ impl Scenario {
             .expect("web is evaluated");
         if std::env::var_os("RW_TEST_TRACE").is_some() {
             eprintln!(
-                "[{}] {:?} {:#?} {:#?}",
+                "[{}] {:?} {:?} kept {:?} {:#?} {:#?}",
                 self.ns,
                 e.verdict(),
+                e.state.window,
+                e.state.kept,
                 e.results.iter().map(|r| r.describe()).collect::<Vec<_>>(),
                 e.judgement.as_ref().map(|j| j
                     .reasons

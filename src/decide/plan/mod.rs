@@ -217,11 +217,19 @@ fn decide(input: &PlanInput) -> Result<Plan, Rule> {
         .reason
         .clone()
         .unwrap_or_else(|| default_reason(request));
+    // A verdict's rollback is one decision about one revision: its id is
+    // the same on every attempt (a new leader deciding again after a
+    // hand-over), so the delivery ledger tells its notices once. A
+    // person's request is new each time.
+    let id_time = match (&request.trigger, request.rollout_started_at) {
+        (Trigger::Verdict, Some(rollout_started)) => rollout_started,
+        _ => input.started,
+    };
     Ok(Plan {
         id: IncidentId::rollback(
             DeploymentKey::new(&request.namespace, &request.name),
             current.number,
-            input.started,
+            id_time,
         ),
         request: request.clone(),
         policy: policy.clone(),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -147,13 +148,28 @@ impl DeliveryObserver for MetricsObserver {
 /// implementations must be quick (keep an in-memory view, write behind).
 pub trait DeliveryLedger: Send + Sync {
     fn already_delivered(&self, incident_id: &str, sink: &str) -> bool;
-    fn mark_delivered(&self, incident_id: &str, sink: &str) -> Result<(), NotifyError>;
+    /// Records a delivery; done when the record is durable (the outcome is
+    /// reported only after it).
+    fn mark_delivered<'a>(
+        &'a self,
+        incident_id: &'a str,
+        sink: &'a str,
+    ) -> BoxFuture<'a, Result<(), NotifyError>>;
 }
 
 /// A ledger that forgets on restart: for tests and `notify-test`.
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     seen: Mutex<HashSet<(String, String)>>,
+}
+
+impl MemoryLedger {
+    /// Adds a delivery to what is known.
+    pub fn remember(&self, incident_id: &str, sink: &str) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.insert((incident_id.to_owned(), sink.to_owned()));
+        }
+    }
 }
 
 impl DeliveryLedger for MemoryLedger {
@@ -164,20 +180,23 @@ impl DeliveryLedger for MemoryLedger {
             .unwrap_or(false)
     }
 
-    fn mark_delivered(&self, incident_id: &str, sink: &str) -> Result<(), NotifyError> {
-        if let Ok(mut s) = self.seen.lock() {
-            s.insert((incident_id.to_owned(), sink.to_owned()));
-        }
-        Ok(())
+    fn mark_delivered<'a>(
+        &'a self,
+        incident_id: &'a str,
+        sink: &'a str,
+    ) -> BoxFuture<'a, Result<(), NotifyError>> {
+        self.remember(incident_id, sink);
+        Box::pin(async { Ok(()) })
     }
 }
 
+/// One delivery, as a line of the file and cluster ledgers.
 #[derive(Debug, Serialize, Deserialize)]
-struct LedgerLine {
-    incident_id: String,
-    sink: String,
+pub(super) struct LedgerLine {
+    pub incident_id: String,
+    pub sink: String,
     #[serde(default)]
-    delivered_at: String,
+    pub delivered_at: String,
 }
 
 /// A ledger kept as JSON lines in a file (`{"incident_id", "sink",
@@ -202,7 +221,7 @@ impl FileLedger {
                 torn = !text.is_empty() && !text.ends_with('\n');
                 for line in text.lines() {
                     if let Ok(l) = serde_json::from_str::<LedgerLine>(line) {
-                        seen.mark_delivered(&l.incident_id, &l.sink)?;
+                        seen.remember(&l.incident_id, &l.sink);
                     }
                 }
             }
@@ -231,8 +250,19 @@ impl DeliveryLedger for FileLedger {
         self.seen.already_delivered(incident_id, sink)
     }
 
-    fn mark_delivered(&self, incident_id: &str, sink: &str) -> Result<(), NotifyError> {
-        self.seen.mark_delivered(incident_id, sink)?;
+    fn mark_delivered<'a>(
+        &'a self,
+        incident_id: &'a str,
+        sink: &'a str,
+    ) -> BoxFuture<'a, Result<(), NotifyError>> {
+        let written = self.append(incident_id, sink);
+        Box::pin(async move { written })
+    }
+}
+
+impl FileLedger {
+    fn append(&self, incident_id: &str, sink: &str) -> Result<(), NotifyError> {
+        self.seen.remember(incident_id, sink);
         let line = LedgerLine {
             incident_id: incident_id.to_owned(),
             sink: sink.to_owned(),
@@ -806,7 +836,7 @@ async fn worker(
         };
         match &report.result {
             DeliveryResult::Delivered => {
-                if let Err(e) = ledger.mark_delivered(&decision, &sink.name) {
+                if let Err(e) = ledger.mark_delivered(&decision, &sink.name).await {
                     tracing::warn!(sink = %sink.name, incident = %incident.id, error = %e,
                         "delivered, but could not record it: a restart may send it again");
                 }
@@ -966,7 +996,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.jsonl");
         let ledger = FileLedger::open(&path).unwrap();
-        ledger.mark_delivered("a", "slack").unwrap();
+        ledger.append("a", "slack").unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -977,7 +1007,7 @@ mod tests {
         assert!(again.already_delivered("a", "slack"));
         assert!(!again.already_delivered("a", "teams"));
         assert!(!again.already_delivered("b", "slack"));
-        again.mark_delivered("c", "slack").unwrap();
+        again.append("c", "slack").unwrap();
         let third = FileLedger::open(&path).unwrap();
         assert!(third.already_delivered("a", "slack") && third.already_delivered("c", "slack"));
     }

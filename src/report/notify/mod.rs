@@ -10,11 +10,13 @@ use std::fmt::Write as _;
 use crate::config::{EventKind, NotifySink, Placeholders, SinkKind};
 use crate::report::incident::{Incident, Trigger};
 
+pub mod cluster_ledger;
 pub mod delivery;
 pub mod slack;
 pub mod teams;
 pub mod webhook;
 
+pub use cluster_ledger::ClusterLedger;
 pub use delivery::{
     deliver, DeliveryLedger, DeliveryObserver, DeliveryOutcome, DeliveryReport, DeliveryResult,
     FileLedger, MemoryLedger, MetricsObserver, Notifier, NotifierBuilder, RetryPolicy,
@@ -45,6 +47,12 @@ pub enum NotifyError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("delivery ledger ConfigMap {namespace}/{name}: {what} (the watchdog needs get, create, update, list and watch on configmaps in {namespace}; see deploy/rbac.yaml)")]
+    ClusterLedger {
+        namespace: String,
+        name: String,
+        what: String,
     },
     #[error("--sink {index}: there are {count} [[notify]] sinks (0-based index)")]
     NoSuchSink { index: usize, count: usize },

@@ -27,6 +27,7 @@ use crate::decide::decision::{
 };
 use crate::decide::judge::{Judgement, Verdict};
 use crate::observe::cache::Caches;
+use crate::observe::memory;
 use crate::observe::revision::{self, TargetState};
 use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
 use crate::observe::tracker::Tracker;
@@ -79,6 +80,9 @@ impl Evaluation {
 struct Memory {
     revision: RevisionState,
     status: TargetStatus,
+    /// The record this process last wrote to the cluster for the target
+    /// ([`memory::Memory`]): not written again while the cache lags.
+    kept: Option<memory::Memory>,
 }
 
 /// The loop's dependencies. Cheap to clone parts are shared with the admin
@@ -232,6 +236,8 @@ impl Daemon {
                             m.revision.give_back_decision();
                         }
                         self.triggered_by.remove(&uid);
+                    } else if let Some(m) = self.memory.get_mut(&uid) {
+                        m.revision.settle_decision();
                     }
                     // Only a pipeline that went through Wait cleared its
                     // in-flight record. One that failed at Update may still
@@ -494,6 +500,9 @@ impl Daemon {
             memory.status = unknown_status(target, state, now);
             return None;
         };
+        if let Some(kept) = &state.kept {
+            memory.revision.recall(kept);
+        }
         let facts = self.facts(target);
         let memory = self.memory.entry(uid).or_default();
         let decision = decide(
@@ -514,7 +523,33 @@ impl Daemon {
             .remember_pods(&target.policy.pods, subject, now);
         memory.status = judged_status(target, state, &decision, results, now);
         self.measure(target, subject, &decision, results);
+        // What must outlive this process goes to the cluster before any
+        // notice or act it records.
+        self.keep(target, state).await;
         self.apply(target, subject, decision, results, now).await
+    }
+
+    /// Writes the target's memory ([`memory`]) when it changed. Leader
+    /// only, and never while a rollback of the target runs here (its
+    /// outcome is written once it is known).
+    async fn keep(&mut self, target: &WatchedDeployment, state: &TargetState) {
+        let uid = target.uid();
+        if !(self.may_write)() || self.running.contains_key(&uid) {
+            return;
+        }
+        let Some(m) = self.memory.get_mut(&uid) else {
+            return;
+        };
+        let Some(want) = m.revision.to_keep(state) else {
+            return;
+        };
+        if state.kept.as_ref() == Some(&want) || m.kept.as_ref() == Some(&want) {
+            return;
+        }
+        match memory::write(&self.client, &target.namespace, &target.name, &want).await {
+            Ok(()) => m.kept = Some(want),
+            Err(e) => tracing::warn!(target = %target.display_name(), error = %e, "will retry"),
+        }
     }
 
     /// What the loop knows of a target beyond the caches, for [`decide`].
