@@ -92,10 +92,13 @@ async fn a_bad_deploy_is_rolled_back_to_the_known_good_revision_and_on_call_is_t
         "{annotations:?}"
     );
 
-    // The backup holds the whole v2 Deployment.
+    // The backup holds the whole v2 Deployment. (The delivery ledger is
+    // the watchdog's ConfigMap there too, of no Deployment.)
     let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), "rollback-watchdog");
     let backups = cms
-        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=rollback-watchdog"))
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/managed-by=rollback-watchdog,rollback-watchdog.io/deployment={NAME}"
+        )))
         .await
         .expect("list backups");
     assert_eq!(backups.items.len(), 1);
