@@ -476,7 +476,7 @@ impl Ctx {
             .find(|r| r.name == name)
             .unwrap_or_else(|| panic!("rule {name}"));
         self.source
-            .rule(rule, &self.subject(namespace), "test", self.now())
+            .rule(rule, None, &self.subject(namespace), "test", self.now())
             .await
     }
 }
