@@ -831,7 +831,7 @@ async fn an_unreachable_prometheus_is_inconclusive_for_every_prometheus_signal(c
     expect_inconclusive(&r, "unreachable")?;
     let rule = &config.defaults.rules[0];
     expect_inconclusive(
-        &bounded(source.rule(rule, &subject, "t", c.now())).await?,
+        &bounded(source.rule(rule, None, &subject, "t", c.now())).await?,
         "unreachable",
     )
 }

@@ -127,7 +127,8 @@ impl PrometheusSource {
     }
 
     /// A latency or rule query that returned no series: misconfigured when
-    /// the revision served enough requests.
+    /// the revision served enough requests and it has no series over the
+    /// whole lookback either.
     pub(super) async fn empty_with_traffic(
         &self,
         signal: &SignalId,
@@ -141,6 +142,16 @@ impl PrometheusSource {
         let requests = self
             .enough_traffic(signal, traffic, subject, cluster, now)
             .await?;
+        // A span of a second or two can hold too few scrapes for `rate`:
+        // only no series over the whole lookback is a finding.
+        let fill = Fill::current(subject, traffic.baseline_lookback, cluster);
+        let q = query.fill(&fill.placeholders());
+        if !matches!(
+            self.query(signal, PROBE, &q, now).await,
+            Err(QueryError::Empty)
+        ) {
+            return None;
+        }
         let mut why = "it has no series while total_query counts traffic".to_owned();
         if matches!(signal, SignalId::Rule { .. }) {
             why.push_str(" (if no series means zero, end the query with `or vector(0)`)");
@@ -544,7 +555,11 @@ fn parse_matchers(chars: &[char], mut i: usize) -> Option<(Vec<Matcher>, usize)>
 mod tests {
     use super::*;
 
-    fn names(template: &str) -> Vec<(String, Vec<(String, bool, bool)>)> {
+    /// A matcher's label, whether it is a scope matcher, whether it
+    /// requires its label.
+    type Seen = (String, bool, bool);
+
+    fn names(template: &str) -> Vec<(String, Vec<Seen>)> {
         selectors(template)
             .expect("parses")
             .into_iter()
