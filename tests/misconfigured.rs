@@ -53,6 +53,18 @@ deadline = "10s"
     )
 }
 
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// `web` in `ns` with these queries, acting and telling a webhook
+/// receiver; the scenario, its config's target keys, what on-call got.
+async fn scenario(ns: &str, errors_query: &str, rules: &str) -> (Scenario, String, Received) {
+    let (hook, got) = receiver().await;
+    let extra = extra(errors_query, rules, &hook);
+    let mut s = Scenario::start(ns, Prom::Shared(shared()), Behaviours::builtin(), &extra).await;
+    s.with_pipeline().await;
+    (s, extra, got)
+}
+
 fn error_rate(e: &Evaluation) -> Option<&SignalResult> {
     e.results.iter().find(|r| r.signal == SignalId::ErrorRate)
 }
@@ -85,7 +97,7 @@ async fn self_check(s: &Scenario, extra: &str, dir: &Path) -> String {
 }
 
 /// The `misconfigured` notices on-call received.
-fn misconfigured_notices(got: &Arc<Mutex<Vec<serde_json::Value>>>) -> Vec<serde_json::Value> {
+fn misconfigured_notices(got: &Received) -> Vec<serde_json::Value> {
     got.lock()
         .expect("lock")
         .iter()
@@ -96,16 +108,8 @@ fn misconfigured_notices(got: &Arc<Mutex<Vec<serde_json::Value>>>) -> Vec<serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_errors_query_on_a_label_the_app_lacks_is_reported_once_and_never_passes_the_release() {
-    let (hook, got) = receiver().await;
-    let extra = extra(WRONG_LABEL, NO_SUCH_METRIC_RULE, &hook);
-    let mut s = Scenario::start(
-        "misconfigured-label",
-        Prom::Shared(shared()),
-        Behaviours::builtin(),
-        &extra,
-    )
-    .await;
-    s.with_pipeline().await;
+    let (mut s, extra, got) =
+        scenario("misconfigured-label", WRONG_LABEL, NO_SUCH_METRIC_RULE).await;
     let server = admin::start(
         format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
         s.admin.clone(),
@@ -235,16 +239,7 @@ async fn an_errors_query_on_a_label_the_app_lacks_is_reported_once_and_never_pas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correct_errors_query_on_a_service_with_no_such_errors_yet_stays_quiet() {
-    let (hook, got) = receiver().await;
-    let extra = extra(NO_503_YET, "", &hook);
-    let mut s = Scenario::start(
-        "misconfigured-none",
-        Prom::Shared(shared()),
-        Behaviours::builtin(),
-        &extra,
-    )
-    .await;
-    s.with_pipeline().await;
+    let (mut s, extra, got) = scenario("misconfigured-none", NO_503_YET, "").await;
     s.wait_scraped().await;
 
     // Enough traffic for the check, and more: the ratio passes as zero.

@@ -76,8 +76,7 @@ pub struct SurveyLine {
 }
 
 impl PrometheusSource {
-    /// The revision's requests over `baseline_lookback`, by `total_query`;
-    /// None when it cannot tell.
+    /// The revision's requests over `baseline_lookback`, by `total_query`.
     pub(super) async fn requests_over_lookback(
         &self,
         signal: &SignalId,
@@ -102,9 +101,10 @@ impl PrometheusSource {
         now: Timestamp,
     ) -> Option<Misconfigured> {
         let signal = SignalId::ErrorRate;
-        let requests = self
-            .enough_traffic(&signal, traffic, subject, cluster, now)
-            .await?;
+        let n = self
+            .requests_over_lookback(&signal, traffic, subject, cluster, now)
+            .await;
+        let requests = enough(traffic, n.ok()?)?;
         let why = self
             .missing_names(
                 &signal,
@@ -139,9 +139,10 @@ impl PrometheusSource {
         now: Timestamp,
     ) -> Option<Misconfigured> {
         let traffic = traffic?;
-        let requests = self
-            .enough_traffic(signal, traffic, subject, cluster, now)
-            .await?;
+        let n = self
+            .requests_over_lookback(signal, traffic, subject, cluster, now)
+            .await;
+        let requests = enough(traffic, n.ok()?)?;
         // A span of a second or two can hold too few scrapes for `rate`:
         // only no series over the whole lookback is a finding.
         let fill = Fill::current(subject, traffic.baseline_lookback, cluster);
@@ -207,7 +208,7 @@ impl PrometheusSource {
                 requests_text(requests)
             ),
         }];
-        if requests < f64::from(traffic.misconfigured_after_requests) {
+        if enough(traffic, requests).is_none() {
             lines.push(SurveyLine {
                 ok: true,
                 text: format!(
@@ -265,23 +266,6 @@ impl PrometheusSource {
         });
         lines.extend(futures::future::join_all(checks).await);
         lines
-    }
-
-    /// The revision's requests over the lookback, when they are at least
-    /// `misconfigured_after_requests`.
-    async fn enough_traffic(
-        &self,
-        signal: &SignalId,
-        traffic: &ErrorRatePolicy,
-        subject: &Subject,
-        cluster: &str,
-        now: Timestamp,
-    ) -> Option<f64> {
-        let n = self
-            .requests_over_lookback(signal, traffic, subject, cluster, now)
-            .await
-            .ok()?;
-        (n > 0.0 && n >= f64::from(traffic.misconfigured_after_requests)).then_some(n)
     }
 
     /// Why `query` cannot match, from Prometheus: its metric has no series
@@ -370,6 +354,12 @@ impl PrometheusSource {
             hint: CHECK_NAMES.to_owned(),
         }
     }
+}
+
+/// `n` requests, if they are enough to call a query with no series
+/// misconfigured: at least `misconfigured_after_requests`, and some.
+fn enough(traffic: &ErrorRatePolicy, n: f64) -> Option<f64> {
+    (n > 0.0 && n >= f64::from(traffic.misconfigured_after_requests)).then_some(n)
 }
 
 /// How messages name a signal's query: `latency.query`, `rule payments query`.
@@ -576,31 +566,34 @@ mod tests {
 
     #[test]
     fn the_selectors_of_a_query_template_are_taken_apart_with_their_placeholders() {
-        let q = r#"sum(rate(http_requests_total{namespace="{namespace}", pod=~"{pods}", status=~"5.."}[{window}]))"#;
-        assert_eq!(
-            names(q),
-            vec![(
-                "http_requests_total".to_owned(),
-                vec![
+        let cases: [(&str, &str, &[Seen]); 2] = [
+            (
+                r#"sum(rate(http_requests_total{namespace="{namespace}", pod=~"{pods}", status=~"5.."}[{window}]))"#,
+                "http_requests_total",
+                &[
                     ("namespace".to_owned(), true, false),
                     ("pod".to_owned(), true, false),
                     ("status".to_owned(), false, true),
-                ]
-            )]
-        );
-        // Negative matchers and regexes that match "" do not need the label.
-        let q = r#"sum(rate(x{code!="200", path=~".*", le="0.5"}[5m])) / sum(rate(y[5m]))"#;
-        assert_eq!(
-            names(q),
-            vec![(
-                "x".to_owned(),
-                vec![
+                ],
+            ),
+            // Negative matchers and regexes that match "" do not need the label.
+            (
+                r#"sum(rate(x{code!="200", path=~".*", le="0.5"}[5m])) / sum(rate(y[5m]))"#,
+                "x",
+                &[
                     ("code".to_owned(), false, false),
                     ("path".to_owned(), false, false),
                     ("le".to_owned(), false, true),
-                ]
-            )]
-        );
+                ],
+            ),
+        ];
+        for (q, metric, matchers) in cases {
+            assert_eq!(
+                names(q),
+                vec![(metric.to_owned(), matchers.to_vec())],
+                "{q}"
+            );
+        }
         // What it cannot read, it does not judge.
         assert_eq!(selectors("sum(x{code=5})"), None);
         assert_eq!(selectors(r#"x{a="unterminated}"#), None);

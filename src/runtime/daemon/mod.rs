@@ -373,13 +373,7 @@ impl Daemon {
             Some(r) => r?,
         }
         tracing::info!(interval = ?self.config.watchdog.interval, "caches synced; watching");
-        // The start-up self-check of the queries: warn, never stop.
-        let survey = self.check_queries(Timestamp::now());
-        if let Ok(lines) = tokio::time::timeout(Duration::from_secs(30), survey).await {
-            for line in lines.iter().filter(|l| !l.ok) {
-                tracing::warn!("self-check: {}", line.text);
-            }
-        }
+        self.check_queries_at_startup().await;
         let mut ticker = tokio::time::interval(self.config.watchdog.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -595,6 +589,27 @@ impl Daemon {
             }
         }
         lines
+    }
+
+    /// The start-up self-check of the queries: warnings in the log, never
+    /// a stop, and never long (a silent Prometheus was already reported,
+    /// and is not asked again query by query).
+    async fn check_queries_at_startup(&mut self) {
+        let limit = self.signals.prometheus().timeout() * 2;
+        if self.signals.prometheus().ping().await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(limit, self.check_queries(Timestamp::now())).await {
+            Ok(lines) => {
+                for line in lines.iter().filter(|l| !l.ok) {
+                    tracing::warn!("self-check: {}", line.text);
+                }
+            }
+            Err(_) => tracing::warn!(
+                "self-check: the queries were not all asked within {}; the watchdog goes on",
+                humantime::format_duration(limit)
+            ),
+        }
     }
 
     /// The current `/status` document.
