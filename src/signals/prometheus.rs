@@ -19,7 +19,8 @@
 //! `errors_query` next to a valid `total_query` counts as zero errors.
 //! Client libraries create the `code="5xx"` series only at the first
 //! error, so a healthy service would otherwise look blind on every rollout.
-//! That choice can only produce a Pass, never a Fail.
+//! That choice can only produce a Pass, never a Fail, and not even a Pass
+//! when the query cannot match ([`super::misconfigured`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
