@@ -420,7 +420,7 @@ fn a_notify_sink_needs_one_url_source_and_a_known_kind() {
             "notify[0]: give one of url, url_file, url_env",
             r#"notify[0].kind: "slak" is not a sink kind; use slack, teams or webhook"#,
             "notify[1]: give only one of url, url_file, url_env; got url and url_env",
-            r#"notify[2].events[0]: "rollback_done" is not an event kind; known: rollback_started, rollback_succeeded, rollback_failed, would_roll_back, conflict, escalation, blind, degraded_outside_window"#,
+            r#"notify[2].events[0]: "rollback_done" is not an event kind; known: rollback_started, rollback_succeeded, rollback_failed, would_roll_back, conflict, escalation, blind, degraded_outside_window, misconfigured"#,
             r#"notify[2].secret_env: only webhook sinks sign their messages; remove it or use kind = "webhook""#,
             r#"notify[2].targets[0]: "kailash-kaizen" is not "namespace/name" (name may be "*")"#,
             r#"notify[2].url_env: "TEAMS URL" is not an environment variable name"#,

@@ -204,6 +204,14 @@ fn incident(kind: EventKind) -> Incident {
                 ),
             ];
         }
+        EventKind::Misconfigured => {
+            i.trigger = Trigger::Report;
+            i.to = None;
+            i.reason = "errors_query `sum(rate(http_requests_total{namespace=\"production\", pod=~\"kailash-kaizen-7f9c6d5b8-.*\", status=~\"5..\"}[30m]))` returns no series for revision 5, which served 48,211 requests over the last 30m: no series of http_requests_total for these pods has a label status (the query filters on status=~\"5..\"); check the query's label and metric names against the series the app exports".into();
+            i.detected_at = None;
+            i.at = "2025-03-01T12:05:00Z".into();
+            i.signals = Vec::new();
+        }
         EventKind::DegradedOutsideWindow => {
             i.trigger = Trigger::Report;
             i.to = None;

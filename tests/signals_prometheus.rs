@@ -476,7 +476,7 @@ impl Ctx {
             .find(|r| r.name == name)
             .unwrap_or_else(|| panic!("rule {name}"));
         self.source
-            .rule(rule, &self.subject(namespace), "test", self.now())
+            .rule(rule, None, &self.subject(namespace), "test", self.now())
             .await
     }
 }
@@ -831,7 +831,7 @@ async fn an_unreachable_prometheus_is_inconclusive_for_every_prometheus_signal(c
     expect_inconclusive(&r, "unreachable")?;
     let rule = &config.defaults.rules[0];
     expect_inconclusive(
-        &bounded(source.rule(rule, &subject, "t", c.now())).await?,
+        &bounded(source.rule(rule, None, &subject, "t", c.now())).await?,
         "unreachable",
     )
 }

@@ -24,6 +24,7 @@ use crate::runtime::app::{App, PipelineOptions, Record};
 use crate::runtime::daemon::{Daemon, DaemonError};
 use crate::runtime::lease::{Elector, Leadership, LeaseError};
 use crate::runtime::selfcheck;
+use crate::signals::misconfigured::SurveyLine;
 
 /// `rollback-watchdog run`: the daemon, until `shutdown`.
 pub async fn run(
@@ -367,6 +368,16 @@ pub async fn self_check(
             let _ = writeln!(out, "{:<8} {why}", "WARNING");
         }
     }
+    if prometheus.is_ok() {
+        for line in check_queries(config.clone(), client.clone(), err).await {
+            let _ = writeln!(
+                out,
+                "{:<8} {}",
+                if line.ok { "ok" } else { "WARNING" },
+                line.text
+            );
+        }
+    }
     let missing: Vec<&selfcheck::Check> = checks.iter().filter(|c| !c.allowed).collect();
     if missing.is_empty() {
         EXIT_OK
@@ -374,6 +385,29 @@ pub async fn self_check(
         let _ = write!(err, "{}", selfcheck::describe_missing(&missing));
         EXIT_FAILURE
     }
+}
+
+/// Every target's queries asked once by a daemon that acts on nothing:
+/// which return no series while traffic flows. Warnings, never a refusal.
+async fn check_queries(
+    config: Config,
+    client: kube::Client,
+    err: &mut (dyn Write + Send),
+) -> Vec<SurveyLine> {
+    let app = App::new(Arc::new(config), client);
+    let built = app.daemon().role(Role::OneShot, Arc::new(|| false)).build();
+    let mut daemon = match built {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = writeln!(err, "warning: cannot check the queries: {e}");
+            return Vec::new();
+        }
+    };
+    if let Err(e) = daemon.wait_synced(Duration::from_secs(60)).await {
+        let _ = writeln!(err, "warning: cannot check the queries: {e}");
+        return Vec::new();
+    }
+    daemon.check_queries(jiff::Timestamp::now()).await
 }
 
 /// The config as `run` would load it, except that absent secret files

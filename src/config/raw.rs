@@ -107,6 +107,7 @@ pub(crate) struct RawErrorRate {
     pub min_request_rate: Option<f64>,
     pub window: Option<DurationStr>,
     pub baseline_lookback: Option<DurationStr>,
+    pub misconfigured_after_requests: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

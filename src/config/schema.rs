@@ -144,6 +144,10 @@ pub struct ErrorRatePolicy {
     pub window: Duration,
     #[serde(serialize_with = "duration")]
     pub baseline_lookback: Duration,
+    /// Requests of the revision over `baseline_lookback` (counted by
+    /// `total_query`) after which a query that returns no series is
+    /// reported as misconfigured rather than read as zero or no data.
+    pub misconfigured_after_requests: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -466,10 +470,12 @@ pub enum EventKind {
     Escalation,
     Blind,
     DegradedOutsideWindow,
+    /// A query returns no series while the revision serves traffic.
+    Misconfigured,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         Self::RollbackStarted,
         Self::RollbackSucceeded,
         Self::RollbackFailed,
@@ -478,6 +484,7 @@ impl EventKind {
         Self::Escalation,
         Self::Blind,
         Self::DegradedOutsideWindow,
+        Self::Misconfigured,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -490,6 +497,7 @@ impl EventKind {
             Self::Escalation => "escalation",
             Self::Blind => "blind",
             Self::DegradedOutsideWindow => "degraded_outside_window",
+            Self::Misconfigured => "misconfigured",
         }
     }
 

@@ -13,6 +13,7 @@ use futures::stream::{FuturesUnordered, Stream};
 use jiff::Timestamp;
 
 use super::health::{HealthError, HealthProber};
+use super::misconfigured::SurveyLine;
 use super::prometheus::{PrometheusSource, PrometheusSourceError};
 use super::{pods, Outcome, SignalId, SignalResult, Subject};
 use crate::config::{Config, Policy};
@@ -63,6 +64,19 @@ impl Signals {
 
     pub fn health(&self) -> &HealthProber {
         &self.health
+    }
+
+    /// Which of `policy`'s queries return nothing for `subject` while
+    /// `total_query` shows traffic: the self-check's survey.
+    pub async fn survey(
+        &self,
+        policy: &Policy,
+        subject: &Subject,
+        now: Timestamp,
+    ) -> Vec<SurveyLine> {
+        self.prometheus
+            .survey(policy, subject, &self.cluster, now)
+            .await
     }
 
     /// The signals `policy` configures for `subject`, in the order
@@ -148,7 +162,13 @@ impl Signals {
                 SignalId::rule(&rule.name),
                 prom,
                 now,
-                self.prometheus.rule(rule, subject, cluster, now),
+                self.prometheus.rule(
+                    rule,
+                    policy.error_rate.enabled.then_some(&policy.error_rate),
+                    subject,
+                    cluster,
+                    now,
+                ),
             )));
         }
         let health = &policy.health;

@@ -16,6 +16,7 @@ use crate::config::Placeholders;
 pub mod evaluate;
 pub mod evidence;
 pub mod health;
+pub mod misconfigured;
 pub mod pods;
 pub mod prometheus;
 
@@ -426,6 +427,10 @@ pub struct SignalResult {
     /// or not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_note: Option<BaselineNote>,
+    /// The signal's query returned no series while the revision served
+    /// traffic: reported to `/status` and once to on-call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misconfigured: Option<misconfigured::Misconfigured>,
 }
 
 /// The reference a relative signal compared with on one tick: the
@@ -612,7 +617,18 @@ impl SignalResult {
             pods: None,
             requests: None,
             baseline_note: None,
+            misconfigured: None,
         }
+    }
+
+    /// The query cannot match ([`misconfigured`]): the result is
+    /// Inconclusive naming it, and a point result, never a span still
+    /// filling, so the judge cannot take it for a pending pass.
+    pub fn with_misconfigured(mut self, finding: misconfigured::Misconfigured) -> Self {
+        self.outcome = Outcome::inconclusive(finding.to_string());
+        self.span_from = None;
+        self.misconfigured = Some(finding);
+        self
     }
 
     /// The span held `n` requests.

@@ -19,7 +19,8 @@
 //! `errors_query` next to a valid `total_query` counts as zero errors.
 //! Client libraries create the `code="5xx"` series only at the first
 //! error, so a healthy service would otherwise look blind on every rollout.
-//! That choice can only produce a Pass, never a Fail.
+//! That choice can only produce a Pass, never a Fail, and not even a Pass
+//! when the query cannot match ([`super::misconfigured`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,6 +175,8 @@ struct RatioSample {
     errors: f64,
     total: f64,
     ratio: f64,
+    /// `errors_query` returned no series (read as zero errors).
+    errors_empty: bool,
 }
 
 impl PrometheusSource {
@@ -448,6 +451,7 @@ impl PrometheusSource {
             (Measurement::ratio(c.ratio), Some(c.n))
         }));
         let mut requests = None;
+        let errors_empty = matches!(&measured, Ok(m) if m.errors_empty);
         let outcome = match measured {
             Err(RatioError::NoSamples(why)) => Outcome::inconclusive(format!(
                 "revision {}: no new samples since {} ({why})",
@@ -475,6 +479,15 @@ impl PrometheusSource {
             .over_span(from)
             .with_baseline_note(note);
         result.requests = requests;
+        // Zero errors only if the query could have counted one.
+        if errors_empty {
+            if let Some(m) = self
+                .errors_query_misconfigured(policy, subject, cluster, now)
+                .await
+            {
+                result = result.with_misconfigured(m);
+            }
+        }
         result
     }
 
@@ -497,10 +510,10 @@ impl PrometheusSource {
             QueryError::Empty => RatioError::NoSamples(format!("{}: {e}", role.total)),
             e => RatioError::Other(format!("{}: {e}", role.total)),
         })?;
-        let errors = match errors {
-            Ok(v) => v,
+        let (errors, errors_empty) = match errors {
+            Ok(v) => (v, false),
             // No 5xx series yet: zero errors (see the module doc).
-            Err(QueryError::Empty) => 0.0,
+            Err(QueryError::Empty) => (0.0, true),
             Err(e) => return Err(RatioError::Other(format!("{}: {e}", role.errors))),
         };
         if total <= 0.0 || total < policy.min_request_rate {
@@ -523,6 +536,7 @@ impl PrometheusSource {
             errors,
             total,
             ratio: (errors / total).min(1.0),
+            errors_empty,
         })
     }
 
@@ -656,6 +670,7 @@ impl PrometheusSource {
             Some(Ok(r)) => Some(r * secs),
             _ => None,
         };
+        let latency_empty = matches!(measured, Err(QueryError::Empty));
         let outcome = if too_quiet(&rate) {
             match &rate {
                 Some(Ok(r)) => Outcome::inconclusive(format!(
@@ -711,15 +726,33 @@ impl PrometheusSource {
             .over_span(from)
             .with_baseline_note(note);
         result.requests = requests;
+        if latency_empty {
+            if let Some(m) = self
+                .empty_with_traffic(
+                    &result.signal,
+                    &policy.query,
+                    traffic,
+                    subject,
+                    cluster,
+                    now,
+                )
+                .await
+            {
+                result = result.with_misconfigured(m);
+            }
+        }
         result
     }
 
     /// A custom rule: Fail when `query op threshold` holds. `{window}` is
     /// the span since the rule's last counted result, as for the error
-    /// ratio, capped at the rule's `window`.
+    /// ratio, capped at the rule's `window`. With `traffic` (the error-rate
+    /// policy), no series while `total_query` counts traffic is reported
+    /// as a misconfigured query.
     pub async fn rule(
         &self,
         rule: &Rule,
+        traffic: Option<&ErrorRatePolicy>,
         subject: &Subject,
         cluster: &str,
         now: Timestamp,
@@ -732,7 +765,16 @@ impl PrometheusSource {
         let from = span_start(now, span);
         let fill = Fill::current(subject, span, cluster);
         let query = rule.query.fill(&fill.placeholders());
-        let outcome = match self.query(&signal, CURRENT.single, &query, now).await {
+        let answer = self.query(&signal, CURRENT.single, &query, now).await;
+        if let Err(QueryError::Empty) = answer {
+            if let Some(m) = self
+                .empty_with_traffic(&signal, &rule.query, traffic, subject, cluster, now)
+                .await
+            {
+                return SignalResult::new(signal, Outcome::pass(), now).with_misconfigured(m);
+            }
+        }
+        let outcome = match answer {
             Err(QueryError::Empty) => Outcome::inconclusive(format!(
                 "revision {}: {} since {} (if no series means zero, end the query with `or vector(0)`)",
                 subject.revision,

@@ -169,6 +169,12 @@ impl Checker<'_> {
             window: self.positive_duration("error_rate.window", &e.window),
             baseline_lookback: self
                 .positive_duration("error_rate.baseline_lookback", &e.baseline_lookback),
+            misconfigured_after_requests: *self
+                .required(
+                    "error_rate.misconfigured_after_requests",
+                    &e.misconfigured_after_requests,
+                )
+                .unwrap_or(&0),
         }
     }
 

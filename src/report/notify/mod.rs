@@ -243,6 +243,13 @@ pub fn summarize(incident: &Incident, links: Links) -> Summary {
             Problem::Unknown,
             "Unknown — the watchdog cannot judge this Deployment and will not roll it back while blind; check its metrics and probes.".to_owned(),
         ),
+        EventKind::Misconfigured => (
+            ":mag:",
+            "🔍",
+            format!("A query of the watchdog cannot match on {target}"),
+            Problem::Unknown,
+            "Unknown — a query returns no series while the revision serves traffic, so that signal cannot pass or fail; check its label and metric names.".to_owned(),
+        ),
         EventKind::DegradedOutsideWindow => (
             ":chart_with_downwards_trend:",
             "📉",

@@ -97,6 +97,7 @@ impl Daemon {
             };
             self.report(target, subject, report, results, now);
         }
+        self.tell_misconfigured(target, subject, results, now).await;
         self.act(target, subject, decision.action, results, now)
             .await;
         if let Some(note) = decision.unverified {
@@ -304,6 +305,46 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Queries that cannot match ([`crate::signals::misconfigured`]): a
+    /// warning Event and one `misconfigured` notice per revision, naming
+    /// every such query.
+    async fn tell_misconfigured(
+        &mut self,
+        target: &WatchedDeployment,
+        subject: &Subject,
+        results: &[SignalResult],
+        now: Timestamp,
+    ) {
+        let findings: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.misconfigured.as_ref())
+            .map(ToString::to_string)
+            .collect();
+        if findings.is_empty() || !(self.may_write)() {
+            return;
+        }
+        let memory = self.memory.entry(target.uid()).or_default();
+        if memory.misconfigured_told == Some(subject.revision) {
+            return;
+        }
+        memory.misconfigured_told = Some(subject.revision);
+        let sentence = findings.join("; also ");
+        tracing::warn!(target = %target.display_name(), revision = subject.revision, "{sentence}");
+        self.event(
+            &target.deployment,
+            Reason::QueryMisconfigured,
+            "Judge",
+            sentence.clone(),
+        )
+        .await;
+        let report = Report {
+            kind: EventKind::Misconfigured,
+            reason: sentence,
+            episode: None,
+        };
+        self.report(target, subject, report, results, now);
+    }
+
     /// Tells the sinks about a decision that is not a rollback (blind,
     /// degraded, escalation). Only while allowed to write, like Events.
     pub(super) fn report(

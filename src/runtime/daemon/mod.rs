@@ -42,6 +42,7 @@ use crate::report::status::{
 use crate::runtime::admin::AdminState;
 use crate::runtime::lease::Leadership;
 use crate::signals::health::HealthProber;
+use crate::signals::misconfigured::SurveyLine;
 use crate::signals::prometheus::PrometheusSource;
 use crate::signals::{Outcome, SignalResult, Signals, Subject};
 
@@ -83,6 +84,9 @@ struct Memory {
     /// The record this process last wrote to the cluster for the target
     /// ([`memory::Memory`]): not written again while the cache lags.
     kept: Option<memory::Memory>,
+    /// The revision on-call was told has a query that cannot match: one
+    /// notice per revision (the delivery ledger covers restarts).
+    misconfigured_told: Option<i64>,
 }
 
 /// The loop's dependencies. Cheap to clone parts are shared with the admin
@@ -375,6 +379,7 @@ impl Daemon {
             Some(r) => r?,
         }
         tracing::info!(interval = ?self.config.watchdog.interval, "caches synced; watching");
+        self.check_queries_at_startup().await;
         let mut ticker = tokio::time::interval(self.config.watchdog.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -593,6 +598,55 @@ impl Daemon {
         });
     }
 
+    /// Every configured Prometheus query of every target's current
+    /// revision, asked once: which return nothing while `total_query`
+    /// shows traffic ([`crate::signals::misconfigured`]). Each line names
+    /// the target and revision. Measures and judges nothing else.
+    pub async fn check_queries(&mut self, now: Timestamp) -> Vec<SurveyLine> {
+        let snapshot = self.caches.snapshot();
+        let resolution = targets::resolve(&self.config, &snapshot);
+        let mut lines = Vec::new();
+        for target in resolution.targets {
+            let state = self.tracker.observe(&target, &snapshot, now);
+            let Some(subject) = state.subject() else {
+                continue;
+            };
+            for line in self.signals.survey(&target.policy, &subject, now).await {
+                lines.push(SurveyLine {
+                    ok: line.ok,
+                    text: format!(
+                        "{} revision {}: {}",
+                        target.display_name(),
+                        subject.revision,
+                        line.text
+                    ),
+                });
+            }
+        }
+        lines
+    }
+
+    /// The start-up self-check of the queries: warnings in the log, never
+    /// a stop, and never long (a silent Prometheus was already reported,
+    /// and is not asked again query by query).
+    async fn check_queries_at_startup(&mut self) {
+        let limit = self.signals.prometheus().timeout() * 2;
+        if self.signals.prometheus().ping().await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(limit, self.check_queries(Timestamp::now())).await {
+            Ok(lines) => {
+                for line in lines.iter().filter(|l| !l.ok) {
+                    tracing::warn!("self-check: {}", line.text);
+                }
+            }
+            Err(_) => tracing::warn!(
+                "self-check: the queries were not all asked within {}; the watchdog goes on",
+                humantime::format_duration(limit)
+            ),
+        }
+    }
+
     /// The current `/status` document.
     pub fn status(&self) -> StatusReport {
         self.admin.snapshot()
@@ -654,6 +708,12 @@ fn judged_status(
     status.verdict = judgement.verdict.into();
     status.reasons = decision.status_reasons.clone();
     status.blind = judgement.state.blind_since.is_some();
+    status.warnings.extend(
+        results
+            .iter()
+            .filter_map(|r| r.misconfigured.as_ref())
+            .map(ToString::to_string),
+    );
     status.signals = results
         .iter()
         .map(|r| SignalStatus::from_result(r, judgement.state.failing_ticks(&r.signal)))
