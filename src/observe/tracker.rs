@@ -821,6 +821,15 @@ mod tests {
         tracker.observe(&target(d.clone(), "15m"), &snap, ts(now))
     }
 
+    fn assert_pending(s: &TargetState) {
+        assert!(
+            matches!(s.rollout, Rollout::Pending { .. }),
+            "{:?}",
+            s.rollout
+        );
+        assert!(s.subject().is_none());
+    }
+
     fn number(s: &TargetState) -> Option<i64> {
         s.current().map(|c| c.number)
     }
@@ -852,12 +861,7 @@ mod tests {
             &before,
             "2026-11-27T12:00:01Z",
         );
-        assert!(
-            matches!(s.rollout, Rollout::Pending { .. }),
-            "{:?}",
-            s.rollout
-        );
-        assert!(s.subject().is_none());
+        assert_pending(&s);
         // Observed (the Deployment names revision 3), the ReplicaSet still
         // at 1: pending too.
         let s = observe(
@@ -903,11 +907,7 @@ mod tests {
             &renumbered,
             "2026-11-27T12:00:01Z",
         );
-        assert!(
-            matches!(s.rollout, Rollout::Pending { .. }),
-            "{:?}",
-            s.rollout
-        );
+        assert_pending(&s);
         let s = observe(
             &mut tracker,
             &at_revision("web:v1", 2, false),
