@@ -81,9 +81,12 @@ pub struct RevisionState {
 
 impl RevisionState {
     /// Starts over when `key` names another revision than the one the
-    /// state belongs to.
+    /// state belongs to. None (the rollout is pending for a tick: the
+    /// caches lag a switch) keeps the state: the next revision named
+    /// starts over, the same one goes on where it was, its decision
+    /// still spent.
     pub fn for_revision(&mut self, key: Option<(i64, String)>, now: Timestamp) {
-        if self.key != key {
+        if key.is_some() && self.key != key {
             *self = RevisionState {
                 key,
                 first_seen: Some(now),
@@ -478,12 +481,15 @@ fn action(
             // Restored by the watchdog: its rollout started with one of our
             // rollbacks, or it is the known-good revision a rollback
             // restored (a restart can misjudge when a reused ReplicaSet
-            // took over).
-            let restored_by_us = facts
-                .rollbacks
-                .iter()
-                .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
-                || (!facts.rollbacks.is_empty() && state.current_is_known_good());
+            // took over). Never a blocklisted template: no rollback
+            // restores one, so a person's re-deploy of it soon after our
+            // rollback is a new bad revision, rolled back again.
+            let restored_by_us = !blocklisted
+                && (facts
+                    .rollbacks
+                    .iter()
+                    .any(|t| *t >= subject.rollout_started - OWN_ROLLBACK_SLACK)
+                    || (!facts.rollbacks.is_empty() && state.current_is_known_good()));
             // The recorded known-good revision deployed again (a person's
             // `rollout undo`) and bad now: nothing older is known to be
             // better, so a person decides, as after the watchdog's own.
@@ -989,6 +995,44 @@ mod tests {
             "{:?}",
             first.status_reasons
         );
+    }
+
+    #[test]
+    fn a_blocklisted_template_deployed_again_right_after_our_rollback_is_rolled_back_again() {
+        // Our rollback of v2 was 20 s ago; a person deploys v2 again (its
+        // ReplicaSet reused as revision 4). No rollback restores a
+        // blocklisted template, so it is not "restored by us": it goes.
+        let mut w = world("");
+        let entry = json!([{"podTemplateHash": "h2", "images": ["web:v2"], "revision": 2, "reason": "pods crash", "at": "2026-11-27T09:59:00Z"}]);
+        let mut d = (*w.target.deployment).clone();
+        d.metadata.annotations = Some([(BLOCKLIST.to_string(), entry.to_string())].into());
+        w.target.deployment = Arc::new(d);
+        w.subject.revision = 4;
+        w.facts.rollbacks = vec![w.subject.rollout_started - jiff::SignedDuration::from_secs(20)];
+        let mut memory = RevisionState::default();
+        let first = tick(&mut w, &mut memory, failing(at(0)), at(0));
+        let Action::RollBack(order) = &first.action else {
+            panic!("{:?}", first.action)
+        };
+        assert!(order.blocklisted_redeploy);
+    }
+
+    #[test]
+    fn a_pending_tick_keeps_the_revisions_decision_and_a_new_revision_starts_afresh() {
+        let mut w = world("");
+        let mut memory = RevisionState::default();
+        let (n, _) = until_bad(&mut w, &mut memory, 0);
+        assert_eq!(memory.acted(), Some(Acted::RolledBack));
+        // The caches lag a switch for a tick: nothing is judged, nothing
+        // forgotten.
+        memory.for_revision(None, at(n + 1));
+        let again = tick(&mut w, &mut memory, failing(at(n + 2)), at(n + 2));
+        assert_eq!(again.action, Action::None, "decided once");
+        // The revision the switch made (the same template renumbered by a
+        // re-deploy) is new: judged afresh.
+        w.subject.revision = 4;
+        let (_, next) = until_bad(&mut w, &mut memory, n + 3);
+        assert!(is_rollback(&next.action), "{:?}", next.action);
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct InFlight {
     /// The failing signals as sentences.
     #[serde(default)]
     pub measured: Vec<String>,
+    /// The rolled-back template had been rolled back before: the notices
+    /// of this rollback say it was a re-deploy of a blocklisted one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocklisted_redeploy: bool,
 }
 
 /// The in-flight record on a Deployment: None without one (or with an

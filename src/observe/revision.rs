@@ -13,7 +13,14 @@
 //!   label aside; if none does and the deployment controller has observed
 //!   the latest spec (a paused Deployment), the one whose revision the
 //!   Deployment's `deployment.kubernetes.io/revision` names. Otherwise the
-//!   rollout is pending and nothing is judged.
+//!   rollout is pending and nothing is judged. Found afresh from the
+//!   caches on every tick, and never under a number that is not the
+//!   current one: when that ReplicaSet's revision is not the highest of
+//!   the Deployment's, or is lower than the Deployment's own revision
+//!   annotation once the controller has observed its spec, one of the two
+//!   watches has not caught up with a switch (a reused ReplicaSet keeps
+//!   its old number until the controller bumps it), and the rollout is
+//!   pending for that tick.
 //! - previous revision (the baseline): the highest older revision. When
 //!   it started serving ([`BaselineRevision::since`], so its baseline
 //!   window never reaches back before it): the switch to it as this
@@ -355,12 +362,46 @@ pub fn rollout(deployment: &Deployment, replicasets: &[Arc<ReplicaSet>]) -> Roll
         },
     };
     let current = owned[index].0.clone();
+    if let Some(why) = not_caught_up(deployment, &owned, &current, observed) {
+        return Rollout::Pending { why };
+    }
     let previous = owned
         .iter()
         .filter(|(r, _)| r.number < current.number)
         .map(|(r, _)| r.clone())
         .next_back();
     Rollout::Known { current, previous }
+}
+
+/// Why `current`, the ReplicaSet of the Deployment's template, cannot be
+/// judged yet as the current revision: its revision annotation trails
+/// what the deployment controller made current. The controller gives the
+/// ReplicaSet it makes current the highest revision of all (max + 1,
+/// also when it reuses one), so a lower number is an old one seen before
+/// its update (the watch of ReplicaSets lags that of Deployments), or the
+/// Deployment itself is older than its ReplicaSets (the other watch
+/// lags). Either way the number in hand is not the revision that runs
+/// now: the rollout is pending for this tick, never judged under a
+/// replaced revision's number.
+fn not_caught_up(
+    deployment: &Deployment,
+    owned: &[(Revision, &ReplicaSet)],
+    current: &Revision,
+    observed: bool,
+) -> Option<String> {
+    // Once the controller observed the latest spec, the Deployment's own
+    // annotation names the current revision.
+    if let Some(named) = revision_number(deployment).filter(|n| observed && current.number < *n) {
+        return Some(format!(
+            "the Deployment is at revision {named} but its ReplicaSet {} still says revision {}; the caches have not caught up with the switch yet",
+            current.replica_set, current.number
+        ));
+    }
+    let (newest, _) = owned.iter().rfind(|(r, _)| r.number > current.number)?;
+    Some(format!(
+        "ReplicaSet {} (revision {}) is not the newest revision: {} is revision {}; the caches have not caught up with the switch yet",
+        current.replica_set, current.number, newest.replica_set, newest.number
+    ))
 }
 
 /// A pod template without its `pod-template-hash` label, with nulls and

@@ -820,4 +820,184 @@ mod tests {
             json!({})
         )));
     }
+
+    // The lag orderings of a rollback and a re-deploy (issue 13 item 7):
+    // v2 (bbb, revision 2) went bad and was rolled back to v1's template
+    // (aaa, reused as revision 3), then v2 was deployed again (bbb,
+    // reused as revision 4). The Deployment and ReplicaSet watches
+    // deliver their events in either order.
+
+    /// The Deployment on `image`, at revision `annotated`, its latest spec
+    /// observed by the controller or not.
+    fn at_revision(image: &str, annotated: i64, observed: bool) -> Deployment {
+        let mut d = deployment(image, false, json!({REVISION: annotated.to_string()}));
+        if !observed {
+            d.metadata.generation = Some(5);
+        }
+        d
+    }
+
+    fn observe(
+        tracker: &mut Tracker,
+        d: &Deployment,
+        rss: &[ReplicaSet],
+        now: &str,
+    ) -> TargetState {
+        let snap = Snapshot::from_objects([d.clone()], rss.to_vec(), []);
+        tracker.observe(&target(d.clone(), "15m"), &snap, ts(now))
+    }
+
+    fn assert_pending(s: &TargetState) {
+        assert!(
+            matches!(s.rollout, Rollout::Pending { .. }),
+            "{:?}",
+            s.rollout
+        );
+        assert!(s.subject().is_none());
+    }
+
+    fn number(s: &TargetState) -> Option<i64> {
+        s.current().map(|c| c.number)
+    }
+
+    fn v1(revision: i64, history: Option<&str>) -> ReplicaSet {
+        replicaset(revision, "aaa", "web:v1", "2026-11-27T08:00:00Z", history)
+    }
+
+    fn v2(revision: i64, history: Option<&str>) -> ReplicaSet {
+        replicaset(revision, "bbb", "web:v2", "2026-11-27T09:00:00Z", history)
+    }
+
+    #[test]
+    fn a_rollback_seen_before_its_replicaset_is_renumbered_is_pending_never_the_old_number() {
+        let mut tracker = Tracker::new();
+        let before = [v1(1, None), v2(2, None)];
+        let s = observe(
+            &mut tracker,
+            &at_revision("web:v2", 2, true),
+            &before,
+            "2026-11-27T12:00:00Z",
+        );
+        assert_eq!(number(&s), Some(2));
+        // The new template, not yet observed (its annotation still says 2),
+        // and v1's ReplicaSet still at revision 1: neither 1 nor 2.
+        let s = observe(
+            &mut tracker,
+            &at_revision("web:v1", 2, false),
+            &before,
+            "2026-11-27T12:00:01Z",
+        );
+        assert_pending(&s);
+        // Observed (the Deployment names revision 3), the ReplicaSet still
+        // at 1: pending too.
+        let s = observe(
+            &mut tracker,
+            &at_revision("web:v1", 3, true),
+            &before,
+            "2026-11-27T12:00:02Z",
+        );
+        match &s.rollout {
+            Rollout::Pending { why } => assert!(why.contains("revision 3"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // The ReplicaSet caught up: revision 3, a window of its own from
+        // the switch this process saw, revision 2 its baseline.
+        let after = [v1(3, Some("1")), v2(2, None)];
+        let s = observe(
+            &mut tracker,
+            &at_revision("web:v1", 3, true),
+            &after,
+            "2026-11-27T12:00:03Z",
+        );
+        assert_eq!(number(&s), Some(3));
+        assert_eq!(s.previous().map(|p| p.number), Some(2));
+        assert_eq!(s.rollout_started, Some(ts("2026-11-27T12:00:03Z")));
+        assert!(!s.started_estimated);
+    }
+
+    #[test]
+    fn a_rollbacks_replicaset_seen_before_the_deployment_is_pending_then_current() {
+        let mut tracker = Tracker::new();
+        observe(
+            &mut tracker,
+            &at_revision("web:v2", 2, true),
+            &[v1(1, None), v2(2, None)],
+            "2026-11-27T12:00:00Z",
+        );
+        // v1's ReplicaSet renumbered 3, the Deployment still on v2's
+        // template: revision 2 is replaced, not judged.
+        let renumbered = [v1(3, Some("1")), v2(2, None)];
+        let s = observe(
+            &mut tracker,
+            &at_revision("web:v2", 2, true),
+            &renumbered,
+            "2026-11-27T12:00:01Z",
+        );
+        assert_pending(&s);
+        let s = observe(
+            &mut tracker,
+            &at_revision("web:v1", 2, false),
+            &renumbered,
+            "2026-11-27T12:00:02Z",
+        );
+        assert_eq!(
+            number(&s),
+            Some(3),
+            "the new number, before the Deployment's annotation"
+        );
+    }
+
+    #[test]
+    fn a_redeploy_of_a_reused_replicaset_is_a_new_revision_with_a_new_window_in_either_order() {
+        let rolled_back = [v1(3, Some("1")), v2(2, None)];
+        let redeployed = [v1(3, Some("1")), v2(4, Some("2"))];
+        // Either watch first: the Deployment's new template with bbb still
+        // at 2, or bbb at 4 with the Deployment still on v1.
+        let orders = [
+            (at_revision("web:v2", 3, false), rolled_back.clone()),
+            (at_revision("web:v2", 4, true), rolled_back.clone()),
+            (at_revision("web:v1", 3, true), redeployed.clone()),
+        ];
+        for (lagging, rss) in orders {
+            let mut tracker = Tracker::new();
+            let s = observe(
+                &mut tracker,
+                &at_revision("web:v1", 3, true),
+                &rolled_back,
+                "2026-11-27T12:10:00Z",
+            );
+            assert_eq!(number(&s), Some(3));
+            let s = observe(&mut tracker, &lagging, &rss, "2026-11-27T12:10:01Z");
+            assert!(
+                matches!(s.rollout, Rollout::Pending { .. }),
+                "neither 2 nor 3 while {:?}: {:?}",
+                first_image(&lagging),
+                s.rollout
+            );
+            let s = observe(
+                &mut tracker,
+                &at_revision("web:v2", 4, true),
+                &redeployed,
+                "2026-11-27T12:10:02Z",
+            );
+            let cur = s.current().expect("current");
+            assert_eq!((cur.number, cur.pod_template_hash.as_str()), (4, "bbb"));
+            assert_eq!(s.previous().map(|p| p.number), Some(3));
+            // Its own window, from the switch: not revision 2's.
+            assert_eq!(s.rollout_started, Some(ts("2026-11-27T12:10:02Z")));
+            assert!(s.in_window());
+        }
+    }
+
+    #[test]
+    fn a_replicaset_renumbered_before_the_deployments_annotation_is_judged_under_the_new_number() {
+        // The template changed (not yet observed) and bbb is already 4.
+        let s = observe(
+            &mut Tracker::new(),
+            &at_revision("web:v2", 3, false),
+            &[v1(3, Some("1")), v2(4, Some("2"))],
+            "2026-11-27T12:10:00Z",
+        );
+        assert_eq!(number(&s), Some(4));
+    }
 }

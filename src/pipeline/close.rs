@@ -474,7 +474,7 @@ impl Pipeline {
             error: None,
             dry_run: false,
             backup: f.backup.clone(),
-            blocklisted_redeploy: false,
+            blocklisted_redeploy: f.blocklisted_redeploy,
             changes: Vec::new(),
             dashboard_url: None,
             runbook_url: None,

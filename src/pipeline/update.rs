@@ -224,6 +224,7 @@ impl Pipeline {
             rollout_started_at: plan.request.rollout_started_at.map(rfc3339),
             detected_at: plan.request.detected_at.map(rfc3339),
             measured: measured(&plan.request.signals),
+            blocklisted_redeploy: plan.request.blocklisted_redeploy,
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::access::{AccessPolicy, AccessRequest, SIM_USER};
 use super::discovery;
+use super::lag::{until, Delayed, WatchLag};
 use super::patch::{self, PatchType};
 use super::protobuf::{self, ProtobufError};
 use super::reqlog::{RequestEntry, RequestLog};
@@ -46,6 +47,8 @@ pub struct ApiState {
     /// Resources (by plural) whose list and watch requests wait, with how
     /// many holds each has.
     held: std::sync::Arc<watch::Sender<BTreeMap<String, usize>>>,
+    /// Delays of watch events per kind (none by default).
+    lag: WatchLag,
 }
 
 impl ApiState {
@@ -59,7 +62,14 @@ impl ApiState {
             bookmark_interval: Duration::from_secs(1),
             watch_closer: std::sync::Arc::new(closer),
             held: std::sync::Arc::new(watch::channel(BTreeMap::new()).0),
+            lag: WatchLag::default(),
         }
+    }
+
+    /// Delays watch events as `lag` says (see [`WatchLag`]).
+    pub fn with_watch_lag(mut self, lag: WatchLag) -> Self {
+        self.lag = lag;
+        self
     }
 
     pub fn with_access(mut self, access: AccessPolicy) -> Self {
@@ -1119,6 +1129,7 @@ impl Req<'_> {
             bookmark_interval: self.state.bookmark_interval,
             timeout,
             last_rv: start_rv,
+            lag: self.state.lag.for_watch(kind.plural).map(|j| j.queue()),
             tx,
         };
         let closer = self.state.watch_closer.subscribe();
@@ -1186,6 +1197,8 @@ struct WatchTask {
     timeout: Option<Duration>,
     /// Every store event up to this revision has been handled.
     last_rv: u64,
+    /// Live events held back, if the kind lags.
+    lag: Option<Delayed<Value>>,
     tx: mpsc::Sender<Result<Bytes, Infallible>>,
 }
 
@@ -1261,6 +1274,7 @@ impl WatchTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         closer.mark_unchanged();
         loop {
+            let due = self.lag.as_ref().and_then(Delayed::next_due);
             let line = tokio::select! {
                 // Closing wins over pending events, so that nothing written
                 // after `close_watches()` reaches a closed watch.
@@ -1273,15 +1287,24 @@ impl WatchTask {
                         None => std::future::pending().await,
                     }
                 } => return,
-                _ = ticker.tick(), if self.bookmarks => {
+                // A bookmark must not get ahead of an event held back.
+                _ = ticker.tick(), if self.bookmarks && self.lag.as_ref().is_none_or(Delayed::is_empty) => {
                     bookmark(&self.kind, self.last_rv, json!({}))
                 }
+                _ = until(due) => match self.lag.as_mut().and_then(Delayed::pop) {
+                    Some(line) => line,
+                    None => continue,
+                },
                 ev = receiver.recv() => match ev {
                     Ok(ev) => {
                         self.last_rv = self.last_rv.max(ev.resource_version);
-                        match self.translate(&ev) {
-                            Some(line) => line,
-                            None => continue,
+                        match (self.translate(&ev), self.lag.as_mut()) {
+                            (Some(line), Some(lag)) => {
+                                lag.push(line);
+                                continue;
+                            }
+                            (Some(line), None) => line,
+                            (None, _) => continue,
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {

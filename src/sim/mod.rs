@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod discovery;
 pub mod events;
 pub mod kubelet;
+pub mod lag;
 pub mod objects;
 pub mod patch;
 pub mod prometheus;
@@ -41,6 +42,7 @@ pub use app::{ScrapeTarget, ScrapeTargets};
 pub use behaviour::{Behaviour, Behaviours, Crash, Traffic};
 pub use burst::{Burst, ImageMatch, Span, Starts};
 pub use clock::SimClock;
+pub use lag::WatchLag;
 pub use reqlog::{RequestEntry, RequestLog};
 pub use runtime::ControllerHandle;
 pub use store::Store;
@@ -75,6 +77,9 @@ pub struct SimOptions {
     /// Where the API server listens; `127.0.0.1:0` (a free port) if None.
     /// Only loopback addresses are accepted.
     pub listen: Option<SocketAddr>,
+    /// Delays of watch events per kind, so a client's caches see the
+    /// events of two kinds out of order; none by default.
+    pub watch_lag: Option<WatchLag>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +139,9 @@ impl SimCluster {
         let mut state = ApiState::new(store.clone()).with_request_log(log);
         if let Some(every) = opts.bookmark_interval {
             state = state.with_bookmark_interval(every);
+        }
+        if let Some(lag) = opts.watch_lag.clone() {
+            state = state.with_watch_lag(lag);
         }
 
         for ns in ["default", "kube-system"] {

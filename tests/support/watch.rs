@@ -133,7 +133,31 @@ impl Scenario {
         behaviours: Behaviours,
         extra: &str,
     ) -> Scenario {
-        let (sim, client) = sim_with(ns, name, behaviours).await;
+        Self::start_on(ns, name, prom, behaviours, extra, None).await
+    }
+
+    /// [`Scenario::start`] on a sim whose watch events lag as `lag` says,
+    /// so the daemon's caches see Deployment and ReplicaSet events out of
+    /// order.
+    pub async fn start_lagged(
+        ns: &str,
+        prom: Prom<'_>,
+        behaviours: Behaviours,
+        extra: &str,
+        lag: sim::WatchLag,
+    ) -> Scenario {
+        Self::start_on(ns, NAME, prom, behaviours, extra, Some(lag)).await
+    }
+
+    async fn start_on(
+        ns: &str,
+        name: &str,
+        prom: Prom<'_>,
+        behaviours: Behaviours,
+        extra: &str,
+        lag: Option<sim::WatchLag>,
+    ) -> Scenario {
+        let (sim, client) = sim_lagged(ns, name, behaviours, lag).await;
         let every_second = Duration::from_secs(1);
         let (own_prometheus, prometheus_url, scrape_interval) = match prom {
             Prom::Url(url) => (None, url.to_string(), every_second),
@@ -462,9 +486,20 @@ pub async fn sim_with_web(ns: &str, behaviours: Behaviours) -> (SimCluster, Clie
 
 /// [`sim_with_web`] with the Deployment called `name`.
 pub async fn sim_with(ns: &str, name: &str, behaviours: Behaviours) -> (SimCluster, Client) {
+    sim_lagged(ns, name, behaviours, None).await
+}
+
+/// [`sim_with`], its watch events delayed as `lag` says.
+async fn sim_lagged(
+    ns: &str,
+    name: &str,
+    behaviours: Behaviours,
+    lag: Option<sim::WatchLag>,
+) -> (SimCluster, Client) {
     let sim = SimCluster::start(SimOptions {
         clock: SimClock::new(20.0),
         behaviours,
+        watch_lag: lag,
         ..Default::default()
     })
     .await

@@ -152,6 +152,7 @@ fn in_flight_to_revision_2() -> String {
         rollout_started_at: None,
         detected_at: None,
         measured: Vec::new(),
+        blocklisted_redeploy: false,
     })
     .expect("an in-flight record")
 }

@@ -366,6 +366,15 @@ impl Daemon {
         if !(self.may_write)() {
             return;
         }
+        if !self.still_current(target, subject) {
+            tracing::info!(
+                target = %target.display_name(),
+                revision = subject.revision,
+                kind = kind.as_str(),
+                "notice not sent: the revision it is about is no longer the Deployment's current one"
+            );
+            return;
+        }
         let memory = self.memory.get(&target.uid());
         sink.emit(&Incident {
             // Stable per revision and kind (per episode for blind), so the
@@ -404,6 +413,26 @@ impl Daemon {
             dashboard_url: None,
             runbook_url: None,
         });
+    }
+}
+
+impl Daemon {
+    /// Whether `subject` is still the current revision of `target` in the
+    /// caches as they are now: the signals took time, and a notice about
+    /// a revision replaced meanwhile must not go out.
+    fn still_current(&self, target: &WatchedDeployment, subject: &Subject) -> bool {
+        let snapshot = self.caches.snapshot();
+        let Some(d) = snapshot.deployment(&target.namespace, &target.name) else {
+            return false;
+        };
+        let uid = d.metadata.uid.clone().unwrap_or_default();
+        match revision::rollout(d, snapshot.replicasets_of(&uid)) {
+            revision::Rollout::Known { current, .. } => {
+                current.number == subject.revision
+                    && current.pod_template_hash == subject.pod_template_hash
+            }
+            revision::Rollout::Pending { .. } => false,
+        }
     }
 }
 
