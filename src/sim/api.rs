@@ -17,23 +17,28 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::access::{AccessPolicy, AccessRequest, SIM_USER};
 use super::discovery;
-use super::lag::{until, Delayed, WatchLag};
+use super::lag::WatchLag;
 use super::patch::{self, PatchType};
 use super::protobuf::{self, ProtobufError};
 use super::reqlog::{RequestEntry, RequestLog};
 use super::store::{
-    kind_for, EventType, Kind, Part, Store, StoreError, WatchEvent, DEPLOYMENTS, KINDS, NAMESPACES,
-    PODS, REPLICASETS, SELF_SUBJECT_ACCESS_REVIEWS,
+    kind_for, Kind, Part, Store, StoreError, DEPLOYMENTS, KINDS, NAMESPACES, PODS, REPLICASETS,
+    SELF_SUBJECT_ACCESS_REVIEWS,
 };
 use super::table::{self, IncludeObject};
 use crate::k8s::selector::Selector;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+mod filter;
+mod watching;
+use filter::Filter;
+use watching::{as_table_event, bookmark, object_key, WatchTask};
 
 /// Everything the API server needs; cheap to clone (all parts shared).
 #[derive(Clone)]
@@ -492,6 +497,9 @@ async fn dispatch(
         Ok(v) => v,
         Err(e) => return ("get", Err(e)),
     };
+    // A watch authorized before `close_watches` but started after it is
+    // closed too, as a restarting API server would drop it.
+    let closes_seen = *state.watch_closer.borrow();
     if target.kind != SELF_SUBJECT_ACCESS_REVIEWS {
         if let Err(e) = authorize(state, verb, &target) {
             return (verb, Err(e));
@@ -519,6 +527,7 @@ async fn dispatch(
         body: &body,
         content_type,
         as_table: table::wants_table(accept),
+        closes_seen,
     };
     let result = match verb {
         "get" => req.get(),
@@ -610,83 +619,14 @@ fn authorize(state: &ApiState, verb: &str, target: &Target) -> Result<(), ApiErr
     })
 }
 
-/// One field selector requirement (`metadata.name=x`, `status.phase!=Running`).
-struct FieldRequirement {
-    pointer: String,
-    value: String,
-    negate: bool,
-}
-
-fn parse_field_selector(input: &str) -> Result<Vec<FieldRequirement>, ApiError> {
-    let mut out = Vec::new();
-    for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (field, value, negate) = if let Some((f, v)) = part.split_once("!=") {
-            (f, v, true)
-        } else if let Some((f, v)) = part.split_once("==") {
-            (f, v, false)
-        } else if let Some((f, v)) = part.split_once('=') {
-            (f, v, false)
-        } else {
-            return Err(bad_request(format!(
-                "invalid field selector {input:?}: {part:?} is not field=value or field!=value"
-            )));
-        };
-        let field = field.trim();
-        if field.is_empty() || field.split('.').any(str::is_empty) {
-            return Err(bad_request(format!(
-                "invalid field selector {input:?}: bad field {field:?}"
-            )));
-        }
-        out.push(FieldRequirement {
-            pointer: format!("/{}", field.replace('.', "/")),
-            value: value.trim().to_string(),
-            negate,
-        });
-    }
-    Ok(out)
-}
-
-fn field_matches(reqs: &[FieldRequirement], obj: &Value) -> bool {
-    reqs.iter().all(|r| {
-        let got = match obj.pointer(&r.pointer) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => String::new(),
-            Some(other) => other.to_string(),
-        };
-        (got == r.value) != r.negate
-    })
-}
-
-/// Label and field selectors of a list or watch.
-struct Filter {
-    labels: Selector,
-    fields: Vec<FieldRequirement>,
-    namespace: Option<String>,
-}
-
-impl Filter {
-    fn from_query(query: &Query, namespace: Option<String>) -> Result<Self, ApiError> {
-        let labels = match query.get("labelSelector") {
-            Some(s) => Selector::parse(s).map_err(|e| bad_request(e.to_string()))?,
-            None => Selector::default(),
-        };
-        let fields = match query.get("fieldSelector") {
-            Some(s) => parse_field_selector(s)?,
-            None => Vec::new(),
-        };
-        Ok(Filter {
-            labels,
-            fields,
-            namespace,
-        })
-    }
-
-    fn matches(&self, obj: &Value) -> bool {
-        let ns_ok = self.namespace.as_deref().is_none_or(|want| {
-            obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(want)
-        });
-        ns_ok && self.labels.matches_object(obj) && field_matches(&self.fields, obj)
-    }
+/// The selectors of a list or watch request, as a [`Filter`].
+fn filter_of(query: &Query, namespace: Option<String>) -> Result<Filter, ApiError> {
+    Filter::new(
+        query.get("labelSelector"),
+        query.get("fieldSelector"),
+        namespace,
+    )
+    .map_err(bad_request)
 }
 
 struct Req<'a> {
@@ -696,6 +636,8 @@ struct Req<'a> {
     body: &'a Bytes,
     content_type: &'a str,
     as_table: bool,
+    /// How many times `close_watches` had run when the request came in.
+    closes_seen: u64,
 }
 
 impl Req<'_> {
@@ -769,7 +711,7 @@ impl Req<'_> {
     }
 
     fn list(&self) -> Result<Response, ApiError> {
-        let filter = Filter::from_query(self.query, None)?;
+        let filter = filter_of(self.query, None)?;
         let (items, revision) = self
             .state
             .store
@@ -989,7 +931,7 @@ impl Req<'_> {
     }
 
     fn delete_collection(&self) -> Result<Response, ApiError> {
-        let filter = Filter::from_query(self.query, None)?;
+        let filter = filter_of(self.query, None)?;
         let (items, _) = self
             .state
             .store
@@ -1063,7 +1005,7 @@ impl Req<'_> {
 
     fn watch(&self) -> Result<Response, ApiError> {
         let kind = *self.kind();
-        let filter = Filter::from_query(self.query, self.target.namespace.clone())?;
+        let filter = filter_of(self.query, self.target.namespace.clone())?;
         let bookmarks = self.query.flag("allowWatchBookmarks");
         let send_initial = self.query.flag("sendInitialEvents");
         let timeout = self
@@ -1132,7 +1074,10 @@ impl Req<'_> {
             lag: self.state.lag.for_watch(kind.plural).map(|j| j.queue()),
             tx,
         };
-        let closer = self.state.watch_closer.subscribe();
+        let mut closer = self.state.watch_closer.subscribe();
+        if *closer.borrow() != self.closes_seen {
+            closer.mark_changed();
+        }
         tokio::spawn(watch.run(first_lines, backlog, receiver, closer));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::builder()
@@ -1141,186 +1086,6 @@ impl Req<'_> {
             .header(header::CACHE_CONTROL, "no-cache, private")
             .body(Body::from_stream(stream))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
-    }
-}
-
-fn object_key(obj: &Value) -> (String, String) {
-    let field = |p: &str| {
-        obj.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    (field("/metadata/namespace"), field("/metadata/name"))
-}
-
-/// Replaces an ADDED/MODIFIED/DELETED event's object with a one-row Table.
-fn as_table_event(kind: &Kind, line: &mut Value, include: IncludeObject) {
-    let is_object_event = matches!(
-        line.get("type").and_then(Value::as_str),
-        Some("ADDED" | "MODIFIED" | "DELETED")
-    );
-    if !is_object_event {
-        return;
-    }
-    if let Some(obj) = line.get_mut("object") {
-        let rv = obj
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        *obj = table::table(kind, std::slice::from_ref(obj), &rv, include);
-    }
-}
-
-fn bookmark(kind: &Kind, rv: u64, annotations: Value) -> Value {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
-        meta["annotations"] = annotations;
-    }
-    json!({
-        "type": "BOOKMARK",
-        "object": {"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": meta},
-    })
-}
-
-/// One open watch: turns store events into watch-event lines.
-struct WatchTask {
-    kind: Kind,
-    /// kubectl get -w: objects go out as one-row Tables.
-    table: Option<IncludeObject>,
-    filter: Filter,
-    /// Objects the client has been told exist (for selector transitions).
-    visible: HashSet<(String, String)>,
-    bookmarks: bool,
-    bookmark_interval: Duration,
-    timeout: Option<Duration>,
-    /// Every store event up to this revision has been handled.
-    last_rv: u64,
-    /// Live events held back, if the kind lags.
-    lag: Option<Delayed<Value>>,
-    tx: mpsc::Sender<Result<Bytes, Infallible>>,
-}
-
-impl WatchTask {
-    async fn send(&self, line: &Value) -> bool {
-        let mut bytes = line.to_string().into_bytes();
-        bytes.push(b'\n');
-        self.tx.send(Ok(Bytes::from(bytes))).await.is_ok()
-    }
-
-    /// The line for a store event, if this watch shows it.
-    fn translate(&mut self, ev: &WatchEvent) -> Option<Value> {
-        let ev = ev.view_as(&self.kind)?;
-        let key = object_key(&ev.object);
-        let matches = self.filter.matches(&ev.object);
-        let was_visible = self.visible.contains(&key);
-        let event_type = match ev.event_type {
-            EventType::Deleted if was_visible || matches => {
-                self.visible.remove(&key);
-                "DELETED"
-            }
-            EventType::Deleted => return None,
-            _ if matches => {
-                self.visible.insert(key);
-                if was_visible && ev.event_type == EventType::Modified {
-                    "MODIFIED"
-                } else {
-                    "ADDED"
-                }
-            }
-            _ if was_visible => {
-                // It stopped matching the selector: gone for this watcher.
-                self.visible.remove(&key);
-                "DELETED"
-            }
-            _ => return None,
-        };
-        let mut line = json!({"type": event_type, "object": ev.object});
-        if let Some(include) = self.table {
-            as_table_event(&self.kind, &mut line, include);
-        }
-        Some(line)
-    }
-
-    async fn run(
-        mut self,
-        first_lines: Vec<Value>,
-        backlog: Vec<WatchEvent>,
-        receiver: Option<broadcast::Receiver<WatchEvent>>,
-        mut closer: watch::Receiver<u64>,
-    ) {
-        for line in &first_lines {
-            if !self.send(line).await {
-                return;
-            }
-        }
-        let Some(mut receiver) = receiver else {
-            return;
-        };
-        for ev in &backlog {
-            self.last_rv = self.last_rv.max(ev.resource_version);
-            if let Some(line) = self.translate(ev) {
-                if !self.send(&line).await {
-                    return;
-                }
-            }
-        }
-        let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut ticker = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.bookmark_interval,
-            self.bookmark_interval,
-        );
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        closer.mark_unchanged();
-        loop {
-            let due = self.lag.as_ref().and_then(Delayed::next_due);
-            let line = tokio::select! {
-                // Closing wins over pending events, so that nothing written
-                // after `close_watches()` reaches a closed watch.
-                biased;
-                _ = self.tx.closed() => return,
-                _ = closer.changed() => return,
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                } => return,
-                // A bookmark must not get ahead of an event held back.
-                _ = ticker.tick(), if self.bookmarks && self.lag.as_ref().is_none_or(Delayed::is_empty) => {
-                    bookmark(&self.kind, self.last_rv, json!({}))
-                }
-                _ = until(due) => match self.lag.as_mut().and_then(Delayed::pop) {
-                    Some(line) => line,
-                    None => continue,
-                },
-                ev = receiver.recv() => match ev {
-                    Ok(ev) => {
-                        self.last_rv = self.last_rv.max(ev.resource_version);
-                        match (self.translate(&ev), self.lag.as_mut()) {
-                            (Some(line), Some(lag)) => {
-                                lag.push(line);
-                                continue;
-                            }
-                            (Some(line), None) => line,
-                            (None, _) => continue,
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // This watcher fell behind the event buffer: make it
-                        // relist, as an API server does after compaction.
-                        let gone = StoreError::Gone { requested: self.last_rv, oldest: self.last_rv + 1 };
-                        let _ = self.send(&json!({"type": "ERROR", "object": gone.status_body()})).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            if !self.send(&line).await {
-                return;
-            }
-        }
     }
 }
 

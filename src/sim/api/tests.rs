@@ -1,3 +1,4 @@
+use super::filter::{field_matches, parse_field_selector};
 use super::*;
 
 #[test]
