@@ -174,6 +174,20 @@ deadline = "10s"
             .expect("read the Lease")
     }
 
+    /// Waits (at most `limit`) until `name`, running as `replica`, holds
+    /// the Lease.
+    async fn wait_holder(&self, name: &str, replica: &Running, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.holder().await.as_deref() != Some(name) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never took the Lease: {}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn holder(&self) -> Option<String> {
         self.lease()
             .await
@@ -340,15 +354,8 @@ async fn a_killed_leader_hands_over_within_the_lease_duration_and_its_rollback_i
     );
 
     // The follower takes over once the Lease expires.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.holder().await.as_deref() != Some("replica-b") {
-        assert!(
-            Instant::now() < deadline,
-            "replica-b never took the Lease: {}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_holder("replica-b", &b, Duration::from_secs(20))
+        .await;
     let handover = killed.elapsed();
     // Expiry is judged from when replica-b saw the last renewal (up to one
     // jittered retry period, 0.6 s, after it was written), and noticed on
@@ -590,15 +597,8 @@ async fn sigterm_on_the_leader_hands_over_only_after_it_has_stopped_writing() {
         "the Lease still names replica-a after it exited"
     );
     let released = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.holder().await.as_deref() != Some("replica-b") {
-        assert!(
-            Instant::now() < deadline,
-            "replica-b never took the Lease: {}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_holder("replica-b", &b, Duration::from_secs(10))
+        .await;
     // Released, not expired: well inside lease_duration.
     assert!(
         released.elapsed() < LEASE_DURATION,
@@ -774,15 +774,8 @@ async fn a_leader_killed_right_after_a_notice_was_delivered_leaves_no_duplicate_
     a.signal("KILL");
     a.wait_exit(Duration::from_secs(5)).await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.holder().await.as_deref() != Some("replica-b") {
-        assert!(
-            Instant::now() < deadline,
-            "replica-b never took the Lease: {}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    c.wait_holder("replica-b", &b, Duration::from_secs(20))
+        .await;
     // replica-b leads, still judging the same Bad revision: give a repeat
     // time to show.
     tokio::time::sleep(Duration::from_secs(5)).await;

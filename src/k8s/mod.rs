@@ -9,7 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::{Client, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
 
 /// A Deployment's namespace and name: `namespace/name` in every log line,
 /// Event, audit line, notification and on the command line.
@@ -87,5 +88,38 @@ pub async fn connect() -> Result<Client, ConnectError> {
         Err(_) => Err(ConnectError::Connect(format!(
             "no answer within {CONNECT_TIMEOUT:?}"
         ))),
+    }
+}
+
+/// How long one annotation write may take before it is given up (the
+/// next tick retries).
+pub const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets the annotation `key` of the Deployment `namespace/name` to `value`:
+/// a merge patch of that one annotation with the watchdog's field manager,
+/// so the spec (and the generation) are untouched. `Err(None)`: no answer
+/// within [`PATCH_TIMEOUT`].
+pub async fn annotate_deployment(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), Option<kube::Error>> {
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match tokio::time::timeout(
+        PATCH_TIMEOUT,
+        api.patch(name, &params, &Patch::Merge(&patch)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
     }
 }

@@ -20,14 +20,11 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use crate::k8s::keys::{FIELD_MANAGER, MEMORY};
-
-/// A write that takes longer than this is given up; the next tick retries.
-const PATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::k8s::keys::MEMORY;
+use crate::k8s::{annotate_deployment, PATCH_TIMEOUT};
 
 /// What the watchdog did about a Bad verdict of the revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,29 +148,19 @@ pub async fn write(
     memory: &Memory,
 ) -> Result<(), MemoryError> {
     let text = serde_json::to_string(memory).map_err(MemoryError::Encode)?;
-    let patch = serde_json::json!({"metadata": {"annotations": {MEMORY: text}}});
-    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    match tokio::time::timeout(
-        PATCH_TIMEOUT,
-        api.patch(name, &params, &Patch::Merge(&patch)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(source)) => Err(MemoryError::Patch {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        }),
-        Err(_) => Err(MemoryError::PatchTimeout {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }),
-    }
+    annotate_deployment(client, namespace, name, MEMORY, &text)
+        .await
+        .map_err(|e| match e {
+            Some(source) => MemoryError::Patch {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source,
+            },
+            None => MemoryError::PatchTimeout {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+        })
 }
 
 #[cfg(test)]

@@ -64,15 +64,15 @@
 //!   revision started more than `watch_window` ago is due at once, a
 //!   younger one keeps its window for the remaining time.
 
-use crate::k8s::keys::{FIELD_MANAGER, KNOWN_GOOD, POD_TEMPLATE_HASH, REVISION, REVISION_HISTORY};
+use crate::k8s::keys::{KNOWN_GOOD, POD_TEMPLATE_HASH, REVISION, REVISION_HISTORY};
+use crate::k8s::{annotate_deployment, PATCH_TIMEOUT};
 use crate::observe::blocklist::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -80,9 +80,6 @@ use crate::observe::cache::Snapshot;
 pub use crate::observe::window::{Window, WindowWhy};
 use crate::signals::pods::is_ready;
 use crate::signals::{BaselineRevision, ServingRevision, Subject};
-
-/// How long the known-good patch may take.
-pub const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevisionError {
@@ -740,29 +737,19 @@ pub async fn record_known_good(
     known_good: &KnownGood,
 ) -> Result<(), RevisionError> {
     let text = serde_json::to_string(known_good).map_err(RevisionError::Encode)?;
-    let patch = serde_json::json!({"metadata": {"annotations": {KNOWN_GOOD: text}}});
-    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    match tokio::time::timeout(
-        PATCH_TIMEOUT,
-        api.patch(name, &params, &Patch::Merge(&patch)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(source)) => Err(RevisionError::Patch {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            revision: known_good.revision,
-            source,
-        }),
-        Err(_) => Err(RevisionError::PatchTimeout {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            revision: known_good.revision,
-        }),
-    }
+    annotate_deployment(client, namespace, name, KNOWN_GOOD, &text)
+        .await
+        .map_err(|e| match e {
+            Some(source) => RevisionError::Patch {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                revision: known_good.revision,
+                source,
+            },
+            None => RevisionError::PatchTimeout {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                revision: known_good.revision,
+            },
+        })
 }
