@@ -278,6 +278,14 @@ async fn metrics_pass_promtool_and_both_python_parsers_with_every_metric_issue_6
         })
     })
     .await;
+    // ...and a Prometheus query has been timed (the first ticks may have
+    // had no new span to query yet).
+    w.wait_until("a timed query in /metrics", "/metrics", |a| {
+        a.is_some_and(|(code, body)| {
+            code == 200 && body.contains("rollback_watchdog_signal_query_seconds_count")
+        })
+    })
+    .await;
 
     // curl, promtool, a browser: the Prometheus text format.
     let (content_type, text) = w.metrics(None).await;
