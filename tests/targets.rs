@@ -592,9 +592,12 @@ async fn pods_read_from_a_failing_watch_are_dated_when_it_was_last_live() {
         "pods",
         Some(NS),
     ));
-    sim.close_watches();
     let started = Instant::now();
     let since = loop {
+        // Closed again on every round, as a flapping load balancer would:
+        // a watch request already past its authorization when the rule
+        // came in is cut on the next round, and its re-watch refused.
+        sim.close_watches();
         if let Some(since) = caches.snapshot().pods_stalled_since(NS) {
             break since;
         }
@@ -602,7 +605,7 @@ async fn pods_read_from_a_failing_watch_are_dated_when_it_was_last_live() {
             started.elapsed() < WAIT,
             "the refused pod watch was never seen as stalled"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(
         since >= before,
