@@ -30,12 +30,14 @@ use super::store::{
     SELF_SUBJECT_ACCESS_REVIEWS,
 };
 use super::table::{self, IncludeObject};
-use crate::k8s::selector::Selector;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
+mod faults;
 mod filter;
+mod scale;
+pub use faults::{Fault, FaultRule, Faults};
 mod watching;
 use filter::Filter;
 use watching::{as_table_event, bookmark, object_key, WatchTask};
@@ -54,6 +56,8 @@ pub struct ApiState {
     held: std::sync::Arc<watch::Sender<BTreeMap<String, usize>>>,
     /// Delays of watch events per kind (none by default).
     lag: WatchLag,
+    /// Injected faults (none until a rule is added).
+    faults: Faults,
 }
 
 impl ApiState {
@@ -68,6 +72,7 @@ impl ApiState {
             watch_closer: std::sync::Arc::new(closer),
             held: std::sync::Arc::new(watch::channel(BTreeMap::new()).0),
             lag: WatchLag::default(),
+            faults: Faults::default(),
         }
     }
 
@@ -103,6 +108,11 @@ impl ApiState {
 
     pub fn request_log(&self) -> &RequestLog {
         &self.log
+    }
+
+    /// The fault switchboard (see [`Faults`]).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Ends every open watch stream, as an API server restart or a load
@@ -163,6 +173,10 @@ impl Drop for ListHold {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .fallback(handle)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            faults::inject,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), log_requests))
         .with_state(state)
 }
@@ -826,9 +840,13 @@ impl Req<'_> {
         F: FnOnce(&mut Value) -> Result<(), StoreError>,
     {
         if self.dry_run() {
-            let mut obj = self.state.store.get(self.kind(), self.ns(), self.name())?;
-            change(&mut obj)?;
-            return Ok(obj);
+            return Ok(self.state.store.dry_run_update_with(
+                self.kind(),
+                self.ns(),
+                self.name(),
+                part,
+                change,
+            )?);
         }
         Ok(self
             .state
@@ -1140,51 +1158,7 @@ fn apply_defaults(kind: &Kind, body: &mut Value) {
     }
 }
 
-/// The autoscaling/v1 Scale of a Deployment or ReplicaSet.
-fn scale_of(obj: &Value) -> Value {
-    let meta = |f: &str| {
-        obj.pointer(&format!("/metadata/{f}"))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| Selector::from_label_selector_json(s).ok())
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": meta("name"),
-            "namespace": meta("namespace"),
-            "uid": meta("uid"),
-            "resourceVersion": meta("resourceVersion"),
-            "creationTimestamp": meta("creationTimestamp"),
-        },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
-        "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": selector,
-        },
-    })
-}
-
-/// Writes a Scale's replicas (and the resourceVersion it was read at, so a
-/// stale Scale conflicts) into the object.
-fn set_replicas(obj: &mut Value, replicas: Value, rv: Option<Value>) {
-    if let Some(map) = obj.as_object_mut() {
-        let spec = map.entry("spec").or_insert(json!({}));
-        if let Some(spec) = spec.as_object_mut() {
-            spec.insert("replicas".into(), replicas);
-        }
-    }
-    if let Some(rv) = rv.filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
-        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), rv);
-        }
-    }
-}
+use scale::{scale_of, set_replicas};
 
 #[cfg(test)]
 mod tests;

@@ -257,6 +257,9 @@ struct Table {
     bursts: Vec<Scheduled>,
     /// Set when a sim starts running pods on this table.
     time: Option<SimTime>,
+    /// Goes up on every change, so the kubelet knows when to look again
+    /// at pods whose life had settled.
+    generation: u64,
 }
 
 /// The shared, runtime-mutable behaviour table. Cheap to clone; clones
@@ -297,6 +300,7 @@ impl Behaviours {
             seed: file.seed,
             bursts,
             time: None,
+            generation: 0,
         };
         validate(&table)?;
         Ok(Behaviours {
@@ -319,7 +323,14 @@ impl Behaviours {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(|p| p.into_inner())
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        table.generation += 1;
+        table
+    }
+
+    /// A number that changes whenever the table does.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
     }
 
     /// What a pod of `image` does now.

@@ -12,15 +12,15 @@
 //! proportionally; a template change (new or reused ReplicaSet) always
 //! restarts the progress-deadline clock, also after a reused ReplicaSet.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::clock::{parse_rfc3339, rfc3339, SimClock};
 use super::objects::{
-    annotation, canonical_json, i64_at, int_or_percent, is_controlled_by, name, namespace,
-    owner_reference, set_annotation, str_at, uid, ControllerError,
+    annotation, canonical_json, i64_at, int_or_percent, name, namespace, owner_reference,
+    set_annotation, str_at, uid, ControllerError,
 };
 use super::store::{Part, Store, StoreError, DEPLOYMENTS, REPLICASETS};
 
@@ -159,6 +159,15 @@ fn spec_replicas(obj: &Value) -> i64 {
     i64_at(obj, "/spec/replicas").unwrap_or(0)
 }
 
+/// Whether a status shows every replica updated and available, with no
+/// old ones left: nothing but a write changes it then.
+fn rolled_out(status: &Value, replicas: i64) -> bool {
+    let count = |f: &str| status.get(f).and_then(Value::as_i64).unwrap_or(0);
+    count("updatedReplicas") == replicas
+        && count("availableReplicas") == replicas
+        && count("replicas") == replicas
+}
+
 fn status_count(obj: &Value, field: &str) -> i64 {
     i64_at(obj, &format!("/status/{field}")).unwrap_or(0)
 }
@@ -168,6 +177,12 @@ fn status_count(obj: &Value, field: &str) -> i64 {
 pub struct DeploymentController {
     clock: SimClock,
     last_progress: HashMap<String, Instant>,
+    /// The uid of each Deployment seen, by (namespace, name), to forget
+    /// its progress mark once it is gone.
+    uids: HashMap<(String, String), String>,
+    /// Deployments still rolling out, and when their progress deadline
+    /// passes: looked at again then (everything else follows writes).
+    active: HashMap<(String, String), Instant>,
 }
 
 /// What happened to the new ReplicaSet in this pass.
@@ -183,29 +198,95 @@ impl DeploymentController {
         DeploymentController {
             clock,
             last_progress: HashMap::new(),
+            uids: HashMap::new(),
+            active: HashMap::new(),
         }
     }
 
+    /// Looks at every Deployment (a resync).
     pub fn reconcile_all(&mut self, store: &Store) -> Result<(), ControllerError> {
         let (deployments, _) = store.list(&DEPLOYMENTS, None);
-        let live: Vec<String> = deployments.iter().map(|d| uid(d).to_string()).collect();
+        let live: HashSet<String> = deployments.iter().map(|d| uid(d).to_string()).collect();
         self.last_progress.retain(|k, _| live.contains(k));
+        self.uids.retain(|_, u| live.contains(u));
         for d in deployments {
-            match self.reconcile(store, d) {
-                // Deleted or changed under us: the next pass sees the news.
-                Err(ControllerError::Store(StoreError::NotFound { .. }))
-                | Err(ControllerError::Store(StoreError::Conflict { .. })) => {}
-                other => other?,
+            self.reconcile_one(store, d)?;
+        }
+        Ok(())
+    }
+
+    /// Looks at the Deployments in `keys` (written, or whose ReplicaSets
+    /// were), and with `recheck` also at those whose progress deadline
+    /// has passed.
+    pub fn reconcile_keys(
+        &mut self,
+        store: &Store,
+        keys: &BTreeSet<(String, String)>,
+        recheck: bool,
+    ) -> Result<(), ControllerError> {
+        let mut keys = keys.clone();
+        if recheck {
+            let now = Instant::now();
+            keys.extend(
+                self.active
+                    .iter()
+                    .filter(|(_, due)| **due <= now)
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        for key in keys {
+            match store.get(&DEPLOYMENTS, &key.0, &key.1) {
+                Ok(d) => self.reconcile_one(store, d)?,
+                Err(StoreError::NotFound { .. }) => {
+                    self.active.remove(&key);
+                    if let Some(u) = self.uids.remove(&key) {
+                        self.last_progress.remove(&u);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
     }
 
-    fn reconcile(&mut self, store: &Store, mut d: Value) -> Result<(), ControllerError> {
+    fn reconcile_one(&mut self, store: &Store, d: Value) -> Result<(), ControllerError> {
+        let key = (namespace(&d).to_string(), name(&d).to_string());
+        let d_uid = uid(&d).to_string();
+        self.uids.insert(key.clone(), d_uid.clone());
+        let deadline = self
+            .clock
+            .real_secs(i64_at(&d, "/spec/progressDeadlineSeconds").unwrap_or(600) as f64);
+        let settled = match self.reconcile(store, d) {
+            Ok(settled) => settled,
+            // Deleted or changed under us: the next pass sees the news.
+            Err(ControllerError::Store(StoreError::NotFound { .. }))
+            | Err(ControllerError::Store(StoreError::Conflict { .. })) => false,
+            Err(e) => return Err(e),
+        };
+        if settled {
+            self.active.remove(&key);
+        } else {
+            // Due when the deadline passes, counted from the last progress;
+            // once it has passed, about once a second.
+            let now = Instant::now();
+            let due = self
+                .last_progress
+                .get(&d_uid)
+                .map(|mark| *mark + deadline + Duration::from_millis(10))
+                .filter(|due| *due > now)
+                .unwrap_or(now + Duration::from_secs(1));
+            self.active.insert(key, due);
+        }
+        Ok(())
+    }
+
+    /// One Deployment; `Ok(true)` when it has settled (nothing left that
+    /// time alone would change).
+    fn reconcile(&mut self, store: &Store, mut d: Value) -> Result<bool, ControllerError> {
         let ns = namespace(&d).to_string();
         let dname = name(&d).to_string();
         if d.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(());
+            return Ok(true);
         }
         let mut probe = d.clone();
         if apply_deployment_defaults(&mut probe) {
@@ -215,7 +296,7 @@ impl DeploymentController {
             })?;
         }
         let Some(template) = d.pointer("/spec/template").cloned() else {
-            return Ok(());
+            return Ok(true);
         };
         let replicas = spec_replicas(&d).max(0);
         let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
@@ -247,11 +328,7 @@ impl DeploymentController {
         }
         max_unavailable = max_unavailable.min(replicas);
 
-        let (all, _) = store.list(&REPLICASETS, Some(&ns));
-        let mut owned: Vec<Value> = all
-            .into_iter()
-            .filter(|rs| is_controlled_by(rs, &d))
-            .collect();
+        let mut owned = store.list_owned(&REPLICASETS, &ns, uid(&d));
         owned.sort_by_key(revision_of);
         let wanted = template_without_hash(&template);
         let new_idx = owned.iter().rposition(|rs| {
@@ -291,7 +368,7 @@ impl DeploymentController {
                                 o["status"]["collisionCount"] = json!(next);
                                 Ok(())
                             })?;
-                            return Ok(());
+                            return Ok(false);
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -349,11 +426,7 @@ impl DeploymentController {
         cleanup_history(store, &d, &old_rss)?;
 
         // Status, from the ReplicaSets as the ReplicaSet controller reports them.
-        let (all, _) = store.list(&REPLICASETS, Some(&ns));
-        let owned: Vec<Value> = all
-            .into_iter()
-            .filter(|rs| is_controlled_by(rs, &d))
-            .collect();
+        let owned = store.list_owned(&REPLICASETS, &ns, uid(&d));
         let new_name = new_rs.as_ref().map(|rs| name(rs).to_string());
         let status = self.status(
             &d,
@@ -364,11 +437,12 @@ impl DeploymentController {
             replicas,
             max_unavailable,
         );
+        let settled = paused || rolled_out(&status, replicas);
         store.update_with(&DEPLOYMENTS, &ns, &dname, Part::Status, |o| {
             o["status"] = status;
             Ok(())
         })?;
-        Ok(())
+        Ok(settled)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -13,10 +13,10 @@
 //! 5 s (restartCount +1 each time). A failing pull shows `ErrImagePull` for
 //! 1.5 s of every 5 s and `ImagePullBackOff` otherwise.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -85,8 +85,9 @@ impl SharedIps {
 }
 
 struct PodRuntime {
-    namespace: String,
-    name: String,
+    uid: String,
+    /// This pod's entry in the kubelet's `due`, if any.
+    due: Option<Instant>,
     first_seen: Instant,
     first_seen_wall: jiff::Timestamp,
     ip: Ipv4Addr,
@@ -99,7 +100,16 @@ pub struct Kubelet {
     behaviours: Behaviours,
     targets: ScrapeTargets,
     ips: SharedIps,
-    pods: HashMap<String, PodRuntime>,
+    /// By (namespace, name).
+    pods: HashMap<(String, String), PodRuntime>,
+    /// When the life of a pod that still changes with time (creating,
+    /// warming up, crashing) changes next: looked at then. The others only
+    /// when written or when the behaviour table changes.
+    due: BTreeSet<(Instant, String, String)>,
+    /// The behaviour table's generation the settled pods were played with.
+    behaviours_seen: u64,
+    /// Whether running pods serve HTTP on a loopback address of their own.
+    serve: bool,
 }
 
 /// Where a pod is in its life, computed from behaviour and sim age.
@@ -199,6 +209,39 @@ fn life(b: &Behaviour, age: f64) -> Life {
     }
 }
 
+/// The sim age after `age` at which `life` gives something else; `None`
+/// once the pod has settled (running, and ready or never to be).
+fn next_change(b: &Behaviour, age: f64) -> Option<f64> {
+    let ready_after = b.ready_after.as_secs_f64();
+    let start = START_AFTER.min(ready_after);
+    if age < start {
+        return Some(start);
+    }
+    let edges: &[f64] = match life(b, age) {
+        Life::Creating => return Some(start),
+        Life::Running {
+            ready_at: Some(_), ..
+        } => return None,
+        Life::Running { .. } if b.never_ready => return None,
+        Life::Running { since, .. } => {
+            return Some(if b.crash == Crash::None {
+                ready_after.max(start)
+            } else {
+                since + ready_after
+            })
+        }
+        Life::PullFailing { .. } => &[1.5, BACKOFF_PERIOD],
+        Life::Crashing(_) => &[CRASH_RUN, CRASH_RUN + TERMINATED_SHOWN, BACKOFF_PERIOD],
+    };
+    // Crash loops and failing pulls: the next edge of their period.
+    let period_start = start + ((age - start) / BACKOFF_PERIOD).floor() * BACKOFF_PERIOD;
+    edges
+        .iter()
+        .map(|e| period_start + e)
+        .find(|at| *at > age)
+        .or(Some(period_start + BACKOFF_PERIOD))
+}
+
 fn sha_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
@@ -208,13 +251,24 @@ fn sha_hex(text: &str) -> String {
 
 impl Kubelet {
     pub fn new(clock: SimClock, behaviours: Behaviours, targets: ScrapeTargets) -> Self {
+        let behaviours_seen = behaviours.generation();
         Kubelet {
             clock,
             behaviours,
             targets,
             ips: SharedIps::default(),
             pods: HashMap::new(),
+            due: BTreeSet::new(),
+            behaviours_seen,
+            serve: true,
         }
+    }
+
+    /// Pods run without an HTTP listener of their own (scale runs: no
+    /// socket per pod, and no scrape targets).
+    pub fn without_listeners(mut self) -> Self {
+        self.serve = false;
+        self
     }
 
     /// The address allocator, for whatever else in the sim needs a
@@ -223,51 +277,119 @@ impl Kubelet {
         self.ips.clone()
     }
 
+    /// Looks at every pod in the store (a resync).
     pub fn reconcile(&mut self, store: &Store) -> Result<(), ControllerError> {
         let (pods, _) = store.list(&PODS, None);
-        let live: Vec<String> = pods.iter().map(|p| uid(p).to_string()).collect();
-        let targets = self.targets.clone();
-        self.pods.retain(|k, rt| {
-            let keep = live.contains(k);
-            if !keep {
-                targets.remove(&rt.namespace, &rt.name);
-            }
-            keep
-        });
+        let live: std::collections::HashSet<(String, String)> = pods
+            .iter()
+            .map(|p| (namespace(p).to_string(), name(p).to_string()))
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .pods
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        for (ns, pod_name) in gone {
+            self.forget(&ns, &pod_name);
+        }
         for pod in pods {
-            if pod.pointer("/metadata/deletionTimestamp").is_some() {
-                continue;
+            self.sync_value(store, &pod)?;
+        }
+        Ok(())
+    }
+
+    /// Looks at the pods written since the last pass, the pods whose life
+    /// changes with time, and every pod once the behaviour table changed.
+    pub fn sync(
+        &mut self,
+        store: &Store,
+        written: &BTreeSet<(String, String)>,
+    ) -> Result<(), ControllerError> {
+        let generation = self.behaviours.generation();
+        let mut keys: BTreeSet<(String, String)> = written.clone();
+        if generation != self.behaviours_seen {
+            self.behaviours_seen = generation;
+            keys.extend(self.pods.keys().cloned());
+        }
+        let now = Instant::now();
+        while let Some(first) = self.due.first() {
+            if first.0 > now {
+                break;
             }
-            match self.sync_pod(store, &pod) {
-                Err(ControllerError::Store(StoreError::NotFound { .. })) => {}
-                other => other?,
+            if let Some((_, ns, pod_name)) = self.due.pop_first() {
+                if let Some(rt) = self.pods.get_mut(&(ns.clone(), pod_name.clone())) {
+                    rt.due = None;
+                }
+                keys.insert((ns, pod_name));
+            }
+        }
+        for (ns, pod_name) in keys {
+            match store.get(&PODS, &ns, &pod_name) {
+                Ok(pod) => self.sync_value(store, &pod)?,
+                Err(StoreError::NotFound { .. }) => self.forget(&ns, &pod_name),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    fn forget(&mut self, ns: &str, pod_name: &str) {
+        let key = (ns.to_string(), pod_name.to_string());
+        if let Some(rt) = self.pods.remove(&key) {
+            if let Some(at) = rt.due {
+                self.due.remove(&(at, key.0, key.1));
+            }
+            self.targets.remove(ns, pod_name);
+        }
+    }
+
+    fn sync_value(&mut self, store: &Store, pod: &Value) -> Result<(), ControllerError> {
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(());
+        }
+        match self.sync_pod(store, pod) {
+            Err(ControllerError::Store(StoreError::NotFound { .. })) => Ok(()),
+            other => other,
+        }
     }
 
     fn sync_pod(&mut self, store: &Store, pod: &Value) -> Result<(), ControllerError> {
         let pod_uid = uid(pod).to_string();
         let ns = namespace(pod).to_string();
         let pod_name = name(pod).to_string();
+        let key = (ns.clone(), pod_name.clone());
+        if self.pods.get(&key).is_some_and(|rt| rt.uid != pod_uid) {
+            // The same name again, another pod: start its life afresh.
+            self.forget(&ns, &pod_name);
+        }
         let ips = self.ips.clone();
-        let rt = self
-            .pods
-            .entry(pod_uid.clone())
-            .or_insert_with(|| PodRuntime {
-                namespace: ns.clone(),
-                name: pod_name.clone(),
-                first_seen: Instant::now(),
-                first_seen_wall: jiff::Timestamp::now(),
-                ip: ips.next_ip(),
-                server: None,
-            });
+        let rt = self.pods.entry(key.clone()).or_insert_with(|| PodRuntime {
+            uid: pod_uid.clone(),
+            due: None,
+            first_seen: Instant::now(),
+            first_seen_wall: jiff::Timestamp::now(),
+            ip: ips.next_ip(),
+            server: None,
+        });
         let image = str_at(pod, "/spec/containers/0/image")
             .unwrap_or("")
             .to_string();
         let behaviour = self.behaviours.lookup(&image);
         let age = self.clock.sim(rt.first_seen.elapsed()).as_secs_f64();
         let life = life(&behaviour, age);
+        let next = next_change(&behaviour, age)
+            // Just past the edge, so the pod has changed when looked at.
+            .map(|at| rt.first_seen + self.clock.real_secs(at) + Duration::from_millis(1));
+        if next != rt.due {
+            if let Some(at) = rt.due.take() {
+                self.due.remove(&(at, key.0.clone(), key.1.clone()));
+            }
+            if let Some(at) = next {
+                self.due.insert((at, key.0.clone(), key.1.clone()));
+                rt.due = Some(at);
+            }
+        }
 
         // The app server follows the container: up while it runs.
         let running = matches!(life, Life::Running { .. });
@@ -278,7 +400,7 @@ impl Kubelet {
                 ..
             }
         );
-        if running && behaviour.serves_http() {
+        if running && behaviour.serves_http() && self.serve {
             if rt.server.is_none() {
                 let port = i64_at(pod, "/spec/containers/0/ports/0/containerPort")
                     .and_then(|p| u16::try_from(p).ok())

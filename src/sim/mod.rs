@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use access::{AccessPolicy, AccessRequest, AccessRule, Decision};
-pub use api::{ApiError, ApiState, ListHold};
+pub use api::{ApiError, ApiState, Fault, FaultRule, Faults, ListHold};
 pub use app::{ScrapeTarget, ScrapeTargets};
 pub use behaviour::{Behaviour, Behaviours, Crash, Traffic};
 pub use burst::{Burst, ImageMatch, Span, Starts};
@@ -80,6 +80,10 @@ pub struct SimOptions {
     /// Delays of watch events per kind, so a client's caches see the
     /// events of two kinds out of order; none by default.
     pub watch_lag: Option<WatchLag>,
+    /// Scale runs: pods serve no HTTP listener of their own (no socket per
+    /// pod, no scrape targets, no metrics) and Deployments get no Service,
+    /// so tens of thousands of pods fit in one process.
+    pub no_pod_listeners: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,17 +160,18 @@ impl SimCluster {
         let controllers = if opts.api_only {
             None
         } else {
-            Some(runtime::spawn(
+            Some(runtime::spawn_with(
                 store.clone(),
                 opts.behaviours.clone(),
                 opts.clock,
+                !opts.no_pod_listeners,
             ))
         };
         let targets = controllers
             .as_ref()
             .map(ControllerHandle::targets)
             .unwrap_or_default();
-        let services = controllers.as_ref().map(ControllerHandle::services);
+        let services = controllers.as_ref().and_then(ControllerHandle::services);
         let (control_addr, control) = serve_control(targets.clone())
             .await
             .map_err(SimError::Control)?;
@@ -274,7 +279,8 @@ impl SimCluster {
     /// on the Deployment's first container port (8080 in the seed),
     /// balancing each new connection over the Ready pods of all its
     /// revisions, and refusing connections while none is Ready. `None` when
-    /// the Deployment does not exist, or the sim runs no controllers. The
+    /// the Deployment does not exist, or the sim runs no controllers or no
+    /// pod listeners (`SimOptions::no_pod_listeners`). The
     /// address stays the same for the life of the sim.
     pub fn service_url(&self, namespace: &str, name: &str) -> Option<String> {
         self.services.as_ref()?.url(self.store(), namespace, name)
@@ -299,6 +305,11 @@ impl SimCluster {
 
     pub fn api_state(&self) -> &ApiState {
         &self.state
+    }
+
+    /// The API server's fault switchboard: add rules, read the counts.
+    pub fn faults(&self) -> &Faults {
+        self.state.faults()
     }
 
     /// Ends every open watch (clients re-watch; see `ApiState::close_watches`).

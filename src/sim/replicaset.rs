@@ -5,13 +5,13 @@
 //! Neither must ever touch an object it does not own: pods are matched by
 //! owner uid, never adopted by labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
 use super::objects::{
-    controller_owner, i64_at, is_controlled_by, name, namespace, owner_reference, pod_is_ready,
-    string_map, uid, ControllerError,
+    controller_owner, i64_at, name, namespace, owner_reference, pod_is_ready, string_map, uid,
+    ControllerError,
 };
 use super::store::{Kind, Part, Store, StoreError, DEPLOYMENTS, PODS, REPLICASETS};
 
@@ -25,71 +25,89 @@ fn ignore_gone(r: Result<Value, StoreError>) -> Result<(), ControllerError> {
     }
 }
 
-/// Brings every ReplicaSet's pods to `spec.replicas` and writes its status.
+/// Brings every ReplicaSet's pods to `spec.replicas` and writes its status
+/// (a resync).
 pub fn reconcile_replicasets(store: &Store) -> Result<(), ControllerError> {
     let (replicasets, _) = store.list(&REPLICASETS, None);
-    let (pods, _) = store.list(&PODS, None);
     for rs in replicasets {
-        let mut mine: Vec<&Value> = pods
-            .iter()
-            .filter(|p| namespace(p) == namespace(&rs) && is_controlled_by(p, &rs))
-            .collect();
-        let want = i64_at(&rs, "/spec/replicas").unwrap_or(1).max(0) as usize;
-        let ns = namespace(&rs).to_string();
-        let mut created = Vec::new();
-        if mine.len() < want {
-            for _ in mine.len()..want {
-                match store.create(&PODS, &ns, new_pod(&rs)) {
-                    Ok(p) => created.push(p),
-                    Err(StoreError::NotFound { .. }) => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        } else if mine.len() > want {
-            // Not ready before ready; among equals the newest first.
-            mine.sort_by_key(|p| {
-                (
-                    pod_is_ready(p),
-                    std::cmp::Reverse(
-                        p.pointer("/metadata/creationTimestamp")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                    ),
-                )
-            });
-            let excess = mine.len() - want;
-            for p in mine.drain(..excess) {
-                ignore_gone(store.delete(&PODS, namespace(p), name(p)))?;
+        reconcile_replicaset(store, rs)?;
+    }
+    Ok(())
+}
+
+/// The same for the ReplicaSets in `keys` (namespace, name) only.
+pub fn reconcile_replicaset_keys(
+    store: &Store,
+    keys: &BTreeSet<(String, String)>,
+) -> Result<(), ControllerError> {
+    for (ns, rs_name) in keys {
+        match store.get(&REPLICASETS, ns, rs_name) {
+            Ok(rs) => reconcile_replicaset(store, rs)?,
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn reconcile_replicaset(store: &Store, rs: Value) -> Result<(), ControllerError> {
+    let ns = namespace(&rs).to_string();
+    let pods = store.list_owned(&PODS, &ns, uid(&rs));
+    let mut mine: Vec<&Value> = pods.iter().collect();
+    let want = i64_at(&rs, "/spec/replicas").unwrap_or(1).max(0) as usize;
+    let mut created = Vec::new();
+    if mine.len() < want {
+        for _ in mine.len()..want {
+            match store.create(&PODS, &ns, new_pod(&rs)) {
+                Ok(p) => created.push(p),
+                Err(StoreError::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
             }
         }
-        let live: Vec<&Value> = mine.iter().copied().chain(created.iter()).collect();
-        let template_labels = string_map(&rs, "/spec/template/metadata/labels");
-        let ready = live.iter().filter(|p| pod_is_ready(p)).count();
-        let fully_labeled = live
-            .iter()
-            .filter(|p| {
-                let labels = string_map(p, "/metadata/labels");
-                template_labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v))
-            })
-            .count();
-        let status = json!({
-            "replicas": live.len(),
-            "fullyLabeledReplicas": fully_labeled,
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "observedGeneration": i64_at(&rs, "/metadata/generation").unwrap_or(1),
+    } else if mine.len() > want {
+        // Not ready before ready; among equals the newest first.
+        mine.sort_by_key(|p| {
+            (
+                pod_is_ready(p),
+                std::cmp::Reverse(
+                    p.pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+            )
         });
-        if rs.get("status") != Some(&status) {
-            ignore_gone(
-                store.update_with(&REPLICASETS, &ns, name(&rs), Part::Status, |o| {
-                    o["status"] = status;
-                    Ok(())
-                }),
-            )?;
+        let excess = mine.len() - want;
+        for p in mine.drain(..excess) {
+            ignore_gone(store.delete(&PODS, namespace(p), name(p)))?;
         }
+    }
+    let live: Vec<&Value> = mine.iter().copied().chain(created.iter()).collect();
+    let template_labels = string_map(&rs, "/spec/template/metadata/labels");
+    let ready = live.iter().filter(|p| pod_is_ready(p)).count();
+    let fully_labeled = live
+        .iter()
+        .filter(|p| {
+            let labels = string_map(p, "/metadata/labels");
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .count();
+    let status = json!({
+        "replicas": live.len(),
+        "fullyLabeledReplicas": fully_labeled,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": i64_at(&rs, "/metadata/generation").unwrap_or(1),
+    });
+    if rs.get("status") != Some(&status) {
+        ignore_gone(
+            store.update_with(&REPLICASETS, &ns, name(&rs), Part::Status, |o| {
+                o["status"] = status;
+                Ok(())
+            }),
+        )?;
     }
     Ok(())
 }
@@ -141,6 +159,57 @@ pub fn collect_garbage(store: &Store) -> Result<(), ControllerError> {
             if owners.get(&key).map(String::as_str) != Some(owner.uid.as_str()) {
                 ignore_gone(store.delete(dependent, namespace(&obj), name(&obj)))?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Garbage collection after some writes: what a deleted owner (kind,
+/// namespace, uid) controlled goes, and so does each written dependent
+/// (kind, namespace, name) whose owner is gone.
+pub fn collect_garbage_after(
+    store: &Store,
+    deleted_owners: &BTreeSet<(Kind, String, String)>,
+    written: &BTreeSet<(Kind, String, String)>,
+) -> Result<(), ControllerError> {
+    for (kind, ns, owner_uid) in deleted_owners {
+        let dependent = if *kind == DEPLOYMENTS {
+            &REPLICASETS
+        } else if *kind == REPLICASETS {
+            &PODS
+        } else {
+            continue;
+        };
+        for obj in store.list_owned(dependent, ns, owner_uid) {
+            ignore_gone(store.delete(dependent, ns, name(&obj)))?;
+        }
+    }
+    for (kind, ns, obj_name) in written {
+        let owner_kind = if *kind == REPLICASETS {
+            &DEPLOYMENTS
+        } else if *kind == PODS {
+            &REPLICASETS
+        } else {
+            continue;
+        };
+        let obj = match store.get(kind, ns, obj_name) {
+            Ok(obj) => obj,
+            Err(StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(owner) = controller_owner(&obj) else {
+            continue;
+        };
+        if owner.kind != owner_kind.kind {
+            continue;
+        }
+        let live = match store.get(owner_kind, ns, &owner.name) {
+            Ok(o) => uid(&o) == owner.uid,
+            Err(StoreError::NotFound { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !live {
+            ignore_gone(store.delete(kind, ns, obj_name))?;
         }
     }
     Ok(())

@@ -8,7 +8,7 @@
 //! REJECT). It must never listen on anything but loopback, nor route to a
 //! pod that is not Ready or is terminating.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::kubelet::SharedIps;
-use super::objects::{i64_at, name, namespace, str_at};
-use super::store::{Store, DEPLOYMENTS, PODS};
+use super::objects::{i64_at, name, namespace, str_at, uid};
+use super::store::{Store, DEPLOYMENTS, PODS, REPLICASETS};
 use crate::k8s::selector::Selector;
 
 /// The port a Service listens on and forwards to when the Deployment's
@@ -181,7 +181,7 @@ impl Services {
         // Endpoints in pod-name order, so round-robin is reproducible.
         ready.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut services = lock(&self.inner);
-        let live: std::collections::BTreeSet<(String, String)> = deployments
+        let live: BTreeSet<(String, String)> = deployments
             .iter()
             .map(|d| (namespace(d).to_string(), name(d).to_string()))
             .collect();
@@ -195,25 +195,72 @@ impl Services {
                     .collect(),
                 None => Vec::new(),
             };
-            let service = self.entry(&mut services, d);
-            let serving = !addrs.is_empty();
-            {
-                let mut endpoints = lock(&service.endpoints);
-                if endpoints.addrs != addrs {
-                    endpoints.addrs = addrs;
-                }
-            }
-            match (serving, service.listener.is_some()) {
-                (true, false) => service.listener = listen(service),
-                (false, true) => {
-                    // Closing the listener refuses new connections; those
-                    // already piped stay, as conntrack keeps them.
-                    if let Some(task) = service.listener.take() {
-                        task.abort();
+            self.set_endpoints(&mut services, d, addrs);
+        }
+    }
+
+    /// The same for the Deployments in `keys` (namespace, name) only,
+    /// whose endpoints are the Ready pods of their own ReplicaSets that
+    /// the selector matches (pods are found by owner, not by scanning).
+    pub fn reconcile_keys(&self, store: &Store, keys: &BTreeSet<(String, String)>) {
+        for key in keys {
+            let Ok(d) = store.get(&DEPLOYMENTS, &key.0, &key.1) else {
+                lock(&self.inner).remove(key);
+                continue;
+            };
+            let mut ready: Vec<(String, SocketAddr)> = Vec::new();
+            if let Some(selector) = selector_of(&d) {
+                for rs in store.list_owned(&REPLICASETS, &key.0, uid(&d)) {
+                    for p in store.list_owned(&PODS, &key.0, uid(&rs)) {
+                        let Some(addr) = endpoint(&p) else {
+                            continue;
+                        };
+                        let labels: BTreeMap<String, String> = p
+                            .pointer("/metadata/labels")
+                            .and_then(Value::as_object)
+                            .map(|m| {
+                                m.iter()
+                                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if selector.matches(&labels) {
+                            ready.push((name(&p).to_string(), addr));
+                        }
                     }
                 }
-                _ => {}
             }
+            ready.sort();
+            let addrs = ready.into_iter().map(|(_, a)| a).collect();
+            let mut services = lock(&self.inner);
+            self.set_endpoints(&mut services, &d, addrs);
+        }
+    }
+
+    fn set_endpoints(
+        &self,
+        services: &mut BTreeMap<(String, String), Service>,
+        d: &Value,
+        addrs: Vec<SocketAddr>,
+    ) {
+        let service = self.entry(services, d);
+        let serving = !addrs.is_empty();
+        {
+            let mut endpoints = lock(&service.endpoints);
+            if endpoints.addrs != addrs {
+                endpoints.addrs = addrs;
+            }
+        }
+        match (serving, service.listener.is_some()) {
+            (true, false) => service.listener = listen(service),
+            (false, true) => {
+                // Closing the listener refuses new connections; those
+                // already piped stay, as conntrack keeps them.
+                if let Some(task) = service.listener.take() {
+                    task.abort();
+                }
+            }
+            _ => {}
         }
     }
 }

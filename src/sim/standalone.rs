@@ -23,6 +23,8 @@ pub struct StandaloneOptions {
     pub time_scale: f64,
     /// The scrape interval written into the Prometheus config.
     pub scrape_interval: Duration,
+    /// Pods serve no HTTP listener (`SimOptions::no_pod_listeners`).
+    pub no_pod_listeners: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +37,30 @@ pub enum StandaloneError {
         #[source]
         source: super::behaviour::BehaviourError,
     },
+    #[error("{FAULTS_ENV}: {0}")]
+    Faults(String),
     #[error("cannot write the Prometheus config {path}: {source}")]
     PrometheusConfig {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The environment variable that switches faults on in `sim`: rules
+/// separated by commas, each `VERB:RESOURCE:FAULT:FRACTION` (see
+/// [`super::FaultRule`]), e.g. `SIM_FAULTS=*:*:500:0.05,watch:*:drop=5s:0.2`.
+pub const FAULTS_ENV: &str = "SIM_FAULTS";
+
+/// The fault rules `SIM_FAULTS` asks for; none when it is unset or empty.
+pub fn faults_from_env() -> Result<Vec<super::FaultRule>, StandaloneError> {
+    let Ok(text) = std::env::var(FAULTS_ENV) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.parse().map_err(StandaloneError::Faults))
+        .collect()
 }
 
 /// Starts the simulated cluster, prints where everything is on `out`, and
@@ -59,6 +79,7 @@ pub async fn run(
         }
         None => Behaviours::builtin(),
     };
+    let faults = faults_from_env()?;
     let sim = SimCluster::start(SimOptions {
         seed: opts.seed,
         request_log_path: opts.request_log.clone(),
@@ -66,9 +87,13 @@ pub async fn run(
         behaviours,
         clock: SimClock::new(opts.time_scale),
         listen: Some(opts.listen),
+        no_pod_listeners: opts.no_pod_listeners,
         ..Default::default()
     })
     .await?;
+    for rule in &faults {
+        sim.faults().add(rule.clone());
+    }
     if let Some(path) = &opts.prometheus_config_out {
         std::fs::write(path, sim.prometheus_config(opts.scrape_interval)).map_err(|source| {
             StandaloneError::PrometheusConfig {
@@ -94,6 +119,9 @@ pub async fn run(
             path.display()
         );
     }
+    if !faults.is_empty() {
+        let _ = writeln!(out, "faults ({FAULTS_ENV}): {} rule(s)", faults.len());
+    }
     if let Some(path) = &opts.request_log {
         let _ = writeln!(out, "request log:       {}", path.display());
     }
@@ -106,6 +134,12 @@ pub async fn run(
             super::SEED_NAMESPACE,
             super::SEED_DEPLOYMENT,
             super::SEED_IMAGE
+        );
+    }
+    if opts.no_pod_listeners {
+        let _ = writeln!(
+            out,
+            "pod listeners:     none (pods serve no HTTP, Deployments have no Service)"
         );
     }
     let _ = writeln!(

@@ -8,11 +8,11 @@
 //! object without `metadata.resourceVersion`, and never lose an event
 //! between a list and a watch started from its version.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::events;
 
@@ -391,9 +391,28 @@ pub enum Part {
 
 type Key = (Kind, String, String);
 
+/// One write, as the sim's controllers see it (see [`Store::change_feed`]):
+/// which object, and the controlling owner it had before or after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// The object's uid (of the object deleted, for a deletion).
+    pub uid: String,
+    pub deleted: bool,
+    /// The controlling owner's (kind, name), before and after the write.
+    pub owners: Vec<(String, String)>,
+}
+
 struct Inner {
     revision: u64,
     objects: BTreeMap<Key, Value>,
+    /// Objects by their controlling owner's uid, so a controller finds
+    /// what it owns without scanning every object of a kind.
+    owned: HashMap<String, BTreeSet<Key>>,
+    /// Where writes are announced to the controllers, once one asked.
+    feed: Option<mpsc::UnboundedSender<Changed>>,
     history: VecDeque<WatchEvent>,
     /// The oldest resourceVersion a watch may still start from.
     oldest: u64,
@@ -424,6 +443,8 @@ impl Store {
             inner: Arc::new(Mutex::new(Inner {
                 revision: 1,
                 objects: BTreeMap::new(),
+                owned: HashMap::new(),
+                feed: None,
                 history: VecDeque::new(),
                 oldest: 1,
                 history_limit: history_limit.max(1),
@@ -464,13 +485,48 @@ impl Store {
     pub fn list(&self, kind: &Kind, namespace: Option<&str>) -> (Vec<Value>, u64) {
         let inner = self.lock();
         let stored = storage_kind(kind);
+        // Keys sort by kind, then namespace: read only the range asked.
+        let from = (
+            stored,
+            namespace
+                .filter(|_| kind.namespaced)
+                .unwrap_or("")
+                .to_string(),
+            String::new(),
+        );
         let items = inner
             .objects
-            .iter()
-            .filter(|((k, ns, _), _)| *k == stored && namespace.is_none_or(|want| ns == want))
+            .range(from..)
+            .take_while(|((k, ns, _), _)| {
+                *k == stored && (!kind.namespaced || namespace.is_none_or(|want| ns == want))
+            })
             .map(|(_, v)| from_storage(kind, v.clone()))
             .collect();
         (items, inner.revision)
+    }
+
+    /// The objects of `kind` in `namespace` whose controlling owner has
+    /// `owner_uid`, sorted by name.
+    pub fn list_owned(&self, kind: &Kind, namespace: &str, owner_uid: &str) -> Vec<Value> {
+        let inner = self.lock();
+        let stored = storage_kind(kind);
+        let Some(keys) = inner.owned.get(owner_uid) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter(|(k, ns, _)| *k == stored && ns == namespace)
+            .filter_map(|k| inner.objects.get(k))
+            .map(|v| from_storage(kind, v.clone()))
+            .collect()
+    }
+
+    /// Every later write, announced once, for the sim's controllers (one
+    /// receiver: a second call replaces the first). Nothing is queued
+    /// before the first call.
+    pub fn change_feed(&self) -> mpsc::UnboundedReceiver<Changed> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().feed = Some(tx);
+        rx
     }
 
     /// Creates an object. Fills in name from `metadata.generateName`, uid,
@@ -608,6 +664,40 @@ impl Store {
     where
         F: FnOnce(&mut Value) -> Result<(), StoreError>,
     {
+        self.change_with(kind, namespace, name, part, change, true)
+    }
+
+    /// `dryRun=All`, as the API server does it: the same checks as
+    /// [`Store::update_with`] (resourceVersion precondition, immutable
+    /// name, the part written), and the would-be object as the answer, with
+    /// the generation it would get; nothing stored, the resourceVersion
+    /// unchanged, no watch event.
+    pub fn dry_run_update_with<F>(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+        part: Part,
+        change: F,
+    ) -> Result<Value, StoreError>
+    where
+        F: FnOnce(&mut Value) -> Result<(), StoreError>,
+    {
+        self.change_with(kind, namespace, name, part, change, false)
+    }
+
+    fn change_with<F>(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+        part: Part,
+        change: F,
+        persist: bool,
+    ) -> Result<Value, StoreError>
+    where
+        F: FnOnce(&mut Value) -> Result<(), StoreError>,
+    {
         let mut inner = self.lock();
         let k = key(kind, namespace, name);
         let current = inner
@@ -644,6 +734,9 @@ impl Store {
         let merged = finish_update(&stored, &current, merged);
         if merged == current {
             return Ok(from_storage(kind, current));
+        }
+        if !persist {
+            return Ok(from_storage(kind, merged));
         }
         let obj = inner.commit(k, Some(merged), &stored, EventType::Modified);
         self.publish(&inner, &stored, EventType::Modified, &obj);
@@ -727,16 +820,60 @@ impl Inner {
     fn commit(&mut self, k: Key, obj: Option<Value>, kind: &Kind, event_type: EventType) -> Value {
         self.revision += 1;
         let rv = self.revision;
+        let before = self.objects.get(&k).and_then(controller_owner_of);
         let stored = match obj {
             Some(mut obj) => {
                 if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
                 }
-                self.objects.insert(k, obj.clone());
+                self.objects.insert(k.clone(), obj.clone());
                 obj
             }
             None => self.objects.remove(&k).unwrap_or(Value::Null),
         };
+        let deleted = event_type == EventType::Deleted;
+        let after = if deleted {
+            None
+        } else {
+            controller_owner_of(&stored)
+        };
+        if before != after {
+            if let Some((_, _, uid)) = &before {
+                if let Some(keys) = self.owned.get_mut(uid) {
+                    keys.remove(&k);
+                    if keys.is_empty() {
+                        self.owned.remove(uid);
+                    }
+                }
+            }
+            if let Some((_, _, uid)) = &after {
+                self.owned.entry(uid.clone()).or_default().insert(k.clone());
+            }
+        }
+        if let Some(feed) = &self.feed {
+            let mut owners: Vec<(String, String)> = Vec::new();
+            for (kind, name, _) in before.into_iter().chain(after) {
+                if !owners.iter().any(|(k, n)| *k == kind && *n == name) {
+                    owners.push((kind, name));
+                }
+            }
+            let change = Changed {
+                kind: k.0,
+                namespace: k.1.clone(),
+                name: k.2.clone(),
+                uid: stored
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                deleted,
+                owners,
+            };
+            if feed.send(change).is_err() {
+                // The controllers stopped: stop announcing.
+                self.feed = None;
+            }
+        }
         self.history.push_back(WatchEvent {
             kind: *kind,
             event_type,
@@ -750,6 +887,18 @@ impl Inner {
         }
         stored
     }
+}
+
+/// The controlling owner's (kind, name, uid) of a stored object.
+fn controller_owner_of(obj: &Value) -> Option<(String, String, String)> {
+    let r = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?;
+    let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or("").to_string();
+    let uid = field("uid");
+    (!uid.is_empty()).then(|| (field("kind"), field("name"), uid))
 }
 
 /// Where an object of `kind` (or of the kind it is a view of) is kept.
@@ -927,131 +1076,4 @@ fn from_storage(kind: &Kind, obj: Value) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seeded() -> Store {
-        let store = Store::default();
-        store
-            .create(&NAMESPACES, "", json!({"metadata": {"name": "production"}}))
-            .unwrap();
-        store
-    }
-
-    #[test]
-    fn every_write_takes_a_new_resource_version_and_stale_replace_conflicts() {
-        let store = seeded();
-        let cm = store
-            .create(
-                &CONFIGMAPS,
-                "production",
-                json!({"metadata": {"name": "a"}, "data": {"k": "1"}}),
-            )
-            .unwrap();
-        let rv1 = cm["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mut changed = cm.clone();
-        changed["data"]["k"] = json!("2");
-        let cm2 = store
-            .replace(&CONFIGMAPS, "production", "a", changed.clone(), Part::Main)
-            .unwrap();
-        assert_ne!(cm2["metadata"]["resourceVersion"].as_str().unwrap(), rv1);
-        // The same body again still carries rv1: stale.
-        let err = store
-            .replace(&CONFIGMAPS, "production", "a", changed, Part::Main)
-            .unwrap_err();
-        assert_eq!(err.code(), 409);
-    }
-
-    #[test]
-    fn generate_name_and_already_exists() {
-        let store = seeded();
-        let a = store
-            .create(
-                &CONFIGMAPS,
-                "production",
-                json!({"metadata": {"generateName": "backup-"}}),
-            )
-            .unwrap();
-        let name = a["metadata"]["name"].as_str().unwrap();
-        assert!(name.starts_with("backup-") && name.len() == "backup-".len() + 5);
-        let err = store
-            .create(
-                &CONFIGMAPS,
-                "production",
-                json!({"metadata": {"name": name}}),
-            )
-            .unwrap_err();
-        assert_eq!(err.code(), 409);
-        assert_eq!(err.reason(), "AlreadyExists");
-    }
-
-    #[test]
-    fn a_long_generate_name_is_cut_to_58_characters_as_the_api_server_does() {
-        let store = seeded();
-        let long = format!("{}-5d8f7c9b4-", "a".repeat(60));
-        let pod = store
-            .create(
-                &CONFIGMAPS,
-                "production",
-                json!({"metadata": {"generateName": long}}),
-            )
-            .unwrap();
-        let name = pod["metadata"]["name"].as_str().unwrap();
-        assert_eq!(name.len(), 63, "{name}");
-        assert!(name.starts_with(&long[..58]), "{name}");
-    }
-
-    #[test]
-    fn generation_follows_spec_only() {
-        let store = seeded();
-        let d = store
-            .create(
-                &DEPLOYMENTS,
-                "production",
-                json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}}),
-            )
-            .unwrap();
-        assert_eq!(d["metadata"]["generation"], 1);
-        let d = store
-            .update_with(&DEPLOYMENTS, "production", "web", Part::Status, |o| {
-                o["status"] = json!({"replicas": 1});
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(d["metadata"]["generation"], 1);
-        let d = store
-            .update_with(&DEPLOYMENTS, "production", "web", Part::Main, |o| {
-                o["spec"]["replicas"] = json!(2);
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(d["metadata"]["generation"], 2);
-        assert_eq!(d["status"]["replicas"], 1, "status survives a main write");
-    }
-
-    #[test]
-    fn watch_resumes_from_history_and_is_gone_after_compaction() {
-        let store = seeded();
-        let start = store.revision();
-        store
-            .create(
-                &CONFIGMAPS,
-                "production",
-                json!({"metadata": {"name": "a"}}),
-            )
-            .unwrap();
-        store.delete(&CONFIGMAPS, "production", "a").unwrap();
-        let (backlog, _rx) = store.watch_from(&CONFIGMAPS, start).unwrap();
-        let types: Vec<_> = backlog.iter().map(|e| e.event_type).collect();
-        assert_eq!(types, vec![EventType::Added, EventType::Deleted]);
-        store.compact();
-        assert_eq!(
-            store.watch_from(&CONFIGMAPS, start).unwrap_err().code(),
-            410
-        );
-        assert!(store.watch_from(&CONFIGMAPS, store.revision()).is_ok());
-    }
-}
+mod tests;
