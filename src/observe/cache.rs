@@ -15,7 +15,10 @@
 //! current. Streaming lists would avoid the list entirely but need the
 //! `WatchList` feature on the server, which not every supported cluster
 //! has. Pods are watched with the selector `pod-template-hash` (only pods of
-//! Deployments matter) and stored without `managedFields`.
+//! Deployments matter). Objects are stored trimmed to what the watchdog
+//! reads: no `managedFields` on any kind, no last-applied annotation on
+//! Deployments, and pods without their spec (see `trim_pod`), so memory
+//! grows with the number of objects, not with their size.
 //!
 //! Each watcher's liveness is tracked: a stream error marks it stalled (the
 //! cache keeps its last state, and the watcher retries with backoff); the
@@ -45,6 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::observe::wake::{Wakes, Wakeups};
 
 /// What a user sets in `opt_in_namespaces` to mean every namespace.
 pub const ALL_NAMESPACES: &str = "*";
@@ -140,6 +144,7 @@ where
         + std::fmt::Debug
         + Send
         + Sync
+        + Wakes
         + 'static,
 {
     fn start(
@@ -149,6 +154,7 @@ where
         kind: &'static str,
         strip: fn(&mut K),
         tasks: &mut Vec<JoinHandle<()>>,
+        wakeups: &Arc<Wakeups>,
     ) -> Self {
         let apis: Vec<(Option<String>, Api<K>)> = match scope {
             Scope::AllNamespaces => vec![(None, Api::all(client.clone()))],
@@ -167,6 +173,7 @@ where
                 .reflect(writer);
             let live = Liveness::default();
             let task_live = live.clone();
+            let wakeups = wakeups.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
@@ -180,6 +187,10 @@ where
                         }
                         // Re-listing: the store is rebuilt only at InitDone.
                         Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                        Ok(watcher::Event::Apply(obj)) => {
+                            task_live.live();
+                            wakeups.offer(&obj);
+                        }
                         Ok(_) => task_live.live(),
                     }
                 }
@@ -207,6 +218,32 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// A Deployment as the caches keep it: no managedFields, and no
+/// `kubectl.kubernetes.io/last-applied-configuration` (a second copy of
+/// the whole object that nothing here reads). The pipeline reads the
+/// whole Deployment from the API when it acts.
+fn trim_deployment(d: &mut Deployment) {
+    strip_managed_fields(d);
+    if let Some(annotations) = d.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// A pod as the caches keep it: metadata (without managedFields) and
+/// status. The watchdog reads nothing of a pod's spec, which is most of
+/// its size (containers, env, volumes).
+fn trim_pod(p: &mut Pod) {
+    strip_managed_fields(p);
+    p.spec = None;
+    if let Some(status) = p.status.as_mut() {
+        status.host_ips = None;
+        status.pod_ips = None;
+        status.qos_class = None;
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The three caches and their watcher tasks. Dropping it stops the watchers.
 pub struct Caches {
     scope: Scope,
@@ -220,6 +257,8 @@ pub struct Caches {
     /// again for some other reason.
     ready: watch::Receiver<Option<Result<(), CacheError>>>,
     tasks: Vec<JoinHandle<()>>,
+    /// What watch events ask to evaluate before the next tick.
+    wakeups: Arc<Wakeups>,
 }
 
 impl Caches {
@@ -227,14 +266,16 @@ impl Caches {
     /// returns at once, see [`Caches::ready`].
     pub fn start(client: Client, scope: Scope) -> Caches {
         let mut tasks = Vec::new();
+        let wakeups = Arc::new(Wakeups::default());
         let base = watcher::Config::default().any_semantic();
         let deployments = KindCache::start(
             &client,
             &scope,
             &base,
             "Deployment",
-            strip_managed_fields,
+            trim_deployment,
             &mut tasks,
+            &wakeups,
         );
         let replicasets = KindCache::start(
             &client,
@@ -243,14 +284,16 @@ impl Caches {
             "ReplicaSet",
             strip_managed_fields,
             &mut tasks,
+            &wakeups,
         );
         let pods = KindCache::start(
             &client,
             &scope,
             &base.clone().labels(crate::k8s::keys::POD_TEMPLATE_HASH),
             "Pod",
-            strip_managed_fields,
+            trim_pod,
             &mut tasks,
+            &wakeups,
         );
         let (tx, ready) = watch::channel(None);
         let waits = Self::ready_waits(&deployments, &replicasets, &pods);
@@ -268,6 +311,7 @@ impl Caches {
             pods,
             ready,
             tasks,
+            wakeups,
         }
     }
 
@@ -334,6 +378,11 @@ impl Caches {
     /// Whether every reflector has finished its first sync. Cheap.
     pub fn is_ready(&self) -> bool {
         matches!(*self.ready.borrow(), Some(Ok(())))
+    }
+
+    /// The wake-ups watch events leave for the run loop ([`Wakeups`]).
+    pub fn wakeups(&self) -> &Arc<Wakeups> {
+        &self.wakeups
     }
 
     pub fn scope(&self) -> &Scope {

@@ -21,7 +21,7 @@
 //! The overrides apply to every watched Deployment. A value that does not
 //! parse is reported and ignored: the policy keeps its configured value.
 
-use crate::k8s::keys::{DRY_RUN, ENABLED, FAILURE_THRESHOLD, PAUSED, WATCH_WINDOW};
+use crate::k8s::keys::{quoted, DRY_RUN, ENABLED, FAILURE_THRESHOLD, PAUSED, WATCH_WINDOW};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,10 @@ pub const MAX_FAILURE_THRESHOLD: u32 = 1000;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum TargetsError {
     /// A per-object annotation override whose value is not usable.
-    #[error("annotation {annotation}: {value:?} {problem}; the annotation is ignored")]
+    #[error(
+        "annotation {annotation}: {} {problem}; the annotation is ignored",
+        quoted(value)
+    )]
     BadAnnotation {
         annotation: &'static str,
         value: String,
@@ -49,7 +52,7 @@ pub enum TargetsError {
     },
     /// A dry-run or paused annotation someone meant to set but mistyped:
     /// read as on, since ignoring it would let the watchdog act.
-    #[error("annotation {annotation}: {value:?} is not \"true\" or \"false\"; treated as \"true\" (the safe side) until it is corrected")]
+    #[error("annotation {annotation}: {} is not \"true\" or \"false\"; treated as \"true\" (the safe side) until it is corrected", quoted(value))]
     UnclearSafetyAnnotation {
         annotation: &'static str,
         value: String,
@@ -226,7 +229,8 @@ pub fn resolve(config: &Config, snapshot: &Snapshot) -> Resolution {
                 warnings.push(warn_on(
                     d,
                     format!(
-                        "annotation {ENABLED}: {value:?} is not \"true\" or \"false\"; the Deployment is not watched"
+                        "annotation {ENABLED}: {} is not \"true\" or \"false\"; the Deployment is not watched",
+                        quoted(value)
                     ),
                 ));
                 continue;

@@ -6,12 +6,14 @@
 //! that runs out of time is Inconclusive, "no result within ..."), and it
 //! must never turn a timeout or an error into a Fail.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, Stream};
 use jiff::Timestamp;
 
+use super::grouped::GroupedCache;
 use super::health::{HealthError, HealthProber};
 use super::misconfigured::SurveyLine;
 use super::prometheus::{PrometheusSource, PrometheusSourceError};
@@ -32,6 +34,8 @@ pub enum SignalsError {
 #[derive(Debug, Clone)]
 pub struct Signals {
     prometheus: PrometheusSource,
+    /// The grouped answers of a tick, shared by every target.
+    grouped: Arc<GroupedCache>,
     health: HealthProber,
     cluster: String,
 }
@@ -41,7 +45,7 @@ impl Signals {
     pub fn from_config(config: &Config) -> Result<Self, SignalsError> {
         Ok(Signals::new(
             PrometheusSource::new(&config.prometheus)?,
-            HealthProber::new()?,
+            HealthProber::for_config(config)?,
             config.watchdog.cluster_name.clone(),
         ))
     }
@@ -53,6 +57,7 @@ impl Signals {
     ) -> Self {
         Signals {
             prometheus,
+            grouped: Arc::default(),
             health,
             cluster: cluster.into(),
         }
@@ -134,28 +139,28 @@ impl Signals {
         let prom = self.prometheus.signal_deadline();
         let cluster = self.cluster.as_str();
         let mut tasks: Vec<BoxFuture<'a, SignalResult>> = Vec::new();
+        let source = &self.prometheus;
         if policy.error_rate.enabled {
-            tasks.push(Box::pin(bounded(
-                SignalId::ErrorRate,
-                prom,
-                now,
-                self.prometheus
-                    .error_rate(&policy.error_rate, subject, cluster, now),
-            )));
+            let policy = &policy.error_rate;
+            let fut: BoxFuture<'a, SignalResult> = if policy.grouped {
+                Box::pin(self.grouped.error_rate(source, policy, subject, now))
+            } else {
+                Box::pin(source.error_rate(policy, subject, cluster, now))
+            };
+            tasks.push(Box::pin(bounded(SignalId::ErrorRate, prom, now, fut)));
         }
         if policy.latency.enabled {
-            tasks.push(Box::pin(bounded(
-                SignalId::Latency,
-                prom,
-                now,
-                self.prometheus.latency(
-                    &policy.latency,
-                    policy.error_rate.enabled.then_some(&policy.error_rate),
-                    subject,
-                    cluster,
-                    now,
-                ),
-            )));
+            let traffic = policy.error_rate.enabled.then_some(&policy.error_rate);
+            let latency = &policy.latency;
+            let fut: BoxFuture<'a, SignalResult> = if latency.grouped {
+                Box::pin(
+                    self.grouped
+                        .latency(source, latency, traffic, subject, cluster, now),
+                )
+            } else {
+                Box::pin(source.latency(latency, traffic, subject, cluster, now))
+            };
+            tasks.push(Box::pin(bounded(SignalId::Latency, prom, now, fut)));
         }
         for rule in &policy.rules {
             tasks.push(Box::pin(bounded(

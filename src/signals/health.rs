@@ -42,7 +42,9 @@
 //! by default; if yours rejects, allow the watchdog to reach the probed
 //! ports, or probe through Prometheus instead.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,7 +59,7 @@ use super::{
     Fill, Measurement, Outcome, ServingRevision, SignalId, SignalResult, Subject, Threshold,
 };
 use crate::config::credentials;
-use crate::config::{HealthPolicy, PerPodProbe, Secret, UrlTemplate};
+use crate::config::{Config, HealthPolicy, PerPodProbe, Secret, UrlTemplate};
 
 /// Bodies are read up to this size; a health answer is small.
 const MAX_BODY: usize = 64 * 1024;
@@ -73,6 +75,10 @@ const EXCERPT: usize = 120;
 pub enum HealthError {
     #[error("cannot build the HTTP client for health probes: {0}")]
     Client(#[source] reqwest::Error),
+    /// A `health.ca_file` (of `[defaults.health]` or a target) that cannot
+    /// be used.
+    #[error("health.ca_file {}: {message}", path.display())]
+    CaFile { path: PathBuf, message: String },
 }
 
 /// One probe, as the run loop's metrics want it.
@@ -91,7 +97,11 @@ pub type ProbeObserver = Arc<dyn Fn(&ProbeRecord) + Send + Sync>;
 /// Probes health URLs and pods.
 #[derive(Clone)]
 pub struct HealthProber {
+    /// Trusts the system's roots only.
     client: reqwest::Client,
+    /// One client per `health.ca_file`, trusting the system's roots and
+    /// that bundle, read once when the prober is built.
+    ca_clients: BTreeMap<PathBuf, reqwest::Client>,
     observer: Option<ProbeObserver>,
 }
 
@@ -237,8 +247,50 @@ enum PodVerdict {
 }
 
 impl HealthProber {
+    /// A prober trusting the system's roots only.
     pub fn new() -> Result<Self, HealthError> {
-        let client = reqwest::Client::builder()
+        Self::with_ca_files(std::iter::empty::<&Path>())
+    }
+
+    /// A prober for every `health.ca_file` of the config (`[defaults.health]`
+    /// and each target's): each bundle is read here, once.
+    pub fn for_config(config: &Config) -> Result<Self, HealthError> {
+        let files = std::iter::once(&config.defaults)
+            .chain(config.targets.iter().map(|t| &t.policy))
+            .filter_map(|p| p.health.ca_file.as_deref());
+        Self::with_ca_files(files)
+    }
+
+    /// A prober whose policies may name any of `ca_files`; a policy naming
+    /// another one is probed with the system's roots only.
+    pub fn with_ca_files<'a>(
+        ca_files: impl IntoIterator<Item = &'a Path>,
+    ) -> Result<Self, HealthError> {
+        let client = Self::builder().build().map_err(HealthError::Client)?;
+        let mut ca_clients = BTreeMap::new();
+        for path in ca_files {
+            if ca_clients.contains_key(path) {
+                continue;
+            }
+            let certs = credentials::ca_bundle(path).map_err(|message| HealthError::CaFile {
+                path: path.to_owned(),
+                message,
+            })?;
+            let ca_client = Self::builder()
+                .tls_certs_merge(certs)
+                .build()
+                .map_err(HealthError::Client)?;
+            ca_clients.insert(path.to_owned(), ca_client);
+        }
+        Ok(HealthProber {
+            client,
+            ca_clients,
+            observer: None,
+        })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             // Pod IPs and Service names are in-cluster: never via a proxy.
             .no_proxy()
             .redirect(reqwest::redirect::Policy::limited(5))
@@ -247,12 +299,15 @@ impl HealthProber {
             // Service.
             .pool_max_idle_per_host(0)
             .user_agent(concat!("rollback-watchdog/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(HealthError::Client)?;
-        Ok(HealthProber {
-            client,
-            observer: None,
-        })
+    }
+
+    /// The client for `policy`: with its `ca_file`'s bundle, if any.
+    fn client_for(&self, policy: &HealthPolicy) -> &reqwest::Client {
+        policy
+            .ca_file
+            .as_ref()
+            .and_then(|f| self.ca_clients.get(f))
+            .unwrap_or(&self.client)
     }
 
     pub fn with_observer(mut self, observer: ProbeObserver) -> Self {
@@ -330,7 +385,13 @@ impl HealthProber {
             Err(why) => return SignalResult::new(signal, Outcome::inconclusive(why), now),
         };
         let probe = self
-            .probe_str(&signal, &filled, template.authorization(), policy.timeout)
+            .probe_str(
+                self.client_for(policy),
+                &signal,
+                &filled,
+                template.authorization(),
+                policy.timeout,
+            )
             .await;
         let outcome = match expect.judge(&probe) {
             Ok(elapsed) => Outcome::pass_with(Measurement::seconds(elapsed.as_secs_f64())),
@@ -392,7 +453,9 @@ impl HealthProber {
                     let expect = &expect;
                     let was_ready = ready || subject.pod_history.ever_ready.contains(&name);
                     async move {
-                        let p = self.probe_str(signal, &url, None, policy.timeout).await;
+                        let p = self
+                            .probe_str(self.client_for(policy), signal, &url, None, policy.timeout)
+                            .await;
                         (i, name, pod_verdict(expect, &p, ready, was_ready))
                     }
                 })
@@ -488,7 +551,13 @@ impl HealthProber {
             timeout: policy.timeout,
         };
         let probe = self
-            .probe_str(&signal, &url, template.authorization(), policy.timeout)
+            .probe_str(
+                self.client_for(policy),
+                &signal,
+                &url,
+                template.authorization(),
+                policy.timeout,
+            )
             .await;
         let outcome = match (&probe, expect.judge(&probe)) {
             (Probe::Answered { status, body, .. }, Ok(elapsed)) => {
@@ -534,13 +603,14 @@ impl HealthProber {
 
     async fn probe_str(
         &self,
+        client: &reqwest::Client,
         signal: &SignalId,
         url: &str,
         auth: Option<&Secret>,
         timeout: Duration,
     ) -> Probe {
         match Url::parse(url) {
-            Ok(u) => self.probe(signal, &u, auth, timeout).await,
+            Ok(u) => self.probe_with(client, signal, &u, auth, timeout).await,
             Err(e) => Probe::BadUrl {
                 message: format!("health URL {url} does not parse: {e}"),
             },
@@ -557,6 +627,18 @@ impl HealthProber {
         auth: Option<&Secret>,
         timeout: Duration,
     ) -> Probe {
+        self.probe_with(&self.client, signal, url, auth, timeout)
+            .await
+    }
+
+    async fn probe_with(
+        &self,
+        client: &reqwest::Client,
+        signal: &SignalId,
+        url: &Url,
+        auth: Option<&Secret>,
+        timeout: Duration,
+    ) -> Probe {
         let span = tracing::debug_span!(
             "health_probe",
             signal = %signal,
@@ -566,7 +648,7 @@ impl HealthProber {
         );
         let started = Instant::now();
         let probe = self
-            .probe_inner(url, auth, timeout)
+            .probe_inner(client, url, auth, timeout)
             .instrument(span.clone())
             .await;
         let duration = started.elapsed();
@@ -583,7 +665,13 @@ impl HealthProber {
         probe
     }
 
-    async fn probe_inner(&self, url: &Url, auth: Option<&Secret>, timeout: Duration) -> Probe {
+    async fn probe_inner(
+        &self,
+        client: &reqwest::Client,
+        url: &Url,
+        auth: Option<&Secret>,
+        timeout: Duration,
+    ) -> Probe {
         if !matches!(url.scheme(), "http" | "https") {
             return Probe::BadUrl {
                 message: format!("health URL {url} is not http or https"),
@@ -625,7 +713,7 @@ impl HealthProber {
             return probe;
         }
         let started = Instant::now();
-        match tokio::time::timeout(timeout, self.fetch(url, auth, timeout)).await {
+        match tokio::time::timeout(timeout, Self::fetch(client, url, auth, timeout)).await {
             Err(_) => Probe::NoAnswer { waited: timeout },
             Ok(Ok((status, body))) => Probe::Answered {
                 status,
@@ -648,12 +736,12 @@ impl HealthProber {
     }
 
     async fn fetch(
-        &self,
+        client: &reqwest::Client,
         url: &Url,
         auth: Option<&Secret>,
         timeout: Duration,
     ) -> Result<(u16, String), reqwest::Error> {
-        let mut request = self.client.get(url.clone()).timeout(timeout);
+        let mut request = client.get(url.clone()).timeout(timeout);
         if let Some(value) = auth.and_then(credentials::authorization_header) {
             request = request.header(reqwest::header::AUTHORIZATION, value);
         }

@@ -24,8 +24,8 @@ use super::{promql_duration, requests_text, Fill, SignalId, Subject};
 use crate::config::{ErrorRatePolicy, Policy, QueryTemplate};
 
 /// The observer's name for the queries this module adds.
-const PROBE: &str = "misconfiguration probe";
-const TRAFFIC: &str = "total_query over baseline_lookback";
+pub(super) const PROBE: &str = "misconfiguration probe";
+pub(super) const TRAFFIC: &str = "total_query over baseline_lookback";
 
 /// A query that returned no series while the revision served traffic.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -63,7 +63,7 @@ impl fmt::Display for Misconfigured {
 }
 
 /// Check the label and metric names: the one hint every finding gives.
-const CHECK_NAMES: &str =
+pub(super) const CHECK_NAMES: &str =
     "check the query's label and metric names against the series the app exports";
 
 /// One line of the self-check's query survey.
@@ -185,6 +185,12 @@ impl PrometheusSource {
                 text: "error_rate is disabled: no total_query to count traffic with, queries not checked".to_owned(),
             }];
         }
+        if traffic.grouped {
+            return vec![SurveyLine {
+                ok: true,
+                text: "error_rate.grouped: its queries run once per tick for every target, where a query that cannot match is reported".to_owned(),
+            }];
+        }
         let signal = SignalId::ErrorRate;
         let fill = Fill::current(subject, traffic.baseline_lookback, cluster);
         let lookback = promql_duration(traffic.baseline_lookback);
@@ -223,7 +229,7 @@ impl PrometheusSource {
             "errors_query".to_owned(),
             &traffic.errors_query,
         )];
-        if policy.latency.enabled {
+        if policy.latency.enabled && !policy.latency.grouped {
             queries.push((
                 SignalId::Latency,
                 query_name(&SignalId::Latency),
@@ -358,7 +364,7 @@ impl PrometheusSource {
 
 /// `n` requests, if they are enough to call a query with no series
 /// misconfigured: at least `misconfigured_after_requests`, and some.
-fn enough(traffic: &ErrorRatePolicy, n: f64) -> Option<f64> {
+pub(super) fn enough(traffic: &ErrorRatePolicy, n: f64) -> Option<f64> {
     (n > 0.0 && n >= f64::from(traffic.misconfigured_after_requests)).then_some(n)
 }
 
@@ -373,18 +379,18 @@ fn query_name(signal: &SignalId) -> String {
 
 /// `metric{label op "value", ...}` as written in a query template.
 #[derive(Debug, Clone, PartialEq)]
-struct Selector {
+pub(super) struct Selector {
     /// Empty for `{__name__=~"..."}`-style selectors.
-    metric: String,
-    matchers: Vec<Matcher>,
+    pub(super) metric: String,
+    pub(super) matchers: Vec<Matcher>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Matcher {
-    label: String,
-    op: String,
+pub(super) struct Matcher {
+    pub(super) label: String,
+    pub(super) op: String,
     /// The value as written, quotes included, placeholders unfilled.
-    quoted: String,
+    pub(super) quoted: String,
 }
 
 impl Matcher {
@@ -396,7 +402,7 @@ impl Matcher {
 
     /// The matcher selects only series that carry the label: `=` with a
     /// value, or `=~` with a regex that cannot match the empty string.
-    fn requires_label(&self) -> bool {
+    pub(super) fn requires_label(&self) -> bool {
         if self.is_scope() || self.label == "__name__" {
             return false;
         }
@@ -442,7 +448,7 @@ fn unquote(quoted: &str) -> String {
 
 /// Every vector selector with braces in a query template; None when the
 /// text cannot be taken apart (then nothing is reported).
-fn selectors(template: &str) -> Option<Vec<Selector>> {
+pub(super) fn selectors(template: &str) -> Option<Vec<Selector>> {
     let chars: Vec<char> = template.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;

@@ -13,12 +13,16 @@ use serde::{Serialize, Serializer};
 
 use crate::config::Placeholders;
 
+pub mod body;
 pub mod evaluate;
 pub mod evidence;
+pub mod grouped;
 pub mod health;
+mod limits;
 pub mod misconfigured;
 pub mod pods;
 pub mod prometheus;
+pub mod quantile;
 
 pub use evaluate::{evaluate_all, Signals, SignalsError};
 
@@ -799,6 +803,13 @@ pub struct PodHistory {
     /// only a last termination), and the evidence time they were first
     /// seen so on an unbroken run of ticks.
     pub crashing_since: BTreeMap<String, jiff::Timestamp>,
+    /// How long a pod must have been seen in a crash state now, without a
+    /// break, for that alone to establish its crash: the tick interval
+    /// (less a tenth, a tick's jitter), set by the run loop. Evaluations a
+    /// watch event wakes between ticks see a pod more often, and two
+    /// sightings a moment apart are not two ticks. Zero: any earlier
+    /// sighting.
+    pub established_after: std::time::Duration,
 }
 
 impl Subject {

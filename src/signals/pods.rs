@@ -16,7 +16,9 @@
 //! [`PodsFinding::crashing`]) only once it is *established*: at least 2
 //! restarts, or the pod seen in a crash state *now* (a waiting or
 //! terminated reason, not only its last termination) on two ticks in a row,
-//! the first before this tick's evidence time ([`PodHistory`]). One OOM
+//! the first before this tick's evidence time ([`PodHistory`]) and at least
+//! a tick interval before it (less a tenth): an evaluation a watch event
+//! wakes between ticks is a sighting, not a tick. One OOM
 //! kill during warm-up, or one transient `ErrImagePull`, is Inconclusive; a
 //! real crash loop restarts again and a failing pull persists, so both are
 //! still caught a tick later. After a watchdog restart the history is
@@ -77,12 +79,15 @@ impl PodProblem {
     /// At least 2 restarts, or in a crash state now and already on an
     /// earlier tick (before `at`).
     fn established(&self, history: &PodHistory, at: jiff::Timestamp) -> bool {
+        let wanted = history.established_after - history.established_after / 10;
         self.restarts >= ESTABLISHED_RESTARTS
             || (self.crashing_now
-                && history
-                    .crashing_since
-                    .get(&self.pod)
-                    .is_some_and(|since| *since < at))
+                && history.crashing_since.get(&self.pod).is_some_and(|since| {
+                    *since < at
+                        && at.duration_since(*since)
+                            >= jiff::SignedDuration::try_from(wanted)
+                                .unwrap_or(jiff::SignedDuration::MAX)
+                }))
     }
 }
 
@@ -649,6 +654,39 @@ mod tests {
         let r = evaluate(&policy(), &s, jiff::Timestamp::UNIX_EPOCH);
         assert!(!r.outcome.is_fail(), "{:?}", r.outcome);
         assert_eq!(r.at, ts_secs(-15), "dated when the watch was last live");
+    }
+
+    #[test]
+    fn a_crash_seen_between_ticks_is_established_only_a_tick_after_it_was_first_seen() {
+        // An evaluation a watch event woke saw the pod OOM-killed 2 s ago,
+        // with 15 s ticks: two sightings, but not two ticks apart.
+        let killed = json!({
+            "name": "app", "image": "kailash-kaizen:v5", "imageID": "", "ready": false,
+            "restartCount": 1,
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+        });
+        let at_interval = |seen_secs_ago: i64| {
+            let mut s = subject(vec![pod("web-7f9c-a", killed.clone())]);
+            s.pod_history.established_after = Duration::from_secs(15);
+            s.pod_history
+                .crashing_since
+                .insert("web-7f9c-a".into(), ts_secs(-seen_secs_ago));
+            evaluate(&policy(), &s, jiff::Timestamp::UNIX_EPOCH)
+        };
+        let r = at_interval(2);
+        assert!(
+            inconclusive_why(&r).starts_with("web-7f9c-a OOMKilled once (1 restart); "),
+            "{r:?}"
+        );
+        // Seen so a tick ago (a few milliseconds less is the same tick).
+        for secs in [14, 15, 60] {
+            let r = at_interval(secs);
+            assert_eq!(
+                sentence(&r),
+                "1 of 1 pod of revision 5 is in OOMKilled (web-7f9c-a: 1 restart)",
+                "seen {secs} s ago"
+            );
+        }
     }
 
     #[test]

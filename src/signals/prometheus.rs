@@ -31,12 +31,11 @@ use prometheus_http_query::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tracing::Instrument;
 
-use super::evidence::{
-    baseline_window, hms, measured_span, pct2, span_start, wilson_lower, wilson_upper, Z_99,
-};
+use super::evidence::{baseline_window, hms, measured_span, span_start};
+use super::limits::{judge_error_ratio, judge_latency, Counts};
 use super::{
-    promql_duration, requests_text, revisions_text, BaselineNote, ConcurrentNote, Fill,
-    Measurement, Outcome, SignalId, SignalResult, Subject, Threshold,
+    promql_duration, requests_text, BaselineNote, ConcurrentNote, Fill, Measurement, Outcome,
+    SignalId, SignalResult, Subject, Threshold,
 };
 use crate::config::{credentials, ErrorRatePolicy, LatencyPolicy, PrometheusSettings, Rule};
 
@@ -71,7 +70,7 @@ pub enum PrometheusSourceError {
 }
 
 /// Why one query gave no usable number. Every variant is Inconclusive.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueryError {
     #[error("Prometheus at {url} did not answer within {timeout}")]
     Timeout { url: String, timeout: String },
@@ -91,6 +90,10 @@ pub enum QueryError {
     RangeVector,
     #[error("cannot read prometheus.bearer_token_file {path}: {message}")]
     Token { path: PathBuf, message: String },
+    #[error("the grouped query returned {example}; it must return one series per namespace and pod, e.g. sum by (namespace, pod) (...)")]
+    NotGrouped { example: String },
+    #[error("the grouped latency query has no le=\"+Inf\" bucket for these pods; it must return histogram buckets, e.g. sum by (namespace, pod, le) (rate(..._bucket[{{window}}]))")]
+    NoInfBucket,
 }
 
 impl QueryError {
@@ -106,6 +109,8 @@ impl QueryError {
             QueryError::NotFinite { .. } => "not_finite",
             QueryError::RangeVector => "range_vector",
             QueryError::Token { .. } => "token",
+            QueryError::NotGrouped { .. } => "not_grouped",
+            QueryError::NoInfBucket => "no_inf_bucket",
         }
     }
 }
@@ -147,23 +152,23 @@ impl std::fmt::Debug for PrometheusSource {
 
 /// Which query of a signal, for messages, spans and the observer.
 #[derive(Debug, Clone, Copy)]
-struct Role {
-    errors: &'static str,
-    total: &'static str,
-    single: &'static str,
+pub(super) struct Role {
+    pub(super) errors: &'static str,
+    pub(super) total: &'static str,
+    pub(super) single: &'static str,
 }
 
-const CURRENT: Role = Role {
+pub(super) const CURRENT: Role = Role {
     errors: "errors_query",
     total: "total_query",
     single: "query",
 };
-const BASELINE: Role = Role {
+pub(super) const BASELINE: Role = Role {
     errors: "baseline errors_query",
     total: "baseline total_query",
     single: "baseline query",
 };
-const OTHERS: Role = Role {
+pub(super) const OTHERS: Role = Role {
     errors: "older pods errors_query",
     total: "older pods total_query",
     single: "older pods query",
@@ -171,7 +176,7 @@ const OTHERS: Role = Role {
 
 /// errors/total of one revision.
 #[derive(Debug, Clone, Copy)]
-struct RatioSample {
+pub(super) struct RatioSample {
     errors: f64,
     total: f64,
     ratio: f64,
@@ -306,15 +311,20 @@ impl PrometheusSource {
             Ok(value) => tracing::debug!(value, "prometheus query answered"),
             Err(error) => tracing::debug!(%error, "prometheus query gave no number"),
         });
-        if let Some(observer) = &self.observer {
-            observer(&QueryRecord {
-                signal: signal.clone(),
-                query: role,
-                duration,
-                outcome,
-            });
-        }
+        self.observe(&QueryRecord {
+            signal: signal.clone(),
+            query: role,
+            duration,
+            outcome,
+        });
         result
+    }
+
+    /// Tells the observer about one query.
+    pub(super) fn observe(&self, record: &QueryRecord) {
+        if let Some(observer) = &self.observer {
+            observer(record);
+        }
     }
 
     /// Whether Prometheus answers a trivial query (`1`) with the configured
@@ -329,6 +339,15 @@ impl PrometheusSource {
     }
 
     async fn query_inner(&self, promql: &str, at: Timestamp) -> Result<f64, QueryError> {
+        one_number(&self.query_data(promql, at).await?)
+    }
+
+    /// One instant query's answer as Prometheus gave it.
+    pub(super) async fn query_data(
+        &self,
+        promql: &str,
+        at: Timestamp,
+    ) -> Result<prometheus_http_query::response::Data, QueryError> {
         let time = format!("{:.3}", at.as_millisecond() as f64 / 1000.0);
         let timeout_ms = i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX);
         let mut builder = self
@@ -339,12 +358,30 @@ impl PrometheusSource {
         if let Some(path) = &self.bearer_token_file {
             builder = builder.header(AUTHORIZATION, read_token(path).await?);
         }
-        let answer = match tokio::time::timeout(self.timeout + GUARD, builder.get()).await {
-            Err(_elapsed) => return Err(self.timed_out()),
-            Ok(answer) => answer,
+        // Read here with a size cap (the client crate reads a body whole).
+        let asked = async {
+            let response = builder.get_raw().await.map_err(|e| self.classify(e))?;
+            answer::read(response)
+                .await
+                .map_err(|e| QueryError::BadAnswer {
+                    url: self.url.clone(),
+                    message: e.to_string(),
+                })
         };
-        let result = answer.map_err(|e| self.classify(e))?;
-        one_number(result.data())
+        let answer = match tokio::time::timeout(self.timeout + GUARD, asked).await {
+            Err(_elapsed) => return Err(self.timed_out()),
+            Ok(answer) => answer?,
+        };
+        match answer {
+            answer::Answer::Result(result) => Ok(result.into_inner().0),
+            answer::Answer::Refused(p) => {
+                Err(self.classify(prometheus_http_query::Error::Prometheus(p)))
+            }
+            answer::Answer::Bad(message) => Err(QueryError::BadAnswer {
+                url: self.url.clone(),
+                message,
+            }),
+        }
     }
 
     fn timed_out(&self) -> QueryError {
@@ -403,7 +440,6 @@ impl PrometheusSource {
             Ok(span) => span,
             Err(since) => return no_new_samples(signal, subject, since, now),
         };
-        let from = span_start(now, span);
         let current = Fill::current(subject, span, cluster);
         let baseline = baseline_plan(subject, policy.baseline_lookback);
         let others = Fill::others(subject, span, cluster);
@@ -428,57 +464,17 @@ impl PrometheusSource {
                 }
             }
         );
-        let (base_value, note) = match (&baseline, base) {
-            (Err(missing), _) => (None, BaselineNote::clone(missing)),
-            (Ok(_), Some((rev, window, Ok(b)))) => (
-                Some(b.ratio),
-                BaselineNote::used(
-                    rev,
-                    Measurement::ratio(b.ratio),
-                    window,
-                    subject.rollout_started,
-                ),
-            ),
-            (Ok(_), Some((rev, _, Err(why)))) => (
-                None,
-                BaselineNote::missing(Some(rev), format!("revision {rev}: {why}")),
-            ),
-            (Ok((rev, _)), None) => (None, BaselineNote::missing(Some(*rev), "no baseline")),
-        };
-        let secs = span.as_secs_f64();
-        let concurrent = concurrent.map(|c| c.map(|s| s.counted(secs)).map_err(|e| e.to_string()));
-        let note = note.with_concurrent(concurrent_note(subject, &concurrent, |c| {
-            (Measurement::ratio(c.ratio), Some(c.n))
-        }));
-        let mut requests = None;
-        let errors_empty = matches!(&measured, Ok(m) if m.errors_empty);
-        let outcome = match measured {
-            Err(RatioError::NoSamples(why)) => Outcome::inconclusive(format!(
-                "revision {}: no new samples since {} ({why})",
-                subject.revision,
-                hms(from)
-            )),
-            Err(RatioError::Other(why)) => {
-                Outcome::inconclusive(format!("revision {}: {why}", subject.revision))
-            }
-            Ok(m) => {
-                let counts = m.counted(secs);
-                requests = Some(counts.n);
-                judge_error_ratio(
-                    policy,
-                    subject,
-                    counts,
-                    base_value,
-                    &note,
-                    concurrent.as_ref().and_then(|c| c.as_ref().ok()),
-                    span >= policy.window,
-                )
-            }
-        };
-        let mut result = SignalResult::new(signal, outcome, now)
-            .over_span(from)
-            .with_baseline_note(note);
-        result.requests = requests;
+        let (mut result, errors_empty) = error_rate_result(
+            policy,
+            subject,
+            now,
+            span,
+            span >= policy.window,
+            &baseline,
+            measured,
+            base,
+            concurrent,
+        );
         // Zero errors only if the query could have counted one.
         if errors_empty {
             if let Some(m) = self
@@ -506,40 +502,8 @@ impl PrometheusSource {
             self.query(signal, role.errors, &errors_q, at),
             self.query(signal, role.total, &total_q, at),
         );
-        let total = total.map_err(|e| match e {
-            QueryError::Empty => RatioError::NoSamples(format!("{}: {e}", role.total)),
-            e => RatioError::Other(format!("{}: {e}", role.total)),
-        })?;
-        let (errors, errors_empty) = match errors {
-            Ok(v) => (v, false),
-            // No 5xx series yet: zero errors (see the module doc).
-            Err(QueryError::Empty) => (0.0, true),
-            Err(e) => return Err(RatioError::Other(format!("{}: {e}", role.errors))),
-        };
-        if total <= 0.0 || total < policy.min_request_rate {
-            return Err(RatioError::Other(format!(
-                "traffic {} is below min_request_rate {}",
-                Measurement::per_second(total),
-                Measurement::per_second(policy.min_request_rate)
-            )));
-        }
-        if errors < 0.0 || errors > total * (1.0 + 1e-9) {
-            return Err(RatioError::Other(format!(
-                "{} ({}) is not between 0 and {} ({}): the two queries do not count the same requests",
-                role.errors,
-                Measurement::per_second(errors),
-                role.total,
-                Measurement::per_second(total)
-            )));
-        }
-        Ok(RatioSample {
-            errors,
-            total,
-            ratio: (errors / total).min(1.0),
-            errors_empty,
-        })
+        ratio_of(policy, role, errors, total)
     }
-
     /// The latency figure of the revision over the requests since its last
     /// counted result, against `max`, the baseline before the rollout and,
     /// while older pods serve, those pods over the same span.
@@ -562,8 +526,6 @@ impl PrometheusSource {
             Ok(span) => span,
             Err(since) => return no_new_samples(signal, subject, since, now),
         };
-        let from = span_start(now, span);
-        let secs = span.as_secs_f64();
         let current = Fill::current(subject, span, cluster);
         let baseline = baseline_plan(subject, policy.baseline_lookback);
         let baseline_fill = match &baseline {
@@ -592,140 +554,9 @@ impl PrometheusSource {
             measure(baseline_fill, BASELINE, subject.rollout_started),
             measure(others, OTHERS, now),
         );
-        let min_rate = traffic.map(|t| t.min_request_rate).unwrap_or(0.0);
-        let min_requests = f64::from(policy.min_requests);
-        let too_quiet = |rate: &Option<Result<f64, QueryError>>| {
-            matches!(rate, Some(Ok(r)) if *r < min_rate)
-                || matches!(rate, Some(Err(QueryError::Empty)))
-        };
-        let (base_value, note) = match (&baseline, base) {
-            (Err(missing), _) => (None, BaselineNote::clone(missing)),
-            (Ok((rev, window)), Some((value, rate))) => match (value, &rate) {
-                _ if too_quiet(&rate) => (
-                    None,
-                    BaselineNote::missing(
-                        Some(*rev),
-                        format!(
-                            "revision {rev} served too few requests before the rollout for a latency figure"
-                        ),
-                    ),
-                ),
-                (Ok(b), _) if b > 0.0 => (
-                    Some(b),
-                    BaselineNote::used(
-                        *rev,
-                        Measurement::seconds(b),
-                        *window,
-                        subject.rollout_started,
-                    ),
-                ),
-                (Ok(b), _) => (
-                    None,
-                    BaselineNote::missing(
-                        Some(*rev),
-                        format!(
-                            "revision {rev}: {} is no reference",
-                            Measurement::seconds(b)
-                        ),
-                    ),
-                ),
-                (Err(e), _) => (
-                    None,
-                    BaselineNote::missing(Some(*rev), format!("revision {rev}: {e}")),
-                ),
-            },
-            (Ok((rev, _)), None) => (None, BaselineNote::missing(Some(*rev), "no baseline")),
-        };
-        let concurrent: Option<Result<(f64, Option<f64>), String>> =
-            concurrent.map(|(value, rate)| {
-                let n = match rate {
-                    Some(Ok(r)) => Some(r * secs),
-                    Some(Err(QueryError::Empty)) => Some(0.0),
-                    Some(Err(e)) => return Err(format!("{}: {e}", OTHERS.total)),
-                    None => None,
-                };
-                if let Some(n) = n {
-                    if n < min_requests {
-                        return Err(format!(
-                            "{} requests in the span, fewer than latency.min_requests {}",
-                            requests_text(n),
-                            policy.min_requests
-                        ));
-                    }
-                }
-                match value {
-                    Ok(v) if v > 0.0 => Ok((v, n)),
-                    Ok(v) => Err(format!("{} is no reference", Measurement::seconds(v))),
-                    Err(e) => Err(format!("{}: {e}", OTHERS.single)),
-                }
-            });
-        let note = note.with_concurrent(concurrent_note(subject, &concurrent, |c| {
-            (Measurement::seconds(c.0), c.1)
-        }));
-        let (measured, rate) = match measured {
-            Some(m) => m,
-            None => (Err(QueryError::Empty), None),
-        };
-        let requests = match &rate {
-            Some(Ok(r)) => Some(r * secs),
-            _ => None,
-        };
-        let latency_empty = matches!(measured, Err(QueryError::Empty));
-        let outcome = if too_quiet(&rate) {
-            match &rate {
-                Some(Ok(r)) => Outcome::inconclusive(format!(
-                    "revision {}: {r:.2} req/s, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
-                    subject.revision
-                )),
-                _ => Outcome::inconclusive(format!(
-                    "revision {}: no new samples since {} ({}: {})",
-                    subject.revision,
-                    hms(from),
-                    CURRENT.total,
-                    QueryError::Empty
-                )),
-            }
-        } else if let Some(n) = requests.filter(|n| *n < min_requests) {
-            Outcome::inconclusive(format!(
-                "revision {}: {} requests since {}, fewer than latency.min_requests {}: too few for a latency figure",
-                subject.revision,
-                requests_text(n),
-                hms(from),
-                policy.min_requests
-            ))
-        } else {
-            match measured {
-                Err(QueryError::NotFinite { value }) => Outcome::inconclusive(format!(
-                    "revision {}: the latency query returned {value} (no requests since {}?)",
-                    subject.revision,
-                    hms(from)
-                )),
-                Err(QueryError::Empty) => Outcome::inconclusive(format!(
-                    "revision {}: no new samples since {} (query: {})",
-                    subject.revision,
-                    hms(from),
-                    QueryError::Empty
-                )),
-                Err(e) => {
-                    Outcome::inconclusive(format!("revision {}: query: {e}", subject.revision))
-                }
-                Ok(v) => judge_latency(
-                    policy,
-                    subject,
-                    v,
-                    base_value,
-                    &note,
-                    concurrent
-                        .as_ref()
-                        .and_then(|c| c.as_ref().ok())
-                        .map(|c| c.0),
-                ),
-            }
-        };
-        let mut result = SignalResult::new(signal, outcome, now)
-            .over_span(from)
-            .with_baseline_note(note);
-        result.requests = requests;
+        let (mut result, latency_empty) = latency_result(
+            policy, traffic, subject, now, span, &baseline, measured, base, concurrent,
+        );
         if latency_empty {
             if let Some(m) = self
                 .empty_with_traffic(
@@ -806,9 +637,278 @@ impl PrometheusSource {
     }
 }
 
+/// The error ratio's result from what was measured: the revision's
+/// rates over `span`, the baseline and older pods over the same span.
+/// Also says whether `errors_query` had no series (read as zero errors),
+/// for the caller's misconfiguration check.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn error_rate_result(
+    policy: &ErrorRatePolicy,
+    subject: &Subject,
+    now: Timestamp,
+    span: Duration,
+    whole_window: bool,
+    baseline: &Result<(i64, Duration), Box<BaselineNote>>,
+    measured: Result<RatioSample, RatioError>,
+    base: Option<(i64, Duration, Result<RatioSample, RatioError>)>,
+    concurrent: Option<Result<RatioSample, RatioError>>,
+) -> (SignalResult, bool) {
+    let signal = SignalId::ErrorRate;
+    let from = span_start(now, span);
+    let (base_value, note) = match (baseline, base) {
+        (Err(missing), _) => (None, BaselineNote::clone(missing)),
+        (Ok(_), Some((rev, window, Ok(b)))) => (
+            Some(b.ratio),
+            BaselineNote::used(
+                rev,
+                Measurement::ratio(b.ratio),
+                window,
+                subject.rollout_started,
+            ),
+        ),
+        (Ok(_), Some((rev, _, Err(why)))) => (
+            None,
+            BaselineNote::missing(Some(rev), format!("revision {rev}: {why}")),
+        ),
+        (Ok((rev, _)), None) => (None, BaselineNote::missing(Some(*rev), "no baseline")),
+    };
+    let secs = span.as_secs_f64();
+    let concurrent = concurrent.map(|c| c.map(|s| s.counted(secs)).map_err(|e| e.to_string()));
+    let note = note.with_concurrent(concurrent_note(subject, &concurrent, |c| {
+        (Measurement::ratio(c.ratio), Some(c.n))
+    }));
+    let mut requests = None;
+    let errors_empty = matches!(&measured, Ok(m) if m.errors_empty);
+    let outcome = match measured {
+        Err(RatioError::NoSamples(why)) => Outcome::inconclusive(format!(
+            "revision {}: no new samples since {} ({why})",
+            subject.revision,
+            hms(from)
+        )),
+        Err(RatioError::Other(why)) => {
+            Outcome::inconclusive(format!("revision {}: {why}", subject.revision))
+        }
+        Ok(m) => {
+            let counts = m.counted(secs);
+            requests = Some(counts.n);
+            judge_error_ratio(
+                policy,
+                subject,
+                counts,
+                base_value,
+                &note,
+                concurrent.as_ref().and_then(|c| c.as_ref().ok()),
+                whole_window,
+            )
+        }
+    };
+    let mut result = SignalResult::new(signal, outcome, now)
+        .over_span(from)
+        .with_baseline_note(note);
+    result.requests = requests;
+    (result, errors_empty)
+}
+
+/// errors/total from the two answers: Inconclusive reasons for no total,
+/// traffic below `min_request_rate`, or errors that are not a part of it.
+pub(super) fn ratio_of(
+    policy: &ErrorRatePolicy,
+    role: Role,
+    errors: Result<f64, QueryError>,
+    total: Result<f64, QueryError>,
+) -> Result<RatioSample, RatioError> {
+    let total = total.map_err(|e| match e {
+        QueryError::Empty => RatioError::NoSamples(format!("{}: {e}", role.total)),
+        e => RatioError::Other(format!("{}: {e}", role.total)),
+    })?;
+    let (errors, errors_empty) = match errors {
+        Ok(v) => (v, false),
+        // No 5xx series yet: zero errors (see the module doc).
+        Err(QueryError::Empty) => (0.0, true),
+        Err(e) => return Err(RatioError::Other(format!("{}: {e}", role.errors))),
+    };
+    if total <= 0.0 || total < policy.min_request_rate {
+        return Err(RatioError::Other(format!(
+            "traffic {} is below min_request_rate {}",
+            Measurement::per_second(total),
+            Measurement::per_second(policy.min_request_rate)
+        )));
+    }
+    if errors < 0.0 || errors > total * (1.0 + 1e-9) {
+        return Err(RatioError::Other(format!(
+            "{} ({}) is not between 0 and {} ({}): the two queries do not count the same requests",
+            role.errors,
+            Measurement::per_second(errors),
+            role.total,
+            Measurement::per_second(total)
+        )));
+    }
+    Ok(RatioSample {
+        errors,
+        total,
+        ratio: (errors / total).min(1.0),
+        errors_empty,
+    })
+}
+
+/// One set of pods' latency figure and, with a traffic policy, its request
+/// rate: what a latency measurement gives.
+pub(super) type LatencySample = (Result<f64, QueryError>, Option<Result<f64, QueryError>>);
+
+/// The latency result from what was measured over `span`: the revision,
+/// its baseline, older pods. Also says whether the latency query had no
+/// series, for the caller's misconfiguration check.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn latency_result(
+    policy: &LatencyPolicy,
+    traffic: Option<&ErrorRatePolicy>,
+    subject: &Subject,
+    now: Timestamp,
+    span: Duration,
+    baseline: &Result<(i64, Duration), Box<BaselineNote>>,
+    measured: Option<LatencySample>,
+    base: Option<LatencySample>,
+    concurrent: Option<LatencySample>,
+) -> (SignalResult, bool) {
+    let signal = SignalId::Latency;
+    let from = span_start(now, span);
+    let secs = span.as_secs_f64();
+    let min_rate = traffic.map(|t| t.min_request_rate).unwrap_or(0.0);
+    let min_requests = f64::from(policy.min_requests);
+    let too_quiet = |rate: &Option<Result<f64, QueryError>>| {
+        matches!(rate, Some(Ok(r)) if *r < min_rate) || matches!(rate, Some(Err(QueryError::Empty)))
+    };
+    let (base_value, note) = match (baseline, base) {
+            (Err(missing), _) => (None, BaselineNote::clone(missing)),
+            (Ok((rev, window)), Some((value, rate))) => match (value, &rate) {
+                _ if too_quiet(&rate) => (
+                    None,
+                    BaselineNote::missing(
+                        Some(*rev),
+                        format!(
+                            "revision {rev} served too few requests before the rollout for a latency figure"
+                        ),
+                    ),
+                ),
+                (Ok(b), _) if b > 0.0 => (
+                    Some(b),
+                    BaselineNote::used(
+                        *rev,
+                        Measurement::seconds(b),
+                        *window,
+                        subject.rollout_started,
+                    ),
+                ),
+                (Ok(b), _) => (
+                    None,
+                    BaselineNote::missing(
+                        Some(*rev),
+                        format!(
+                            "revision {rev}: {} is no reference",
+                            Measurement::seconds(b)
+                        ),
+                    ),
+                ),
+                (Err(e), _) => (
+                    None,
+                    BaselineNote::missing(Some(*rev), format!("revision {rev}: {e}")),
+                ),
+            },
+            (Ok((rev, _)), None) => (None, BaselineNote::missing(Some(*rev), "no baseline")),
+        };
+    let concurrent: Option<Result<(f64, Option<f64>), String>> = concurrent.map(|(value, rate)| {
+        let n = match rate {
+            Some(Ok(r)) => Some(r * secs),
+            Some(Err(QueryError::Empty)) => Some(0.0),
+            Some(Err(e)) => return Err(format!("{}: {e}", OTHERS.total)),
+            None => None,
+        };
+        if let Some(n) = n {
+            if n < min_requests {
+                return Err(format!(
+                    "{} requests in the span, fewer than latency.min_requests {}",
+                    requests_text(n),
+                    policy.min_requests
+                ));
+            }
+        }
+        match value {
+            Ok(v) if v > 0.0 => Ok((v, n)),
+            Ok(v) => Err(format!("{} is no reference", Measurement::seconds(v))),
+            Err(e) => Err(format!("{}: {e}", OTHERS.single)),
+        }
+    });
+    let note = note.with_concurrent(concurrent_note(subject, &concurrent, |c| {
+        (Measurement::seconds(c.0), c.1)
+    }));
+    let (measured, rate) = match measured {
+        Some(m) => m,
+        None => (Err(QueryError::Empty), None),
+    };
+    let requests = match &rate {
+        Some(Ok(r)) => Some(r * secs),
+        _ => None,
+    };
+    let latency_empty = matches!(measured, Err(QueryError::Empty));
+    let outcome = if too_quiet(&rate) {
+        match &rate {
+                Some(Ok(r)) => Outcome::inconclusive(format!(
+                    "revision {}: {r:.2} req/s, below min_request_rate {min_rate} req/s: too few requests for a latency figure",
+                    subject.revision
+                )),
+                _ => Outcome::inconclusive(format!(
+                    "revision {}: no new samples since {} ({}: {})",
+                    subject.revision,
+                    hms(from),
+                    CURRENT.total,
+                    QueryError::Empty
+                )),
+            }
+    } else if let Some(n) = requests.filter(|n| *n < min_requests) {
+        Outcome::inconclusive(format!(
+                "revision {}: {} requests since {}, fewer than latency.min_requests {}: too few for a latency figure",
+                subject.revision,
+                requests_text(n),
+                hms(from),
+                policy.min_requests
+            ))
+    } else {
+        match measured {
+            Err(QueryError::NotFinite { value }) => Outcome::inconclusive(format!(
+                "revision {}: the latency query returned {value} (no requests since {}?)",
+                subject.revision,
+                hms(from)
+            )),
+            Err(QueryError::Empty) => Outcome::inconclusive(format!(
+                "revision {}: no new samples since {} (query: {})",
+                subject.revision,
+                hms(from),
+                QueryError::Empty
+            )),
+            Err(e) => Outcome::inconclusive(format!("revision {}: query: {e}", subject.revision)),
+            Ok(v) => judge_latency(
+                policy,
+                subject,
+                v,
+                base_value,
+                &note,
+                concurrent
+                    .as_ref()
+                    .and_then(|c| c.as_ref().ok())
+                    .map(|c| c.0),
+            ),
+        }
+    };
+    let mut result = SignalResult::new(signal, outcome, now)
+        .over_span(from)
+        .with_baseline_note(note);
+    result.requests = requests;
+    (result, latency_empty)
+}
+
 /// Why one revision's error ratio has no number.
 #[derive(Debug)]
-enum RatioError {
+pub(super) enum RatioError {
     /// `total_query` returned no series: over a span this short, too few
     /// scrapes for `rate` (or no such pods).
     NoSamples(String),
@@ -834,17 +934,9 @@ impl RatioSample {
     }
 }
 
-/// Errors and requests in a span, and their ratio.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Counts {
-    errors: f64,
-    n: f64,
-    ratio: f64,
-}
-
 /// Which baseline to query: the previous revision and its window, or the
 /// note saying why there is none.
-fn baseline_plan(
+pub(super) fn baseline_plan(
     subject: &Subject,
     lookback: Duration,
 ) -> Result<(i64, Duration), Box<BaselineNote>> {
@@ -891,7 +983,7 @@ fn concurrent_note<T>(
 }
 
 /// Inconclusive: nothing has happened since the last counted result.
-fn no_new_samples(
+pub(super) fn no_new_samples(
     signal: SignalId,
     subject: &Subject,
     since: Timestamp,
@@ -905,201 +997,8 @@ fn no_new_samples(
     SignalResult::new(signal, Outcome::inconclusive(why), now)
 }
 
-/// `the max 5.0 %` or `2× the baseline 0.1 % and the floor 1.0 %`: one
-/// limit the error ratio is held to.
-struct Limit {
-    threshold: Threshold,
-    value: f64,
-    words: String,
-    baseline: Option<f64>,
-}
-
-/// Pass, Fail or Inconclusive for the error ratio `m` of one span. Both
-/// directions must be significant: a Fail needs the 99 % lower bound above
-/// a limit, a Pass the 99 % upper bound below every limit, because one
-/// Pass resets a failing streak (0 errors in 118 requests is what a 3 %
-/// release shows one time in 40). An insignificant span is Inconclusive
-/// and is not counted, so the next tick's span grows over it; once the
-/// span is the whole `window` (`whole_window`), a ratio below the limits
-/// passes on what the window holds: at low traffic that is all there is.
-fn judge_error_ratio(
-    policy: &ErrorRatePolicy,
-    subject: &Subject,
-    m: Counts,
-    base: Option<f64>,
-    note: &BaselineNote,
-    concurrent: Option<&Counts>,
-    whole_window: bool,
-) -> Outcome {
-    let ratio = Measurement::ratio(m.ratio);
-    let n = requests_text(m.n);
-    let base_note = sentence_note(note, subject);
-    let mut limits = vec![Limit {
-        threshold: Threshold::Max {
-            limit: Measurement::ratio(policy.max),
-        },
-        value: policy.max,
-        words: format!("the max {}", Measurement::ratio(policy.max)),
-        baseline: base,
-    }];
-    if let Some(b) = base {
-        limits.push(Limit {
-            threshold: Threshold::RatioToBaseline {
-                max_ratio: policy.max_ratio_to_baseline,
-                floor: Some(Measurement::ratio(policy.relative_floor)),
-            },
-            value: (policy.max_ratio_to_baseline * b).max(policy.relative_floor),
-            words: format!(
-                "{}× the baseline {} and the floor {}",
-                policy.max_ratio_to_baseline,
-                Measurement::ratio(b),
-                Measurement::ratio(policy.relative_floor)
-            ),
-            baseline: Some(b),
-        });
-    }
-    let lower = wilson_lower(m.errors, m.n, Z_99);
-    let Some(broken) = limits.iter().find(|l| m.ratio > l.value) else {
-        let upper = wilson_upper(m.errors, m.n, Z_99);
-        let tightest = limits
-            .iter()
-            .min_by(|a, b| a.value.total_cmp(&b.value))
-            .filter(|l| upper > l.value);
-        if let (Some(limit), false) = (tightest, whole_window) {
-            return Outcome::inconclusive(format!(
-                "{} of {n} requests is below the {} limit ({}), but not yet significantly: 99 % upper bound {}; the span grows until it is (at most {})",
-                pct2(m.ratio),
-                pct2(limit.value),
-                limit.words,
-                pct2(upper),
-                promql_duration(policy.window)
-            ));
-        }
-        tracing::debug!(revision = subject.revision, ratio = m.ratio, %base_note, "error ratio passes");
-        return Outcome::pass_with(ratio);
-    };
-    let Some(limit) = limits.iter().find(|l| lower > l.value) else {
-        return Outcome::inconclusive(format!(
-            "{} of {n} requests is above the {} limit ({}), but not significantly: 99 % lower bound {}",
-            pct2(m.ratio),
-            pct2(broken.value),
-            broken.words,
-            pct2(lower)
-        ));
-    };
-    if let Some(old) = concurrent {
-        let blame_above = (policy.max_ratio_to_baseline * old.ratio).max(policy.relative_floor);
-        if lower <= blame_above {
-            return Outcome::inconclusive(format!(
-                "older pods fail alike over the same span ({} of {} requests for {} vs {ratio} for revision {}): not blamed on revision {}",
-                Measurement::ratio(old.ratio),
-                requests_text(old.n),
-                revisions_text(&subject.serving_others.iter().map(|r| r.revision).collect::<Vec<_>>()),
-                subject.revision,
-                subject.revision
-            ));
-        }
-    }
-    Outcome::Fail {
-        measured: ratio.clone(),
-        threshold: limit.threshold.clone(),
-        baseline: limit.baseline,
-        sentence: format!(
-            "{ratio} of {n} requests to revision {} fail, above {} (99 % lower bound {}); {base_note}",
-            subject.revision,
-            limit.words,
-            Measurement::ratio(lower)
-        ),
-    }
-}
-
-/// The baseline as the end of a Fail's sentence: "baseline: revision 1
-/// had 0.1 % over 30m before the rollout start 2026-11-27 10:00:00 UTC".
-fn sentence_note(note: &BaselineNote, subject: &Subject) -> String {
-    let mut text = match (&note.missing, note.revision, &note.value, note.window) {
-        (None, Some(rev), Some(v), Some(w)) => format!(
-            "baseline: revision {rev} had {v} over {} before the rollout start {}",
-            promql_duration(w),
-            when(subject.rollout_started)
-        ),
-        (Some(why), _, _, _) => format!("relative test skipped: {why}"),
-        _ => "relative test skipped".to_owned(),
-    };
-    if let Some(c) = &note.concurrent {
-        text.push_str(&format!("; {c}"));
-    }
-    text
-}
-
-fn judge_latency(
-    policy: &LatencyPolicy,
-    subject: &Subject,
-    v: f64,
-    base: Option<f64>,
-    note: &BaselineNote,
-    concurrent: Option<f64>,
-) -> Outcome {
-    let measured = Measurement::seconds(v);
-    let max = policy.max.as_secs_f64();
-    let floor = policy.relative_floor.as_secs_f64();
-    let base_note = sentence_note(note, subject);
-    let failure = if v > max {
-        Some(Outcome::Fail {
-            measured: measured.clone(),
-            threshold: Threshold::Max {
-                limit: Measurement::seconds(max),
-            },
-            baseline: base,
-            sentence: format!(
-                "Latency of revision {} is {measured}, above the max {}; {base_note}",
-                subject.revision,
-                Measurement::seconds(max)
-            ),
-        })
-    } else {
-        base.filter(|b| v > policy.max_ratio_to_baseline * b && v > floor)
-            .map(|b| Outcome::Fail {
-                measured: measured.clone(),
-                threshold: Threshold::RatioToBaseline {
-                    max_ratio: policy.max_ratio_to_baseline,
-                    floor: Some(Measurement::seconds(floor)),
-                },
-                baseline: Some(b),
-                sentence: format!(
-                    "Latency of revision {} is {measured}, {:.2}× the baseline {} (limit {}×, counted above {}); {base_note}",
-                    subject.revision,
-                    v / b,
-                    Measurement::seconds(b),
-                    policy.max_ratio_to_baseline,
-                    Measurement::seconds(floor)
-                ),
-            })
-    };
-    let Some(failure) = failure else {
-        tracing::debug!(revision = subject.revision, latency = v, %base_note, "latency passes");
-        return Outcome::pass_with(measured);
-    };
-    match concurrent {
-        Some(old) if !(v > policy.max_ratio_to_baseline * old && v > floor) => {
-            Outcome::inconclusive(format!(
-                "older pods are slow alike over the same span ({} for {} vs {measured} for revision {}): not blamed on revision {}",
-                Measurement::seconds(old),
-                revisions_text(&subject.serving_others.iter().map(|r| r.revision).collect::<Vec<_>>()),
-                subject.revision,
-                subject.revision
-            ))
-        }
-        _ => failure,
-    }
-}
-
-/// `2026-11-27 10:00:00 UTC`.
-fn when(ts: Timestamp) -> String {
-    ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
-
 /// The one finite number an instant query must give.
-fn one_number(data: &prometheus_http_query::response::Data) -> Result<f64, QueryError> {
+pub fn one_number(data: &prometheus_http_query::response::Data) -> Result<f64, QueryError> {
     use prometheus_http_query::response::Data;
     let value = match data {
         Data::Scalar(sample) => sample.value(),
@@ -1166,6 +1065,8 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     cause.to_string()
 }
+
+pub mod answer;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::Loader;
+use crate::signals::evidence::{wilson_lower, wilson_upper, Z_99};
 use crate::signals::{BaselineRevision, ServingRevision};
 
 fn defaults() -> crate::config::Policy {
