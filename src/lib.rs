@@ -13,11 +13,13 @@
 //! - [`report`]: audit trail, incidents, notifications, metrics, `/status`.
 //! - [`runtime`]: the run loop, leader election, the admin server, self-check, logging.
 //! - [`cli`]: the command line and its subcommands.
-//! - [`demo`] and [`sim`]: the embedded simulated cluster and the story told on it.
+//! - `demo` and `sim`: the embedded simulated cluster and the story told on it
+//!   (with the default cargo feature `sim`; an image build leaves it out).
 
 pub mod cli;
 pub mod config;
 pub mod decide;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod k8s;
 pub mod observe;
@@ -25,4 +27,5 @@ pub mod pipeline;
 pub mod report;
 pub mod runtime;
 pub mod signals;
+#[cfg(feature = "sim")]
 pub mod sim;

@@ -1,9 +1,11 @@
-//! Credentials never leave the config (issue 13, item 6): with
-//! `user:password@` in `prometheus.url` and in a webhook URL, a bad deploy
-//! judged and rolled back, then Prometheus gone, nothing a user can read
-//! (logs, `/status`, Events, the audit log, the messages on-call gets,
-//! `check-config` and `self-check`) shows a credential, while Prometheus
-//! and the receiver do get them, as an `Authorization` header.
+//! Credentials never leave the config (issue 13, item 6; issue 15, item 5):
+//! with `user:password@` in `prometheus.url` and in a webhook URL, a Slack
+//! URL (its path the secret) from a file, an HMAC key and a Prometheus
+//! header value, a bad deploy judged and rolled back, then Prometheus gone,
+//! nothing a user can read (logs, `/status`, Events, the audit log, the
+//! messages on-call gets, `check-config` and `self-check`) shows a
+//! credential or a webhook URL, while Prometheus and the receivers do get
+//! them (the credentials as an `Authorization` header).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,23 +127,40 @@ async fn proxy(upstream: &str) -> (String, Arc<Proxy>) {
 /// Every webhook body received, and the Authorization header of each.
 type Received = Arc<Mutex<Vec<(Option<String>, String)>>>;
 
-async fn receiver() -> (String, Received) {
+/// Where the Slack sink posts: the path is the secret, as in Slack's own
+/// incoming-webhook URLs.
+const SLACK_PATH: &str = "/services/T000/B000/SLACKPATHSECRET";
+
+async fn receiver() -> (String, Received, Received) {
     let got: Received = Arc::default();
+    let slack: Received = Arc::default();
     let store = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: String| {
-            let store = store.clone();
-            async move {
-                let auth = headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                store.lock().expect("lock").push((auth, body));
-                "ok"
-            }
-        }),
-    );
+    let slack_store = slack.clone();
+    let app = axum::Router::new()
+        .route(
+            SLACK_PATH,
+            axum::routing::post(move |body: String| {
+                let store = slack_store.clone();
+                async move {
+                    store.lock().expect("lock").push((None, body));
+                    "ok"
+                }
+            }),
+        )
+        .route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let store = store.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    store.lock().expect("lock").push((auth, body));
+                    "ok"
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -149,7 +168,7 @@ async fn receiver() -> (String, Received) {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (addr, got)
+    (addr, got, slack)
 }
 
 /// `rollback-watchdog ARGS` against the sim, bounded; stdout and stderr.
@@ -199,13 +218,22 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
 
     let prom = shared();
     let (prom_addr, prom_proxy) = proxy(&prom.url).await;
-    let (hook_addr, got) = receiver().await;
+    let (hook_addr, got, slack) = receiver().await;
     let prom_url = format!("http://user:SECRET@{prom_addr}");
+    // A Slack URL (its path is the secret) from a file, an HMAC key and a
+    // Prometheus header value: every one contains SECRET.
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let slack_url = format!("http://{hook_addr}{SLACK_PATH}");
+    let slack_file = secrets.path().join("slack-url");
+    std::fs::write(&slack_file, format!("{slack_url}\n")).expect("slack url written");
     let extra = format!(
         "watch_window = \"30s\"\nverify_window = \"4s\"\nrollout_timeout = \"60s\"\n\n\
          [[notify]]\nkind = \"webhook\"\nname = \"oncall\"\n\
          url = \"http://hook:HOOKSECRET@{hook_addr}/hook\"\n\
-         secret = \"HMACSECRET\"\ndeadline = \"10s\"\n"
+         secret = \"HMACSECRET\"\ndeadline = \"10s\"\n\n\
+         [[notify]]\nkind = \"slack\"\nname = \"team\"\nurl_file = \"{}\"\ndeadline = \"10s\"\n\n\
+         [prometheus.headers]\nX-Scope-OrgID = \"HEADERSECRET\"\n",
+        slack_file.display()
     );
     let mut s = Scenario::start("creds", Prom::Url(&prom_url), Behaviours::builtin(), &extra).await;
     prom.register(s.sim.scrape_target_handle());
@@ -271,7 +299,14 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
     let audit_log = std::fs::read_to_string(s.audit_dir.path().join("audit.jsonl"))
         .expect("the audit log is written");
     let received = got.lock().expect("lock").clone();
-    let payloads: Vec<String> = received.iter().map(|(_, b)| b.clone()).collect();
+    let slack_received = slack.lock().expect("lock").clone();
+    // Each destination may see its own URL; none sees another's.
+    let payloads: Vec<String> = received
+        .iter()
+        .chain(slack_received.iter())
+        .map(|(_, b)| b.clone())
+        .collect();
+    let hook_url = format!("{hook_addr}/hook");
     let log = logs.text();
     assert!(
         log.contains(&prom_addr),
@@ -285,6 +320,30 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
     assert_no_credentials("a webhook payload", &payloads.join("\n"));
     assert_no_credentials("check-config", &check_config);
     assert_no_credentials("self-check", &self_check);
+    // The webhook URLs themselves are secrets too (Slack's path is its
+    // credential): no output names them.
+    for (what, text) in [
+        ("the logs", &log),
+        ("/status", &status),
+        ("the Events", &events.join("\n")),
+        ("the audit log", &audit_log),
+        ("a notification payload", &payloads.join("\n")),
+        ("check-config", &check_config),
+        ("self-check", &self_check),
+    ] {
+        for url in [
+            hook_url.as_str(),
+            SLACK_PATH,
+            "SLACKPATHSECRET",
+            "HEADERSECRET",
+            "HMACSECRET",
+        ] {
+            if let Some(line) = text.lines().find(|l| l.contains(url)) {
+                panic!("{what} shows the secret {url}: {line}");
+            }
+        }
+    }
+    assert!(!slack_received.is_empty(), "the Slack sink heard nothing");
 
     // The credentials were sent, not dropped.
     assert!(!received.is_empty(), "on-call heard nothing");

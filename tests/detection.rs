@@ -27,6 +27,8 @@ struct Case {
     extra: &'static str,
     /// The revision never serves: its first bad moment is its first pod.
     serves: bool,
+    /// Requests per second per pod, old and new revision alike.
+    request_rate: f64,
 }
 
 const CASES: &[Case] = &[
@@ -36,14 +38,23 @@ const CASES: &[Case] = &[
         caught_by: "error ratio 30 % (max 5 %)",
         extra: "",
         serves: true,
+        request_rate: 20.0,
     },
     Case {
         ns: "det-slow",
         image: "web:v2-slow",
         caught_by: "latency 1.6× the baseline (limit 1.5×)",
-        // A p95 needs a few hundred requests to tell 1.6× from 1.5×.
-        extra: "[targets.latency]\nmin_requests = 300\n",
+        // Telling 1.6× from 1.5× takes p95s of thousands of requests: the
+        // sampling error of a p95 of 300 is about 6 %, of the 600 in a 10 s
+        // baseline about 4 %, so an unlucky baseline alone made a span pass
+        // one time in two and the streak of three rarely held (CI failed
+        // on that). At 100 req/s per pod the baseline holds 3,000 and each
+        // counted span 1,500: the ratio's error is about 3 %, half the
+        // margin. A reset streak still happens; the window is long enough
+        // for a few.
+        extra: "watch_window = \"2m\"\n\n[targets.latency]\nmin_requests = 1500\n",
         serves: true,
+        request_rate: 100.0,
     },
     Case {
         ns: "det-crash",
@@ -51,6 +62,7 @@ const CASES: &[Case] = &[
         caught_by: "pods: CrashLoopBackOff",
         extra: "",
         serves: false,
+        request_rate: 20.0,
     },
     Case {
         ns: "det-pull",
@@ -58,6 +70,7 @@ const CASES: &[Case] = &[
         caught_by: "pods: ErrImagePull",
         extra: "",
         serves: false,
+        request_rate: 20.0,
     },
     Case {
         ns: "det-oom",
@@ -65,6 +78,7 @@ const CASES: &[Case] = &[
         caught_by: "pods: OOMKilled",
         extra: "",
         serves: false,
+        request_rate: 20.0,
     },
     Case {
         ns: "det-unready",
@@ -72,6 +86,7 @@ const CASES: &[Case] = &[
         caught_by: "pods: no pod Ready within `ready_timeout` (10 s here; 5 min by default)",
         extra: "[targets.health]\nper_pod = { port = 8080, path = \"/health\" }\n\n[targets.pods]\nready_timeout = \"10s\"\n",
         serves: false,
+        request_rate: 20.0,
     },
     Case {
         ns: "det-sick",
@@ -79,11 +94,13 @@ const CASES: &[Case] = &[
         caught_by: "per-pod health: HTTP 503 from Ready pods",
         extra: "[targets.health]\nper_pod = { port = 8080, path = \"/health\" }\n",
         serves: true,
+        request_rate: 20.0,
     },
 ];
 
-/// The built-in behaviours plus `-sick`: Ready, but `/health` answers 503.
-fn behaviours() -> Behaviours {
+/// The built-in behaviours plus `-sick`: Ready, but `/health` answers 503;
+/// `web:v1` and the case's image serve `case.request_rate`.
+fn behaviours(case: &Case) -> Behaviours {
     let b = Behaviours::builtin();
     b.set(
         "web:v2-sick",
@@ -92,6 +109,9 @@ fn behaviours() -> Behaviours {
             ..Behaviour::default()
         },
     );
+    for image in ["web:v1", case.image] {
+        b.update(image, |b| b.request_rate = case.request_rate);
+    }
     b
 }
 
@@ -136,7 +156,7 @@ fn first_bad_moment(
 /// first bad moment to the verdict, and the deciding reason.
 async fn detect(case: &Case) -> (f64, String) {
     let prom = shared();
-    let mut s = Scenario::start(case.ns, Prom::Url(&prom.url), behaviours(), case.extra).await;
+    let mut s = Scenario::start(case.ns, Prom::Url(&prom.url), behaviours(case), case.extra).await;
     prom.register(s.sim.scrape_target_handle());
     s.wait_scraped().await;
     // v1 serves for a while first, as a release that replaces a running
@@ -146,7 +166,7 @@ async fn detect(case: &Case) -> (f64, String) {
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let first = first_bad_moment(pods, case.image, case.serves);
     s.deploy(case.image).await;
-    let seen = s.tick_until_bad(90).await;
+    let seen = s.tick_until_bad(150).await;
     let bad_at = Instant::now();
     let first = first.await.ok().flatten();
     let Some(first) = first else {

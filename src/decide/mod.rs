@@ -8,3 +8,6 @@ pub mod plan;
 pub mod refusal;
 pub mod request;
 pub mod words;
+
+#[cfg(test)]
+mod decision_props;

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Policy;
-use crate::k8s::keys::{IN_FLIGHT, ROLLBACKS};
+use crate::k8s::keys::{IN_FLIGHT, RESTORED, ROLLBACKS};
 use crate::report::incident::{RevisionRef, Trigger};
 use crate::signals::SignalResult;
 
@@ -143,6 +143,32 @@ pub fn rollbacks_of(d: &Deployment) -> Vec<jiff::Timestamp> {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect()
+}
+
+/// What the watchdog's latest rollback of a Deployment restored: the
+/// template it wrote, by the revision and hash it came from and its images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    pub revision: i64,
+    pub pod_template_hash: String,
+    pub images: Vec<String>,
+}
+
+impl Restored {
+    /// Whether a revision (its hash and images) is the template restored:
+    /// the same ReplicaSet taken over, or one made again from the same
+    /// template (the old one was pruned), or the same images when the hash
+    /// of a written template was never known (`--to-image`, `restore`).
+    pub fn is(&self, pod_template_hash: &str, images: &[String]) -> bool {
+        (!self.pod_template_hash.is_empty() && self.pod_template_hash == pod_template_hash)
+            || self.images == images
+    }
+}
+
+/// The [`RESTORED`] record on a Deployment; None without one, or when it
+/// does not read (the decision then goes by the rollback times alone).
+pub fn restored_of(d: &Deployment) -> Option<Restored> {
+    annotation(d, RESTORED).and_then(|t| serde_json::from_str(t).ok())
 }
 
 pub(crate) fn annotation<'a>(d: &'a Deployment, key: &str) -> Option<&'a String> {

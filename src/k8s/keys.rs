@@ -41,6 +41,10 @@ pub const BLOCKLIST: &str = "rollback-watchdog.io/blocklist";
 pub const IN_FLIGHT: &str = "rollback-watchdog.io/in-flight";
 /// Times of the watchdog's rollbacks of this Deployment.
 pub const ROLLBACKS: &str = "rollback-watchdog.io/rollbacks";
+/// What the watchdog's latest rollback restored, `{"revision",
+/// "pod_template_hash","images"}`: tells the revision it brought back from
+/// one a person deployed soon after.
+pub const RESTORED: &str = "rollback-watchdog.io/restored";
 /// What the watchdog remembers of the current revision across restarts
 /// and leader changes (window times, a Bad verdict, notices sent).
 pub const MEMORY: &str = "rollback-watchdog.io/memory";
@@ -51,3 +55,17 @@ pub const MEMORY: &str = "rollback-watchdog.io/memory";
 pub const BACKUP_OF: &str = "rollback-watchdog.io/rollback";
 pub const LABEL_NAMESPACE: &str = "rollback-watchdog.io/namespace";
 pub const LABEL_DEPLOYMENT: &str = "rollback-watchdog.io/deployment";
+
+/// The longest annotation value quoted whole in a warning.
+pub const QUOTED_VALUE_MAX: usize = 64;
+
+/// A value a person wrote in an annotation, quoted for a warning, a log
+/// line or an Event: cut at [`QUOTED_VALUE_MAX`] characters (with its
+/// size), so an oversized value cannot flood the logs.
+pub fn quoted(value: &str) -> String {
+    if value.chars().count() <= QUOTED_VALUE_MAX {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(QUOTED_VALUE_MAX).collect();
+    format!("{head:?}... ({} bytes)", value.len())
+}

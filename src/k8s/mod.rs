@@ -70,10 +70,62 @@ pub enum ConnectError {
     Connect(String),
     #[error("KUBECONFIG names {0}, which does not exist; point KUBECONFIG at your kubeconfig file (or unset it to use ~/.kube/config or the in-cluster service account)")]
     NoKubeconfig(String),
+    #[error("--kubeconfig names {0}, which does not exist; give the path of your kubeconfig file")]
+    NoKubeconfigFlag(String),
+    #[error("cannot use {what}: {error}; `kubectl config get-contexts` lists the contexts there")]
+    Kubeconfig { what: String, error: String },
 }
 
-/// `kube::Client::try_default()` (KUBECONFIG or in-cluster), bounded.
-pub async fn connect() -> Result<Client, ConnectError> {
+/// Which kubeconfig and context to connect with, as kubectl's global
+/// `--kubeconfig` and `--context` say. The default is what
+/// `kube::Client::try_default` uses: `KUBECONFIG` (else `~/.kube/config`,
+/// else the in-cluster service account) and its current context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeOptions {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+}
+
+static KUBE_OPTIONS: std::sync::OnceLock<KubeOptions> = std::sync::OnceLock::new();
+
+/// Sets the connection options for the rest of the process; the command
+/// line calls it once, before anything connects. A second call is ignored.
+pub fn use_kube_options(options: KubeOptions) {
+    let _ = KUBE_OPTIONS.set(options);
+}
+
+fn kube_options() -> KubeOptions {
+    KUBE_OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// The client configuration the connection options select, unbounded.
+pub async fn client_config() -> Result<kube::Config, ConnectError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = kube_options();
+    let selected = KubeConfigOptions {
+        context: options.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let what = |source: &str| match &options.context {
+        Some(context) => format!("context {context:?} of {source}"),
+        None => source.to_owned(),
+    };
+    if let Some(path) = &options.kubeconfig {
+        if !path.exists() {
+            return Err(ConnectError::NoKubeconfigFlag(path.display().to_string()));
+        }
+        let source = format!("kubeconfig {}", path.display());
+        let kubeconfig = Kubeconfig::read_from(path).map_err(|e| ConnectError::Kubeconfig {
+            what: source.clone(),
+            error: e.to_string(),
+        })?;
+        return kube::Config::from_custom_kubeconfig(kubeconfig, &selected)
+            .await
+            .map_err(|e| ConnectError::Kubeconfig {
+                what: what(&source),
+                error: e.to_string(),
+            });
+    }
     if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
         // kubectl skips missing files in a list; none at all is a mistake.
         let paths: Vec<_> = std::env::split_paths(&path).collect();
@@ -82,9 +134,27 @@ pub async fn connect() -> Result<Client, ConnectError> {
             return Err(ConnectError::NoKubeconfig(named.join(", ")));
         }
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, Client::try_default()).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(ConnectError::Connect(e.to_string())),
+    if options.context.is_some() {
+        return kube::Config::from_kubeconfig(&selected).await.map_err(|e| {
+            ConnectError::Kubeconfig {
+                what: what("the kubeconfig (KUBECONFIG or ~/.kube/config)"),
+                error: e.to_string(),
+            }
+        });
+    }
+    kube::Config::infer()
+        .await
+        .map_err(|e| ConnectError::Connect(e.to_string()))
+}
+
+/// A client for the cluster the connection options select, bounded.
+pub async fn connect() -> Result<Client, ConnectError> {
+    let connecting = async {
+        let config = client_config().await?;
+        Client::try_from(config).map_err(|e| ConnectError::Connect(e.to_string()))
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(result) => result,
         Err(_) => Err(ConnectError::Connect(format!(
             "no answer within {CONNECT_TIMEOUT:?}"
         ))),

@@ -10,6 +10,7 @@ use crate::k8s::keys::{BACKUP_OF, FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_NAMESPA
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -97,6 +98,19 @@ pub struct Backup {
 }
 
 /// Writes and reads backups in one namespace.
+/// Retries of a backup write that failed for a passing reason.
+const WRITE_RETRIES: usize = 4;
+
+/// A failure worth another try: the server was overloaded or broken for a
+/// moment (5xx, 429), or never answered.
+pub fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 #[derive(Clone)]
 pub struct Backups {
     api: Api<ConfigMap>,
@@ -156,14 +170,33 @@ impl Backups {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        match tokio::time::timeout(self.timeout, self.api.create(&pp, &cm)).await {
-            Ok(Ok(created)) => Ok(created.name_any()),
-            Ok(Err(source)) => Err(BackupError::Write {
+        // A transient failure (5xx, 429, no answer) is retried a few
+        // times: one lost request must not abort a rollback. A create that
+        // did land before its answer was lost leaves one spare backup,
+        // which pruning removes in time.
+        let create = || async {
+            match tokio::time::timeout(self.timeout, self.api.create(&pp, &cm)).await {
+                Ok(r) => r.map_err(Some),
+                Err(_) => Err(None),
+            }
+        };
+        let retried = create
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(WRITE_RETRIES),
+            )
+            .when(|e: &Option<kube::Error>| e.as_ref().is_none_or(transient))
+            .await;
+        match retried {
+            Ok(created) => Ok(created.name_any()),
+            Err(Some(source)) => Err(BackupError::Write {
                 target,
                 namespace: self.namespace.clone(),
                 source,
             }),
-            Err(_) => Err(BackupError::Timeout {
+            Err(None) => Err(BackupError::Timeout {
                 target,
                 namespace: self.namespace.clone(),
                 timeout: self.timeout,
@@ -247,6 +280,27 @@ impl Backups {
                 name: name.to_owned(),
             }),
             Ok(Ok(Some(cm))) => parse(&self.namespace, cm),
+        }
+    }
+
+    /// Deletes one backup (the drill's own, once read back); the problem
+    /// as a sentence.
+    pub async fn delete(&self, name: &str) -> Result<(), String> {
+        match tokio::time::timeout(
+            self.timeout,
+            self.api.delete(name, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "cannot delete backup {}/{name}: {e}",
+                self.namespace
+            )),
+            Err(_) => Err(format!(
+                "cannot delete backup {}/{name}: no answer within {:?}",
+                self.namespace, self.timeout
+            )),
         }
     }
 

@@ -11,20 +11,7 @@ impl Pipeline {
             let plan = plan.clone();
             return Err(Box::new(self.not_leader(plan, Step::Backup).await));
         }
-        let record = Record {
-            id: plan.id.to_string(),
-            namespace: plan.request.namespace.clone(),
-            deployment: plan.request.name.clone(),
-            trigger: plan.request.trigger.clone(),
-            reason: plan.reason.clone(),
-            measured: measured(&plan.request.signals),
-            signals: serde_json::to_value(&plan.request.signals).unwrap_or(Value::Null),
-            from: plan.from.clone(),
-            to: plan.to.clone(),
-            at: rfc3339(self.ctx.now()),
-            rollout_started_at: plan.request.rollout_started_at.map(rfc3339),
-            detected_at: plan.request.detected_at.map(rfc3339),
-        };
+        let record = self.backup_record(plan);
         let backups = self.ctx.backups();
         match backups.write(&plan.deployment, &record).await {
             Ok(name) => {
@@ -61,6 +48,25 @@ impl Pipeline {
                         .await,
                 ))
             }
+        }
+    }
+
+    /// What a backup records with the Deployment: the plan, the trigger,
+    /// the signals and the times (also what the drill writes and reads back).
+    pub fn backup_record(&self, plan: &Plan) -> Record {
+        Record {
+            id: plan.id.to_string(),
+            namespace: plan.request.namespace.clone(),
+            deployment: plan.request.name.clone(),
+            trigger: plan.request.trigger.clone(),
+            reason: plan.reason.clone(),
+            measured: measured(&plan.request.signals),
+            signals: serde_json::to_value(&plan.request.signals).unwrap_or(Value::Null),
+            from: plan.from.clone(),
+            to: plan.to.clone(),
+            at: rfc3339(self.ctx.now()),
+            rollout_started_at: plan.request.rollout_started_at.map(rfc3339),
+            detected_at: plan.request.detected_at.map(rfc3339),
         }
     }
 }

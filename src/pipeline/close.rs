@@ -149,7 +149,8 @@ impl Pipeline {
         incident.finished_at = Some(rfc3339(self.ctx.now()));
         incident.failed_step = ended.failed_step.map(|s| s.as_str().to_owned());
         incident.error = ended.error.clone();
-        incident.changes = changes(patch);
+        incident.changes = changes(in_flight, patch);
+        incident.patch = patch.to_vec();
         if let Some(d) = &ended.deployment {
             let (reason, note) = match result {
                 RollbackResult::Succeeded => (Reason::RolledBack, format!(
@@ -293,6 +294,9 @@ impl Pipeline {
             details,
             at,
         });
+        if outcome == StepOutcome::Ok {
+            crash::after(step);
+        }
     }
 
     /// The final audit line: the runbook's incident report.
@@ -310,6 +314,7 @@ impl Pipeline {
             tracing::error!(target = %incident.target(), "{e}");
         }
         tracing::info!(target = %incident.target(), rollback = %incident.id, kind = %kind_name(incident.kind), reason = %incident.reason, "incident report");
+        crash::after(Step::Report);
     }
 
     pub(super) fn notify(&self, steps: &mut Vec<StepRecord>, id: &IncidentId, incident: &Incident) {
@@ -442,6 +447,7 @@ impl Pipeline {
             backup: None,
             blocklisted_redeploy: request.blocklisted_redeploy,
             changes: Vec::new(),
+            patch: Vec::new(),
             dashboard_url: None,
             runbook_url: None,
         }
@@ -476,6 +482,7 @@ impl Pipeline {
             backup: f.backup.clone(),
             blocklisted_redeploy: f.blocklisted_redeploy,
             changes: Vec::new(),
+            patch: Vec::new(),
             dashboard_url: None,
             runbook_url: None,
         }

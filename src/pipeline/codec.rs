@@ -29,8 +29,9 @@ pub fn annotation_request(d: &Deployment) -> Option<Result<RollbackRequest, Stri
             Ok(n) if n > 0 => Target::Revision(n),
             _ => {
                 return Some(Err(format!(
-                    "annotation {ROLLBACK_TO} on {}: {value:?} is neither `previous` nor a revision number; it is ignored",
-                    target_of(d)
+                    "annotation {ROLLBACK_TO} on {}: {} is neither `previous` nor a revision number; it is ignored",
+                    target_of(d),
+                    crate::k8s::keys::quoted(&value)
                 )))
             }
         }
@@ -45,7 +46,8 @@ pub fn annotation_request(d: &Deployment) -> Option<Result<RollbackRequest, Stri
     Some(Ok(request))
 }
 
-/// JSON Pointer escaping (RFC 6901): `~` → `~0`, `/` → `~1`.
+/// JSON Pointer escaping (RFC 6901): `~` → `~0`, `/` → `~1`, by the
+/// `jsonptr` that json-patch applies patches with.
 pub fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+    json_patch::jsonptr::Token::new(key).encoded().to_owned()
 }

@@ -18,6 +18,8 @@
 //!   from the patch until the pipeline finishes;
 //! - [`ROLLBACKS`], JSON list of RFC 3339 times of its rollbacks (cooldown
 //!   and budget survive restarts);
+//! - [`crate::k8s::keys::RESTORED`], what the latest rollback restored (a
+//!   revision bad again escalates only when it is that template);
 //! - [`crate::k8s::keys::BLOCKLIST`], [`crate::k8s::keys::KNOWN_GOOD`];
 //! - it honours [`crate::k8s::keys::PAUSED`], [`crate::k8s::keys::IRREVERSIBLE`]
 //!   and GitOps labels, and sets `kubernetes.io/change-cause`.
@@ -36,6 +38,7 @@ pub mod backup;
 mod backup_step;
 mod close;
 mod codec;
+pub mod crash;
 mod reader;
 mod update;
 mod validate;
@@ -46,7 +49,7 @@ mod words;
 pub use crate::decide::plan::{
     gitops_manager, tag_is_well_formed, with_tag, Plan, Step, StepOutcome, StepRecord,
 };
-pub use crate::decide::request::{RollbackRequest, Target};
+pub use crate::decide::request::{Restored, RollbackRequest, Target};
 use close::Line;
 pub use codec::*;
 pub use reader::*;
@@ -200,6 +203,24 @@ impl RollbackOutcome {
             .clone()
             .unwrap_or_else(|| self.incident.reason.clone())
     }
+
+    /// Validate could not read the cluster (after its retries) for a
+    /// verdict: nothing was decided or changed, so the next tick may try
+    /// again.
+    pub fn read_failed_before_any_change(&self) -> bool {
+        self.result == RollbackResult::Failed
+            && matches!(self.incident.trigger, Trigger::Verdict)
+            && !self.steps.iter().any(|st| {
+                matches!(
+                    st.step,
+                    Step::Backup | Step::Update | Step::Wait | Step::Verify
+                )
+            })
+            && self
+                .steps
+                .iter()
+                .any(|st| st.step == Step::Validate && st.outcome == StepOutcome::Failed)
+    }
 }
 
 /// Rollout progress while waiting, for the CLI to print.
@@ -246,7 +267,8 @@ pub struct Context {
     pub progress: Option<ProgressFn>,
     /// Per API call.
     pub api_timeout: Duration,
-    /// How often Wait reads the Deployment.
+    /// How often Wait reads the Deployment (every 250 ms by default: a
+    /// rollout that completed is seen at once, for 4 GETs a second).
     pub poll_interval: Duration,
     events: EventPublisher,
     /// Deployments this process is rolling back right now.
@@ -275,7 +297,7 @@ impl Context {
             signals: Some(signals),
             progress: None,
             api_timeout: API_TIMEOUT,
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(250),
             active: Arc::default(),
         })
     }
@@ -313,7 +335,8 @@ impl Context {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    fn backups(&self) -> Backups {
+    /// The backup store in `watchdog.namespace`.
+    pub fn backups(&self) -> Backups {
         Backups::new(
             self.client.clone(),
             &self.config.watchdog.namespace,
@@ -471,6 +494,13 @@ impl Pipeline {
                 "resuming the rollback of {key} found in flight (started {}): Wait and Verify, no second patch",
                 in_flight.started
             )).with(json!({"resumed": true, "in_flight": in_flight})));
+        // A crash right after the patch may have lost `rollback_started`
+        // (it was only queued): send it again. The delivery ledger keys on
+        // the incident id and kind, so a sink that has it drops the repeat.
+        if (self.ctx.may_write)() {
+            let started = self.incident_from(&in_flight, EventKind::RollbackStarted, &[]);
+            self.ctx.sink.emit(&started);
+        }
         let outcome = self.finish(in_flight, steps, Vec::new(), Vec::new()).await;
         self.release(&key);
         Some(outcome)
@@ -495,7 +525,8 @@ impl Pipeline {
         let mut incident =
             self.incident_from(&in_flight, EventKind::WouldRollBack, &plan.request.signals);
         incident.dry_run = true;
-        incident.changes = changes(&ops);
+        incident.changes = changes(&in_flight, &ops);
+        incident.patch = ops.clone();
         incident.finished_at = Some(rfc3339(self.ctx.now()));
         self.event(
             &plan.deployment,

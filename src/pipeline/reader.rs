@@ -2,6 +2,11 @@
 //! verification checklist built from them.
 
 use super::*;
+use backon::{ExponentialBuilder, Retryable};
+
+/// Retries of a read that failed for a passing reason (delays 0.1 s,
+/// 0.2 s, 0.4 s, 0.8 s: about 1.5 s plus the attempts).
+const READ_RETRIES: usize = 4;
 
 /// The pipeline's reads of the cluster, each bounded by a timeout. Also
 /// what `history` and `validate` use.
@@ -14,6 +19,33 @@ pub struct Reader {
 impl Reader {
     pub fn new(client: Client, timeout: Duration) -> Self {
         Reader { client, timeout }
+    }
+
+    /// One read, each attempt bounded by the timeout. A transient failure
+    /// (5xx, 429, a timeout, no connection) is tried again a few times
+    /// over about two seconds: one lost answer must not fail a rollback
+    /// or escalate to a person. Any other error (403, 404, ...) is
+    /// returned at once. `Err(())` is a timeout.
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T, Result<kube::Error, ()>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        let once = || async {
+            match tokio::time::timeout(self.timeout, call()).await {
+                Ok(r) => r.map_err(Ok),
+                Err(_) => Err(Err(())),
+            }
+        };
+        once.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(1))
+                .with_max_times(READ_RETRIES),
+        )
+        .when(|e: &Result<kube::Error, ()>| e.as_ref().map_or(true, super::backup::transient))
+        .notify(|e, after| tracing::debug!(error = ?e, ?after, "cluster read failed; trying again"))
+        .await
     }
 
     pub(super) fn api_error(
@@ -43,19 +75,13 @@ impl Reader {
         name: &str,
     ) -> Result<Option<Deployment>, RollbackError> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        match tokio::time::timeout(self.timeout, api.get_opt(name)).await {
-            Ok(Ok(d)) => Ok(d),
-            Ok(Err(e)) => Err(self.api_error(
+        self.read(|| api.get_opt(name)).await.map_err(|e| {
+            self.api_error(
                 DeploymentKey::new(ns, name).to_string(),
                 "cannot read the Deployment",
-                Ok(e),
-            )),
-            Err(_) => Err(self.api_error(
-                DeploymentKey::new(ns, name).to_string(),
-                "cannot read the Deployment",
-                Err(()),
-            )),
-        }
+                e,
+            )
+        })
     }
 
     /// The ReplicaSets matching the Deployment's selector (ownership is
@@ -64,10 +90,9 @@ impl Reader {
         let api: Api<ReplicaSet> =
             Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
         let lp = ListParams::default().labels(&selector_of(d));
-        match tokio::time::timeout(self.timeout, api.list(&lp)).await {
-            Ok(Ok(list)) => Ok(list.items.into_iter().map(Arc::new).collect()),
-            Ok(Err(e)) => Err(self.api_error(target_of(d), "cannot list its ReplicaSets", Ok(e))),
-            Err(_) => Err(self.api_error(target_of(d), "cannot list its ReplicaSets", Err(()))),
+        match self.read(|| api.list(&lp)).await {
+            Ok(list) => Ok(list.items.into_iter().map(Arc::new).collect()),
+            Err(e) => Err(self.api_error(target_of(d), "cannot list its ReplicaSets", e)),
         }
     }
 
@@ -76,10 +101,9 @@ impl Reader {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
         let lp = ListParams::default().labels(&format!("{}={hash}", keys::POD_TEMPLATE_HASH));
-        match tokio::time::timeout(self.timeout, api.list(&lp)).await {
-            Ok(Ok(list)) => Ok(list.items),
-            Ok(Err(e)) => Err(self.api_error(target_of(d), "cannot list its pods", Ok(e))),
-            Err(_) => Err(self.api_error(target_of(d), "cannot list its pods", Err(()))),
+        match self.read(|| api.list(&lp)).await {
+            Ok(list) => Ok(list.items),
+            Err(e) => Err(self.api_error(target_of(d), "cannot list its pods", e)),
         }
     }
 
@@ -163,5 +187,56 @@ impl Checks {
     /// missing data is not evidence).
     pub fn passed(&self) -> bool {
         self.ready_ok && !self.results.iter().any(|r| r.outcome.is_fail())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Fault, FaultRule, SimCluster, SimOptions};
+
+    #[tokio::test]
+    async fn a_read_is_retried_on_passing_failures_and_gives_up_after_a_few() {
+        let sim = SimCluster::start(SimOptions {
+            seed: true,
+            ..Default::default()
+        })
+        .await
+        .expect("sim");
+        let reader = Reader::new(sim.client().await.expect("client"), Duration::from_secs(5));
+        let (ns, name) = ("production", "kailash-kaizen");
+
+        // Every read answers 500: five attempts, then the error.
+        sim.faults().add(FaultRule::new(
+            "get",
+            "deployments",
+            Fault::ServerError,
+            1.0,
+        ));
+        let e = reader.deployment(ns, name).await;
+        assert!(e.is_err(), "{e:?}");
+        assert_eq!(sim.faults().injected().get("500"), Some(&5));
+
+        // 429 and 504 are retried too: with half the reads failing, the
+        // read comes through (seeded draws).
+        sim.faults().clear();
+        let throttled = Fault::TooManyRequests {
+            retry_after_secs: 1,
+        };
+        sim.faults()
+            .add(FaultRule::new("get", "deployments", throttled, 0.3));
+        sim.faults()
+            .add(FaultRule::new("list", "replicasets", Fault::Timeout, 0.3));
+        for _ in 0..12 {
+            let d = reader.deployment(ns, name).await;
+            let d = d.expect("read through 429s").expect("exists");
+            reader.replicasets(&d).await.expect("listed through 504s");
+        }
+        let injected = sim.faults().injected();
+        assert!(
+            injected.contains_key("429") && injected.contains_key("504"),
+            "{injected:?}"
+        );
+        sim.shutdown().await;
     }
 }

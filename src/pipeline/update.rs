@@ -4,12 +4,16 @@
 
 use super::*;
 
+/// Throttled (429) rollback patches sent again at most this many times.
+const THROTTLE_RETRIES: usize = 3;
+
 impl Pipeline {
     /// Update: the one JSON Patch (test resourceVersion, replace the
     /// template, annotations including the in-flight record). A human's
     /// change in between is a conflict: reported, never overwritten.
     pub async fn update(&self, plan: &mut Plan) -> Result<InFlight, Box<RollbackOutcome>> {
         let mut attempt = 0;
+        let mut throttled = 0;
         loop {
             if !(self.ctx.may_write)() {
                 let plan = plan.clone();
@@ -23,6 +27,13 @@ impl Pipeline {
                     return Ok(in_flight);
                 }
                 Err(NotPatched::Failed(why)) => why,
+                Err(NotPatched::Throttled(why)) if throttled < THROTTLE_RETRIES => {
+                    throttled += 1;
+                    tracing::info!(target = %plan.target(), "{why}; sending it again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(NotPatched::Throttled(why)) => why,
                 Err(NotPatched::Moved(message)) => {
                     match self.moved(plan, &message, attempt).await {
                         Moved::StatusOnly(version) => {
@@ -48,6 +59,39 @@ impl Pipeline {
         }
     }
 
+    /// The rollback drill's Update: the very patch [`Pipeline::update`]
+    /// would send, sent with `dryRun=All` so the API server checks it
+    /// (the resourceVersion test, the template, admission) and stores
+    /// nothing. The Deployment it would become, or why it would fail.
+    pub async fn update_dry_run(&self, plan: &Plan) -> Result<(Deployment, Vec<Value>), String> {
+        let target = plan.target();
+        let ops = patch_ops(plan, &self.in_flight_record(plan));
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone()))
+            .map_err(|e| format!("cannot build the patch for {target}: {e}"))?;
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            dry_run: true,
+            ..Default::default()
+        };
+        let api = self.ctx.deployments(&plan.request.namespace);
+        match tokio::time::timeout(
+            self.ctx.api_timeout,
+            api.patch(&plan.request.name, &pp, &Patch::<Value>::Json(patch)),
+        )
+        .await
+        {
+            Ok(Ok(d)) => Ok((d, ops)),
+            Ok(Err(e)) => Err(format!(
+                "{target}: the API server rejected the rollback patch (dryRun=All): {e}{}",
+                api_hint(&e)
+            )),
+            Err(_) => Err(format!(
+                "{target}: the API server did not answer the dry-run patch within {:?}",
+                self.ctx.api_timeout
+            )),
+        }
+    }
+
     /// Sends the patch, bounded by the API timeout.
     async fn send_patch(&self, plan: &Plan, ops: &[Value]) -> Result<(), NotPatched> {
         let target = plan.target();
@@ -68,6 +112,10 @@ impl Pipeline {
             Ok(Err(kube::Error::Api(status))) if status.code == 422 || status.code == 409 => {
                 Err(NotPatched::Moved(status.message))
             }
+            // 429 means the request was not processed: safe to send again.
+            Ok(Err(kube::Error::Api(status))) if status.code == 429 => Err(NotPatched::Throttled(
+                format!("{target}: the rollback patch was throttled: {}", status.message),
+            )),
             Ok(Err(e)) => Err(NotPatched::Failed(format!(
                 "{target}: the rollback patch was rejected: {e}"
             ))),
@@ -99,7 +147,8 @@ impl Pipeline {
         );
         let mut started =
             self.incident_from(in_flight, EventKind::RollbackStarted, &plan.request.signals);
-        started.changes = changes(&ops);
+        started.changes = changes(in_flight, &ops);
+        started.patch = ops.clone();
         self.ctx.sink.emit(&started);
         let note = format!(
             "Rolling back from {} to {}: {}",
@@ -263,6 +312,15 @@ pub fn patch_ops(plan: &Plan, in_flight: &InFlight) -> Vec<Value> {
         ROLLBACKS.to_owned(),
         serde_json::to_string(&history).unwrap_or_default(),
     ));
+    let restored = Restored {
+        revision: plan.to.revision,
+        pod_template_hash: plan.to.pod_template_hash.clone(),
+        images: plan.to.images.clone(),
+    };
+    annotations.push((
+        keys::RESTORED.to_owned(),
+        serde_json::to_string(&restored).unwrap_or_default(),
+    ));
     let list = blocklist::entries(d);
     let list = if plan.blocklists_from() {
         blocklist::with(
@@ -320,6 +378,8 @@ pub fn change_cause(plan: &Plan) -> String {
 pub(super) enum NotPatched {
     /// 409 or 422: the resourceVersion moved; the API server's message.
     Moved(String),
+    /// 429: the API server did not process it; worth another try.
+    Throttled(String),
     /// Anything else, as the audit line says it.
     Failed(String),
 }

@@ -82,8 +82,13 @@ impl Pipeline {
             }
         }
         self.report(&incident).await;
-        // A person at the CLI reads the refusal; automatic triggers tell on-call.
-        if matches!(
+        // A person at the CLI reads the refusal; automatic triggers tell
+        // on-call. A failed read on a verdict is not told: nothing was
+        // decided, and the daemon tries again at its next tick.
+        let retried = refusal.is_read_failure() && matches!(request.trigger, Trigger::Verdict);
+        if retried {
+            tracing::warn!(target = %request.target(), error = %refusal, "the rollback is tried again at the next tick");
+        } else if matches!(
             request.trigger,
             Trigger::Verdict | Trigger::Annotation { .. }
         ) {

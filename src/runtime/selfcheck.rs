@@ -511,9 +511,9 @@ pub async fn check_prometheus(settings: &PrometheusSettings) -> Result<(), Strin
 }
 
 /// The API server the client talks to, for messages: what
-/// `kube::Client::try_default` would use.
+/// the command line's connection options select.
 pub async fn api_server() -> String {
-    match tokio::time::timeout(Duration::from_secs(5), kube::Config::infer()).await {
+    match tokio::time::timeout(Duration::from_secs(5), crate::k8s::client_config()).await {
         Ok(Ok(c)) => format!("the API server at {}", c.cluster_url),
         _ => "the API server (from KUBECONFIG or in-cluster)".to_owned(),
     }

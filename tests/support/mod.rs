@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod cluster;
+pub mod faulty;
 pub mod handmade;
 pub mod kubectl;
 pub mod metrics;

@@ -342,7 +342,34 @@ pub fn judge(
     results: &[SignalResult],
     now: Timestamp,
 ) -> Judgement {
-    let seen = this_tick(policy, state, results, now);
+    judge_with(policy, state, results, now, true)
+}
+
+/// Judges an evaluation between ticks that measured only the signals in
+/// `results` (a watch event woke it, see `runtime::daemon`): the signals
+/// left out keep their counters untouched and are not "missing", and the
+/// blind episode is left as it was. Only a decisive verdict of it means
+/// anything: the caller keeps its state only then.
+pub fn judge_some(
+    policy: &JudgePolicy,
+    state: &JudgeState,
+    results: &[SignalResult],
+    now: Timestamp,
+) -> Judgement {
+    judge_with(policy, state, results, now, false)
+}
+
+fn judge_with(
+    policy: &JudgePolicy,
+    state: &JudgeState,
+    results: &[SignalResult],
+    now: Timestamp,
+    every_signal: bool,
+) -> Judgement {
+    let mut seen = this_tick(policy, state, results, now);
+    if !every_signal {
+        seen.retain(|signal, _| results.iter().any(|r| r.signal == *signal));
+    }
     let mut next = JudgeState {
         signals: state.signals.clone(),
         blind_since: state.blind_since,
@@ -355,7 +382,11 @@ pub fn judge(
         tally.count(policy, signal, seen, track, now);
     }
     let verdict = tally.verdict(policy);
-    let blind_report = blindness(policy, &seen, &mut next, now);
+    let blind_report = if every_signal {
+        blindness(policy, &seen, &mut next, now)
+    } else {
+        None
+    };
 
     let verdict_changed = state.last_verdict != Some(verdict);
     next.last_verdict = Some(verdict);

@@ -802,3 +802,47 @@ fn ticks_closer_than_the_interval_do_not_make_a_short_burst_bad() {
     let first_bad = verdicts.iter().position(|v| *v == Verdict::Bad);
     assert_eq!(first_bad, Some(6), "{verdicts:?}");
 }
+
+#[test]
+fn an_evaluation_between_ticks_leaves_the_signals_it_did_not_measure_alone() {
+    let policy = JudgePolicy {
+        immediate_bad_when_all_pods_crash: true,
+        ..JudgePolicy::default()
+    };
+    // Two ticks: errors failing twice, pods passing.
+    let js = run(
+        &policy,
+        &steady(
+            2,
+            &[
+                (SignalId::ErrorRate, Say::Fail),
+                (SignalId::Pods, Say::Pass),
+            ],
+        ),
+    );
+    let state = js[1].state.clone();
+    // Between tick 1 and 2, a watch event: only the pods, one of three
+    // crashing. The error counter is neither held nor missing.
+    let between = at(1) + Duration::from_secs(3);
+    let mut one = results_of(&SignalId::Pods, Say::OneCrash, 1);
+    one[0].at = between;
+    let j = judge_some(&policy, &state, &one, between);
+    assert_eq!(j.verdict, Verdict::Suspect);
+    assert_eq!(
+        j.state.signals[&SignalId::ErrorRate],
+        state.signals[&SignalId::ErrorRate]
+    );
+    assert!(
+        j.reasons.iter().all(|r| r.signal == SignalId::Pods),
+        "{:?}",
+        j.reasons
+    );
+    // Every pod crashing: Bad at once, between ticks.
+    let mut all = results_of(&SignalId::Pods, Say::AllCrash, 1);
+    all[0].at = between;
+    let j = judge_some(&policy, &state, &all, between);
+    assert_eq!(j.verdict, Verdict::Bad);
+    assert_eq!(j.blind_report, None);
+}
+
+mod props;

@@ -721,3 +721,5 @@ fn a_redeploy_goes_back_only_past_what_it_replaced_when_it_was_judged_bad_before
         Some(3)
     );
 }
+
+mod props;

@@ -410,6 +410,7 @@ impl Daemon {
             backup: None,
             blocklisted_redeploy: false,
             changes: Vec::new(),
+            patch: Vec::new(),
             dashboard_url: None,
             runbook_url: None,
         });

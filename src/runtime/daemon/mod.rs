@@ -18,7 +18,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::config::Config;
 use crate::config::EventKind;
@@ -31,6 +31,7 @@ use crate::observe::memory;
 use crate::observe::revision::{self, TargetState};
 use crate::observe::targets::{self, TargetWarning, WatchedDeployment};
 use crate::observe::tracker::Tracker;
+use crate::observe::wake::Wake;
 use crate::pipeline::{self, Pipeline, RollbackOutcome, RollbackRequest, RollbackResult};
 use crate::report::audit::Reason;
 use crate::report::incident::{Incident, IncidentId, IncidentSink, RevisionRef, Trigger};
@@ -144,7 +145,7 @@ impl Daemon {
                     })
                     .observe(r.duration.as_secs_f64());
             }));
-        let health = HealthProber::new()
+        let health = HealthProber::for_config(&config)
             .map_err(crate::signals::SignalsError::from)?
             .with_observer(Arc::new(move |r| {
                 probes
@@ -235,7 +236,12 @@ impl Daemon {
                     let patched = outcome.steps.iter().any(|st| {
                         st.step == pipeline::Step::Update && st.outcome == pipeline::StepOutcome::Ok
                     });
-                    if outcome.result == RollbackResult::HandedOver && !patched {
+                    // Validate could not read the cluster (after its
+                    // retries): nothing was decided or changed, so the
+                    // decision is not spent either; the next tick tries again.
+                    let retriable = outcome.result == RollbackResult::HandedOver && !patched
+                        || outcome.read_failed_before_any_change();
+                    if retriable {
                         if let Some(m) = self.memory.get_mut(&uid) {
                             m.revision.give_back_decision();
                         }
@@ -382,11 +388,21 @@ impl Daemon {
         self.check_queries_at_startup().await;
         let mut ticker = tokio::time::interval(self.config.watchdog.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wakeups = self.caches.wakeups().clone();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = ticker.tick() => {
                     self.tick(Timestamp::now()).await;
+                }
+                _ = wakeups.rung() => {
+                    // A burst of events (a pod's containers one after the
+                    // other, its pods one after the other) is one evaluation.
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(WAKE_DEBOUNCE) => {}
+                    }
+                    self.wake(Timestamp::now()).await;
                 }
             }
         }
@@ -431,18 +447,14 @@ impl Daemon {
         // concurrently.
         let mut observed = Vec::with_capacity(resolution.targets.len());
         for target in resolution.targets {
-            let state = self.tracker.observe(&target, &snapshot, now);
-            let mut subject = state.subject();
-            if let (Some(s), Some(memory)) = (subject.as_mut(), self.memory.get(&target.uid())) {
-                let key = (s.revision, s.pod_template_hash.clone());
-                s.counted_until = memory.revision.counted_until(&key);
-                s.pod_history = memory.revision.pod_history(&key);
-            }
+            let (state, subject) = self.observe(&target, &snapshot, now);
             observed.push((target, state, subject));
         }
         let live: HashSet<String> = observed.iter().map(|(t, _, _)| t.uid()).collect();
         self.tracker.retain(&live);
         self.memory.retain(|uid, _| live.contains(uid));
+        // Bounded by the watched targets, as the memory is.
+        self.triggered_by.retain(|uid, _| live.contains(uid));
         self.metrics
             .set_targets(observed.iter().map(|(t, _, _)| t.display_name()));
 
@@ -469,7 +481,7 @@ impl Daemon {
         let mut evaluations = Vec::with_capacity(measured.len());
         for (target, state, subject, results) in measured {
             let judgement = self
-                .judge_one(&target, &state, subject.as_ref(), &results, now)
+                .judge_one(&target, &state, subject.as_ref(), &results, now, false)
                 .await;
             evaluations.push(Evaluation {
                 target,
@@ -489,6 +501,79 @@ impl Daemon {
         evaluations
     }
 
+    /// The target's state at `now` and the revision to judge, with what
+    /// the loop remembers of it (what was counted, its pods' history).
+    fn observe(
+        &mut self,
+        target: &WatchedDeployment,
+        snapshot: &crate::observe::cache::Snapshot,
+        now: Timestamp,
+    ) -> (TargetState, Option<Subject>) {
+        let state = self.tracker.observe(target, snapshot, now);
+        let mut subject = state.subject();
+        if let Some(s) = subject.as_mut() {
+            if let Some(memory) = self.memory.get(&target.uid()) {
+                let key = (s.revision, s.pod_template_hash.clone());
+                s.counted_until = memory.revision.counted_until(&key);
+                s.pod_history = memory.revision.pod_history(&key);
+            }
+            s.pod_history.established_after = self.config.watchdog.interval;
+        }
+        (state, subject)
+    }
+
+    /// Evaluates at once the targets the watch events since the last call
+    /// woke ([`crate::observe::wake`]): a pod of theirs in a crash state,
+    /// a new spec or revision, a missed progress deadline. Only the pod
+    /// signal is measured (it reads the caches, so it answers at once even
+    /// while Prometheus is slow), and what it shows is kept only when it
+    /// makes the verdict Bad (or Degraded) where it was not: an evaluation
+    /// between ticks adds no failing tick, so a storm of events counts for
+    /// nothing, and `failure_threshold` counts ticks as before. What it saw
+    /// of the pods (since when each is crashing, which were Ready) is kept,
+    /// dated when it was seen. Returns the targets it evaluated.
+    pub async fn wake(&mut self, now: Timestamp) -> Vec<Evaluation> {
+        let woken = self.caches.wakeups().take();
+        if woken.is_empty() {
+            return Vec::new();
+        }
+        self.collect_finished().await;
+        let snapshot = self.caches.snapshot();
+        let resolution = targets::resolve(&self.config, &snapshot);
+        let mut evaluations = Vec::new();
+        for target in resolution.targets {
+            if !is_woken(&woken, &target, &snapshot) {
+                continue;
+            }
+            self.metrics.event_evaluations.inc();
+            let (state, subject) = self.observe(&target, &snapshot, now);
+            let results: Vec<SignalResult> = subject
+                .as_ref()
+                .filter(|_| target.policy.pods.enabled)
+                .map(|s| crate::signals::pods::evaluate(&target.policy.pods, s, now))
+                .into_iter()
+                .collect();
+            let judgement = match &subject {
+                Some(s) => {
+                    self.judge_one(&target, &state, Some(s), &results, now, true)
+                        .await
+                }
+                None => None,
+            };
+            evaluations.push(Evaluation {
+                target,
+                state,
+                subject,
+                results,
+                judgement,
+            });
+        }
+        if !evaluations.is_empty() {
+            self.publish_status(&resolution.warnings, now);
+        }
+        evaluations
+    }
+
     async fn judge_one(
         &mut self,
         target: &WatchedDeployment,
@@ -496,6 +581,7 @@ impl Daemon {
         subject: Option<&Subject>,
         results: &[SignalResult],
         now: Timestamp,
+        between_ticks: bool,
     ) -> Option<Judgement> {
         let uid = target.uid();
         let key = subject.map(|s| (s.revision, s.pod_template_hash.clone()));
@@ -508,25 +594,53 @@ impl Daemon {
         if let Some(kept) = &state.kept {
             memory.revision.recall(kept);
         }
-        let facts = self.facts(target);
+        let facts = Facts {
+            between_ticks,
+            ..self.facts(target)
+        };
         let memory = self.memory.entry(uid).or_default();
-        let decision = decide(
-            &mut memory.revision,
-            &Input {
-                target,
-                state,
-                subject,
-                results,
-                facts: &facts,
-                now,
-            },
-        );
+        let input = Input {
+            target,
+            state,
+            subject,
+            results,
+            facts: &facts,
+            now,
+        };
+        let decision = if between_ticks {
+            // Decided on a copy, kept only when it is news: Bad (or
+            // Degraded) where the last verdict kept was not.
+            let mut trial = memory.revision.clone();
+            let decision = decide(&mut trial, &input);
+            let decisive = |v: Option<Verdict>| matches!(v, Some(Verdict::Bad | Verdict::Degraded));
+            if !decisive(Some(decision.judgement.verdict))
+                || decisive(memory.revision.last_verdict())
+            {
+                memory
+                    .revision
+                    .remember_pods(&target.policy.pods, subject, now);
+                return Some(decision.judgement);
+            }
+            memory.revision = trial;
+            decision
+        } else {
+            decide(&mut memory.revision, &input)
+        };
         // After the signals ran: what they judged this tick is history for
         // the next.
         memory
             .revision
             .remember_pods(&target.policy.pods, subject, now);
+        let earlier = std::mem::take(&mut memory.status.signals);
         memory.status = judged_status(target, state, &decision, results, now);
+        if between_ticks {
+            // The signals not measured now show what the last tick saw.
+            let fresh: HashSet<String> = results.iter().map(|r| r.signal.id()).collect();
+            memory
+                .status
+                .signals
+                .extend(earlier.into_iter().filter(|s| !fresh.contains(&s.signal)));
+        }
         self.measure(target, subject, &decision, results);
         // What must outlive this process goes to the cluster before any
         // notice or act it records.
@@ -580,7 +694,9 @@ impl Daemon {
             annotation_request: pipeline::annotation_request(d).is_some()
                 && self.triggered_by.get(&uid) != d.metadata.resource_version.as_ref(),
             rollbacks: pipeline::rollbacks_of(d),
+            restored: crate::decide::request::restored_of(d),
             interval: self.config.watchdog.interval,
+            between_ticks: false,
         }
     }
 
@@ -651,6 +767,32 @@ impl Daemon {
     pub fn status(&self) -> StatusReport {
         self.admin.snapshot()
     }
+}
+
+/// How long the loop waits after a watch event's wake-up before it
+/// evaluates, so a burst of events is one evaluation.
+pub const WAKE_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Whether a wake-up names `target`: its Deployment, or the pods of one of
+/// its ReplicaSets.
+fn is_woken(
+    woken: &HashSet<Wake>,
+    target: &WatchedDeployment,
+    snapshot: &crate::observe::cache::Snapshot,
+) -> bool {
+    woken.contains(&Wake::Deployment {
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+    }) || snapshot.replicasets_of(&target.uid()).iter().any(|rs| {
+        rs.labels()
+            .get(crate::k8s::keys::POD_TEMPLATE_HASH)
+            .is_some_and(|hash| {
+                woken.contains(&Wake::Pods {
+                    namespace: target.namespace.clone(),
+                    hash: hash.clone(),
+                })
+            })
+    })
 }
 
 enum PipelineWork {
