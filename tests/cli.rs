@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use rollback_watchdog::sim::{SimClock, SimCluster, SimOptions};
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -207,12 +209,44 @@ fn check_config_strict_fails_on_a_missing_secret_file() {
 
 #[test]
 fn environment_overrides_show_in_the_effective_config() {
+    // The command line's own variables and the kubelet's Service links
+    // share the prefix but are not config keys.
     let out = run(watchdog(&["check-config", "config/watchdog.toml"])
-        .env("ROLLBACK_WATCHDOG_WATCHDOG__DRY_RUN", "true"));
+        .env("ROLLBACK_WATCHDOG_WATCHDOG__DRY_RUN", "true")
+        .env("ROLLBACK_WATCHDOG_LOG", "info")
+        .env("ROLLBACK_WATCHDOG_SERVICE_HOST", "10.0.0.7")
+        .env("ROLLBACK_WATCHDOG_PORT_8080_TCP_ADDR", "10.0.0.7"));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let printed: toml::Table = text(&out.stdout).parse().unwrap();
     assert_eq!(printed["watchdog"]["dry_run"].as_bool(), Some(true));
     assert_eq!(printed["targets"][0]["dry_run"].as_bool(), Some(true));
+}
+
+/// Through figment's `Env` provider on the real process environment: a
+/// bad value a variable set is one line, named by key and by variable,
+/// even when the problem is found after parsing.
+#[test]
+fn check_config_names_the_variable_behind_a_bad_value() {
+    let out = run(watchdog(&["check-config", "config/watchdog.toml"])
+        .env(
+            "ROLLBACK_WATCHDOG_DEFAULTS__LATENCY__MAX_RATIO_TO_BASELINE",
+            "0.8",
+        )
+        .env("ROLLBACK_WATCHDOG_WATCHDOG__INTERVAL", "soon"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains(" INFO ") && !l.starts_with("warning: ") && !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "error: config/watchdog.toml is not a valid config (2 problems):",
+            r#"watchdog.interval: "soon" is not a duration like "15s" or "5m" (set by environment variable ROLLBACK_WATCHDOG_WATCHDOG__INTERVAL)"#,
+            "defaults.latency.max_ratio_to_baseline: must be > 1.0, got 0.8 (set by environment variable ROLLBACK_WATCHDOG_DEFAULTS__LATENCY__MAX_RATIO_TO_BASELINE)",
+        ]
+    );
 }
 
 #[test]
@@ -229,6 +263,7 @@ fn help_lists_every_subcommand() {
         "rollback",
         "restore",
         "validate",
+        "drill",
         "notify-test",
         "demo",
         "sim",
@@ -250,7 +285,7 @@ fn help_lists_every_subcommand() {
 /// `sim` need no config; `tests/demo.rs` runs the demo whole.
 #[test]
 fn no_subcommand_says_it_is_not_available_yet() {
-    let cases: [&[&str]; 9] = [
+    let cases: [&[&str]; 10] = [
         &["run"],
         &["check-config"],
         &["self-check"],
@@ -259,6 +294,7 @@ fn no_subcommand_says_it_is_not_available_yet() {
         &["rollback", "production/kailash-kaizen", "previous", "--yes"],
         &["restore", "rb-kailash-kaizen-x", "--yes"],
         &["validate", "production/kailash-kaizen"],
+        &["drill", "production/kailash-kaizen"],
         &["notify-test"],
     ];
     for args in cases {
@@ -488,4 +524,311 @@ fn an_api_server_that_is_not_there_is_named_with_what_to_check() {
                 .contains("the API server was not reached: check the server address in KUBECONFIG"),
         "{err}"
     );
+}
+
+// ---- kubectl's habits, against the simulated cluster ----
+
+/// The seeded simulated cluster (production/kailash-kaizen), served by its
+/// own runtime while a test runs the binary synchronously. The cluster is
+/// dropped before its runtime.
+struct Sim {
+    sim: SimCluster,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn seeded_sim() -> Sim {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let sim = runtime
+        .block_on(SimCluster::start(SimOptions {
+            seed: true,
+            clock: SimClock::new(20.0),
+            ..Default::default()
+        }))
+        .expect("the sim starts");
+    Sim {
+        sim,
+        _runtime: runtime,
+    }
+}
+
+/// A kubeconfig with two contexts: `nowhere` (the current one), whose
+/// server is a loopback port nothing listens on, and `sim`, the sim.
+fn two_context_kubeconfig(dir: &Path, sim: &SimCluster) -> PathBuf {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    write(
+        dir,
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: nowhere\n  cluster:\n    server: http://127.0.0.1:{closed}\n- name: sim\n  cluster:\n    server: {}\ncontexts:\n- name: nowhere\n  context:\n    cluster: nowhere\n    user: u\n- name: sim\n  context:\n    cluster: sim\n    user: u\ncurrent-context: nowhere\nusers:\n- name: u\n  user: {{}}\n",
+            sim.url()
+        ),
+    )
+}
+
+/// `history` of production/kailash-kaizen once its first ReplicaSet is
+/// there (bounded wait), through `--kubeconfig KUBECONFIG --context sim`.
+fn history_when_rolled_out(kubeconfig: &Path, config: &str, target: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut args = vec![
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--context",
+            "sim",
+            "--config",
+            config,
+            "history",
+        ];
+        args.extend_from_slice(target);
+        let out = run(&mut watchdog(&args));
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{target:?}: {}",
+            text(&out.stderr)
+        );
+        if stdout.contains("kailash-kaizen:v1") {
+            return stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no revision 1 within 60s:\n{stdout}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn context_picks_the_cluster_of_the_kubeconfig_like_kubectl() {
+    let sim = seeded_sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = two_context_kubeconfig(dir.path(), &sim.sim);
+    let config = plain_config(dir.path());
+
+    // --context sim reaches the sim.
+    let shown = history_when_rolled_out(&kubeconfig, &config, &["production/kailash-kaizen"]);
+    assert!(
+        shown.starts_with("deployment.apps/kailash-kaizen\n"),
+        "{shown}"
+    );
+
+    // The current context (nowhere) does not: the flag made the difference.
+    let kube = kubeconfig.to_str().unwrap();
+    let out = run(&mut watchdog(&[
+        "--kubeconfig",
+        kube,
+        "--config",
+        &config,
+        "history",
+        "production/kailash-kaizen",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the API server was not reached"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // KUBECONFIG works with --context too.
+    let out = run(watchdog(&[
+        "--context",
+        "sim",
+        "--config",
+        &config,
+        "history",
+        "production/kailash-kaizen",
+    ])
+    .env("KUBECONFIG", &kubeconfig));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), shown);
+
+    // A context the kubeconfig does not have is named, exit 1.
+    let out = run(&mut watchdog(&[
+        "--kubeconfig",
+        kube,
+        "--context",
+        "staging",
+        "--config",
+        &config,
+        "history",
+        "production/kailash-kaizen",
+    ]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("context \"staging\"") && stderr.contains("kubectl config get-contexts"),
+        "{stderr}"
+    );
+
+    // A --kubeconfig that does not exist is named.
+    let out = run(&mut watchdog(&[
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--config",
+        &config,
+        "history",
+        "production/kailash-kaizen",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("--kubeconfig names /nonexistent/kubeconfig, which does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_deployment_is_named_in_every_form_kubectl_takes() {
+    let sim = seeded_sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = two_context_kubeconfig(dir.path(), &sim.sim);
+    let config = plain_config(dir.path());
+    let shown = history_when_rolled_out(&kubeconfig, &config, &["production/kailash-kaizen"]);
+    for form in [
+        &["deployment/kailash-kaizen", "-n", "production"][..],
+        &["kailash-kaizen", "-n", "production"],
+        &["kailash-kaizen", "--namespace", "production"],
+        &["deploy/kailash-kaizen", "-n", "production"],
+        &["deployments/kailash-kaizen", "-n", "production"],
+        &["deployment.apps/kailash-kaizen", "-n", "production"],
+        &["production/kailash-kaizen", "-n", "production"],
+    ] {
+        assert_eq!(
+            history_when_rolled_out(&kubeconfig, &config, form),
+            shown,
+            "{form:?}"
+        );
+    }
+    // -n before the subcommand, as kubectl allows.
+    let kube = kubeconfig.to_str().unwrap();
+    let out = run(&mut watchdog(&[
+        "-n",
+        "production",
+        "--kubeconfig",
+        kube,
+        "--context",
+        "sim",
+        "--config",
+        &config,
+        "validate",
+        "kailash-kaizen",
+    ]));
+    assert!(
+        text(&out.stdout).contains("kailash-kaizen"),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // A namespace twice and different, or none: usage errors, exit 2,
+    // before anything connects.
+    for (args, expected) in [
+        (
+            &["history", "staging/kailash-kaizen", "-n", "production"][..],
+            "names namespace \"staging\" but -n/--namespace says \"production\"",
+        ),
+        (
+            &["history", "deploy/kailash-kaizen"],
+            "is not NAMESPACE/NAME and no -n/--namespace was given",
+        ),
+        (
+            &["rollback", "kailash-kaizen", "previous"],
+            "is not NAMESPACE/NAME",
+        ),
+    ] {
+        let mut all = vec![
+            "--kubeconfig",
+            kube,
+            "--context",
+            "sim",
+            "--config",
+            &config,
+        ];
+        all.extend_from_slice(args);
+        let out = run(&mut watchdog(&all));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn status_once_writes_json_with_dash_o() {
+    let sim = seeded_sim();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = two_context_kubeconfig(dir.path(), &sim.sim);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = write(
+        dir.path(),
+        "status.toml",
+        &format!(
+            "[watchdog]\naudit_log = \"{}\"\n[prometheus]\nurl = \"http://127.0.0.1:{closed}\"\ntimeout = \"1s\"\n[leader_election]\nenabled = false\n[[targets]]\nnamespace = \"production\"\nname = \"kailash-kaizen\"\n",
+            dir.path().join("audit.jsonl").display()
+        ),
+    );
+    let out = run(&mut watchdog(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--context",
+        "sim",
+        "--config",
+        config.to_str().unwrap(),
+        "status",
+        "--once",
+        "-o",
+        "json",
+    ]));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    assert_eq!(report["targets"][0]["name"], "kailash-kaizen", "{stdout}");
+    assert_eq!(report["targets"][0]["namespace"], "production", "{stdout}");
+}
+
+#[test]
+fn completion_scripts_are_generated_and_bash_accepts_its_own() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&mut watchdog(&["completion", shell]));
+        let script = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        // Subcommands and the global flags (fish writes them without dashes).
+        for word in [
+            "rollback-watchdog",
+            "check-config",
+            "kubeconfig",
+            "context",
+            "namespace",
+        ] {
+            assert!(script.contains(word), "{shell}: no {word} in:\n{script}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bash = run(&mut watchdog(&["completion", "bash"])).stdout;
+    let path = dir.path().join("rollback-watchdog.bash");
+    std::fs::write(&path, bash).expect("write script");
+    let check = run(Command::new("bash").arg("-n").arg(&path));
+    assert!(check.status.success(), "bash -n: {}", text(&check.stderr));
+    // Sourced, it registers the completion.
+    let sourced = run(Command::new("bash").arg("-c").arg(format!(
+        "source {} && complete -p rollback-watchdog",
+        path.display()
+    )));
+    assert!(sourced.status.success(), "{}", text(&sourced.stderr));
+    assert!(text(&sourced.stdout).contains("rollback-watchdog"));
+    let out = run(&mut watchdog(&["completion", "powershell"]));
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -529,6 +529,31 @@ fn an_environment_variable_with_a_typo_is_named() {
     );
 }
 
+/// A bad value names the variable that set it, whether the problem is
+/// found while reading (a type) or after (a rule); the same value from
+/// the file names no variable, and a variable the file's value loses to
+/// is the one named.
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let target = format!("{TARGET}[targets.latency]\nmax_ratio_to_baseline = 0.9\n");
+    assert_eq!(
+        problems_with_env(
+            &format!("[defaults.latency]\nmax_ratio_to_baseline = 2.0\n{target}"),
+            &[
+                ("ROLLBACK_WATCHDOG_DEFAULTS__LATENCY__MAX_RATIO_TO_BASELINE", "0.8"),
+                ("ROLLBACK_WATCHDOG_WATCHDOG__INTERVAL", "15 sec"),
+                ("ROLLBACK_WATCHDOG_DEFAULTS__FAILURE_THRESHOLD", "three"),
+            ]
+        ),
+        [
+            r#"watchdog.interval: "15 sec" is not a duration like "15s" or "5m" (set by environment variable ROLLBACK_WATCHDOG_WATCHDOG__INTERVAL)"#,
+            r#"defaults.failure_threshold: expected a whole number (0 or more), got string "three" (set by environment variable ROLLBACK_WATCHDOG_DEFAULTS__FAILURE_THRESHOLD)"#,
+            "defaults.latency.max_ratio_to_baseline: must be > 1.0, got 0.8 (set by environment variable ROLLBACK_WATCHDOG_DEFAULTS__LATENCY__MAX_RATIO_TO_BASELINE)",
+            "targets[0].latency.max_ratio_to_baseline: must be > 1.0, got 0.9",
+        ]
+    );
+}
+
 #[test]
 fn odd_documents_are_problems_never_panics() {
     let odd = [
@@ -575,4 +600,66 @@ fn odd_documents_are_problems_never_panics() {
     for (toml, expected) in odd {
         assert_eq!(problems(toml), [expected], "for {toml:?}");
     }
+}
+
+#[test]
+fn a_grouped_template_may_not_name_a_target_and_the_quantile_is_a_fraction() {
+    let toml = r#"
+        [defaults.error_rate]
+        grouped = true
+        errors_query = 'sum by (namespace, pod) (rate(http_requests_total{code=~"5.."}[{window}]))'
+        total_query = 'sum by (namespace, pod) (rate(http_requests_total{namespace="{namespace}", pod=~"{pods}"}[{window}]))'
+        [defaults.latency]
+        grouped = true
+        query = 'sum by (namespace, pod, le) (rate(http_request_duration_seconds_bucket[{window}]))'
+        quantile = 95
+        "#;
+    assert_eq!(
+        problems(toml),
+        [
+            "defaults.error_rate.total_query: error_rate.grouped = true runs this query once for every target, so it cannot use {namespace}, {pods}; return one series per namespace and pod instead (sum by (namespace, pod) (...)) and use only {window}",
+            "defaults.latency.quantile: must be between 0 and 1 (0.95 is p95), got 95",
+        ]
+    );
+    // The same templates per target (the default) are fine, and so is a
+    // grouped one that uses only {window}.
+    let fine = toml
+        .replace("grouped = true\n        errors", "errors")
+        .replace("quantile = 95", "quantile = 0.99");
+    if let Err(e) = Loader::from_toml(fine)
+        .env(Vec::<(String, String)>::new())
+        .load()
+    {
+        panic!("per-target templates and a grouped {{window}}-only one are refused: {e}");
+    }
+}
+
+#[test]
+fn a_health_ca_file_is_inherited_and_a_bad_ca_file_names_its_key() {
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let loaded = Loader::from_toml(format!(
+        "[defaults.health]\nurl = \"https://web.example.com/health\"\nca_file = \"{tls}/ca.crt\"\n{TARGET}"
+    ))
+    .env(Vec::<(String, String)>::new())
+    .load()
+    .unwrap_or_else(|e| panic!("a good ca_file is accepted:\n{e}"));
+    assert_eq!(
+        loaded.config.targets[0].policy.health.ca_file,
+        Some(PathBuf::from(format!("{tls}/ca.crt"))),
+        "the target inherits [defaults.health] ca_file"
+    );
+
+    // Where the watchdog runs, a missing one is an error like a missing
+    // secret file; one that holds no certificate always is.
+    let got = problems(&format!(
+        "{TARGET}[targets.health]\nca_file = \"{tls}/server.py\"\n\
+         [[notify]]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nca_file = \"{tls}/absent.crt\"\n"
+    ));
+    assert_eq!(
+        got,
+        [
+            format!("targets[0].health.ca_file: {tls}/server.py holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+            format!("notify[0].ca_file: file {tls}/absent.crt does not exist"),
+        ]
+    );
 }

@@ -2,13 +2,17 @@
 //! [`dispatch`], which runs one. The handlers live one file per family:
 //! [`config`] (`check-config`, `notify-test`), [`run`] (`run`, `status`,
 //! `self-check`), [`rollback`] (`rollback`, `restore`, `history`,
-//! `validate`). Nothing below `cli` may call into it.
+//! `validate`). [`target`] reads a Deployment argument the way kubectl
+//! does. Nothing below `cli` may call into it.
 
 pub mod config;
+pub mod drill;
 pub mod rollback;
 pub mod run;
 pub mod setup;
+pub mod target;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -18,6 +22,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::runtime::admin::AdminError;
 use crate::runtime::app::AppError;
 use crate::runtime::telemetry::LogFormat;
+#[cfg(feature = "sim")]
 use crate::sim::standalone::StandaloneError;
 
 /// Success.
@@ -55,6 +60,18 @@ pub struct Cli {
     )]
     pub log: Option<String>,
 
+    /// Kubeconfig file to connect with (as kubectl's --kubeconfig); default: KUBECONFIG, else ~/.kube/config, else in-cluster.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to connect with (as kubectl's --context); default: the current context.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Namespace of a Deployment given as NAME or deployment/NAME (as kubectl's -n).
+    #[arg(short = 'n', long, global = true, value_name = "NS")]
+    pub namespace: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,9 +88,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Show a Deployment's revisions (known-good, blocklisted, rolled back) and its incident records.
     History {
-        /// The Deployment, as NAMESPACE/NAME.
-        #[arg(value_name = "NS/NAME")]
-        target: DeploymentRef,
+        #[arg(value_name = "NS/NAME", help = DEPLOYMENT_HELP)]
+        target: DeploymentArg,
     },
     /// Roll a Deployment back through the full pipeline (validate, back up, patch, wait, verify, audit, notify).
     Rollback(RollbackArgs),
@@ -81,10 +97,11 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Run the runbook's verification checklist on a Deployment now (exit 0 pass, 1 fail).
     Validate {
-        /// The Deployment, as NAMESPACE/NAME.
-        #[arg(value_name = "NS/NAME")]
-        target: DeploymentRef,
+        #[arg(value_name = "NS/NAME", help = DEPLOYMENT_HELP)]
+        target: DeploymentArg,
     },
+    /// The runbook's rollback drill: every pipeline step that changes nothing, timed (--live: a real rollback and roll forward).
+    Drill(DrillArgs),
     /// Send a clearly marked test message through each configured notification sink.
     NotifyTest {
         /// Only the sink at this index of [[notify]] (0-based).
@@ -92,9 +109,28 @@ pub enum Command {
         sink: Option<usize>,
     },
     /// The whole story on the simulated cluster: a bad deploy detected and rolled back, in under a minute.
+    #[cfg(feature = "sim")]
     Demo(DemoArgs),
     /// Run the simulated cluster on its own, for kubectl and for `run`, until Ctrl-C.
+    #[cfg(feature = "sim")]
     Sim(SimArgs),
+    /// Print a shell completion script (e.g. `source <(rollback-watchdog completion bash)`).
+    Completion {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// The help of every Deployment argument.
+const DEPLOYMENT_HELP: &str =
+    "The Deployment: NAMESPACE/NAME, or NAME or deployment/NAME with -n NAMESPACE";
+
+/// The shells `completion` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +150,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// Do not ask a running watchdog: connect to the cluster and Prometheus and evaluate every target once.
     #[arg(long)]
@@ -129,9 +165,8 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// The Deployment, as NAMESPACE/NAME.
-    #[arg(value_name = "NS/NAME")]
-    pub target: DeploymentRef,
+    #[arg(value_name = "NS/NAME", help = DEPLOYMENT_HELP)]
+    pub target: DeploymentArg,
     /// `previous` (last known-good, else the highest older revision not blocklisted),
     /// a revision number, or an image tag to set on the container.
     #[arg(value_name = "previous|REVISION|IMAGE_TAG")]
@@ -146,6 +181,19 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[arg(value_name = "NS/NAME", help = DEPLOYMENT_HELP)]
+    pub target: DeploymentArg,
+    /// For a staging Deployment: roll back to the previous revision for real,
+    /// verify, roll forward to the original template, verify, and time both.
+    #[arg(long)]
+    pub live: bool,
+    /// Confirm --live (it is refused without it).
     #[arg(long)]
     pub yes: bool,
 }
@@ -171,6 +219,7 @@ pub struct DemoArgs {
     pub no_prometheus: bool,
 }
 
+#[cfg(feature = "sim")]
 impl DemoArgs {
     pub fn options(&self) -> crate::demo::DemoOptions {
         crate::demo::DemoOptions {
@@ -209,8 +258,13 @@ pub struct SimArgs {
     /// Scrape interval written into the Prometheus config.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub scrape_interval: std::time::Duration,
+    /// Scale runs: pods serve no HTTP listener (no metrics, no scrape targets) and Deployments get
+    /// no Service, so 10,000 Deployments of 3 pods fit in one process.
+    #[arg(long)]
+    pub no_pod_listeners: bool,
 }
 
+#[cfg(feature = "sim")]
 impl SimArgs {
     pub fn options(&self) -> crate::sim::standalone::StandaloneOptions {
         crate::sim::standalone::StandaloneOptions {
@@ -222,6 +276,7 @@ impl SimArgs {
             seed: self.seed,
             time_scale: self.time_scale,
             scrape_interval: self.scrape_interval,
+            no_pod_listeners: self.no_pod_listeners,
         }
     }
 }
@@ -229,6 +284,7 @@ impl SimArgs {
 /// What the command line cannot turn into an exit code by itself.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[cfg(feature = "sim")]
     #[error(transparent)]
     Sim(#[from] StandaloneError),
     #[error(transparent)]
@@ -242,18 +298,56 @@ impl Cli {
     /// stdout) only trouble unless `RUST_LOG` says otherwise, else none
     /// (`RUST_LOG` or the default).
     pub fn log_filter(&self) -> Option<&str> {
-        let demo_quiet = matches!(self.command, Command::Demo(_))
-            && std::env::var("RUST_LOG").map_or(true, |v| v.trim().is_empty());
-        self.log
-            .as_deref()
-            .or(demo_quiet.then_some(crate::demo::LOG_FILTER))
+        #[cfg(feature = "sim")]
+        if matches!(self.command, Command::Demo(_))
+            && std::env::var("RUST_LOG").map_or(true, |v| v.trim().is_empty())
+        {
+            return Some(self.log.as_deref().unwrap_or(crate::demo::LOG_FILTER));
+        }
+        self.log.as_deref()
     }
+
+    /// The Deployment `arg` names, `-n/--namespace` applied; a usage error
+    /// (exit 2) that says what to write when the namespace is missing or
+    /// contradicts itself. Every subcommand that names a Deployment goes
+    /// through here.
+    pub fn deployment(
+        &self,
+        arg: &DeploymentArg,
+        err: &mut dyn Write,
+    ) -> Result<DeploymentRef, u8> {
+        arg.resolve(self.namespace.as_deref()).map_err(|why| {
+            let _ = writeln!(err, "error: {why}\n\nFor more information, try '--help'.");
+            EXIT_CONFIG
+        })
+    }
+
+    /// kubectl's `--kubeconfig` and `--context`, for [`crate::k8s::connect`].
+    pub fn kube_options(&self) -> crate::k8s::KubeOptions {
+        crate::k8s::KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completion(shell: CompletionShell, out: &mut dyn Write) {
+    use clap::CommandFactory;
+    use clap_complete::{generate, Shell};
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    generate(shell, &mut Cli::command(), "rollback-watchdog", out);
 }
 
 /// Runs the subcommand; its exit code. Call inside a Tokio runtime.
 pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let path = cli.config.as_path();
+    crate::k8s::use_kube_options(cli.kube_options());
     Ok(match &cli.command {
         Command::CheckConfig(args) => {
             let path = args.path.as_deref().unwrap_or(path);
@@ -264,19 +358,43 @@ pub async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::SelfCheck => run::self_check(path, &mut out, &mut err).await,
         Command::Status(args) => run::status(path, args, &mut out, &mut err).await,
         Command::Rollback(args) => {
+            let target = match cli.deployment(&args.target, &mut err) {
+                Ok(t) => t,
+                Err(code) => return Ok(code),
+            };
             let mut io = rollback::Io::with_stdin(&mut out, &mut err);
-            rollback::rollback(path, args, rollback::default_sink(), &mut io).await
+            rollback::rollback(path, &target, args, rollback::default_sink(), &mut io).await
         }
         Command::Restore(args) => {
             let mut io = rollback::Io::with_stdin(&mut out, &mut err);
             rollback::restore(path, args, rollback::default_sink(), &mut io).await
         }
-        Command::History { target } => rollback::history(path, target, &mut out, &mut err).await,
-        Command::Validate { target } => rollback::validate(path, target, &mut out, &mut err).await,
+        Command::Drill(args) => {
+            let target = match cli.deployment(&args.target, &mut err) {
+                Ok(t) => t,
+                Err(code) => return Ok(code),
+            };
+            let mut io = rollback::Io::with_stdin(&mut out, &mut err);
+            drill::drill(path, &target, args.live, args.yes, &mut io).await
+        }
+        Command::History { target } => match cli.deployment(target, &mut err) {
+            Ok(target) => rollback::history(path, &target, &mut out, &mut err).await,
+            Err(code) => code,
+        },
+        Command::Validate { target } => match cli.deployment(target, &mut err) {
+            Ok(target) => rollback::validate(path, &target, &mut out, &mut err).await,
+            Err(code) => code,
+        },
+        Command::Completion { shell } => {
+            completion(*shell, &mut out);
+            EXIT_OK
+        }
+        #[cfg(feature = "sim")]
         Command::Sim(args) => {
             crate::sim::standalone::run(args.options(), &mut out, termination()).await?;
             EXIT_OK
         }
+        #[cfg(feature = "sim")]
         Command::Demo(args) => {
             match crate::demo::run(args.options(), Box::new(std::io::stdout())).await {
                 Ok(_) => EXIT_OK,
@@ -320,8 +438,10 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
-/// `NAMESPACE/NAME` of a Deployment, as the subcommands take it.
+/// `NAMESPACE/NAME` of a Deployment, as the subcommands take it once
+/// `-n/--namespace` is applied.
 pub type DeploymentRef = crate::k8s::DeploymentKey;
+pub use target::DeploymentArg;
 
 /// What `rollback` rolls back to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,9 +493,13 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Restore(_) => "restore",
             Command::Validate { .. } => "validate",
+            Command::Drill(_) => "drill",
             Command::NotifyTest { .. } => "notify-test",
+            #[cfg(feature = "sim")]
             Command::Demo(_) => "demo",
+            #[cfg(feature = "sim")]
             Command::Sim(_) => "sim",
+            Command::Completion { .. } => "completion",
         }
     }
 }
@@ -400,6 +524,7 @@ mod tests {
         );
         assert!("v1 2".parse::<RollbackTo>().is_err());
         assert!("production".parse::<DeploymentRef>().is_err());
+        assert!("production".parse::<DeploymentArg>().is_ok());
         assert_eq!(
             "production/kailash-kaizen"
                 .parse::<DeploymentRef>()

@@ -114,12 +114,13 @@ fn refuse_without_terminal(what: &str, io: &mut Io) -> u8 {
 /// `rollback NS/NAME previous|REVISION|IMAGE_TAG`.
 pub async fn rollback(
     config_path: &Path,
+    target: &DeploymentRef,
     args: &RollbackArgs,
     sink: Arc<dyn IncidentSink>,
     io: &mut Io<'_>,
 ) -> u8 {
     if !args.yes && !args.dry_run && !io.terminal {
-        return refuse_without_terminal(&format!("roll back {}", args.target), io);
+        return refuse_without_terminal(&format!("roll back {target}"), io);
     }
     let to = match &args.to {
         RollbackTo::Previous => Target::Previous,
@@ -136,8 +137,8 @@ pub async fn rollback(
         },
     };
     let mut request = RollbackRequest::new(
-        &args.target.namespace,
-        &args.target.name,
+        &target.namespace,
+        &target.name,
         to,
         Trigger::Cli { user: user() },
     );

@@ -14,6 +14,19 @@ use reqwest::header::HeaderValue;
 
 use super::Secret;
 
+/// The certificates of the PEM CA bundle at `path` (a `ca_file` key), read
+/// once when a client is built; the error says what is wrong, for a
+/// message that names the key.
+pub fn ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
+}
+
 /// Takes the userinfo out of `url` and returns it as the value of an
 /// `Authorization: Basic ...` header; `None` when the URL has none.
 pub fn take_userinfo(url: &mut url::Url) -> Option<Secret> {

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod credentials;
+mod layers;
 mod raw;
 mod schema;
 mod validate;
@@ -21,8 +22,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::Format;
 use figment::Figment;
+
+use layers::TomlText;
 
 pub use schema::*;
 pub use validate::{LINK_PLACEHOLDERS, QUERY_PLACEHOLDERS, URL_PLACEHOLDERS};
@@ -36,6 +39,7 @@ pub const CLI_ENV_VARS: &[&str] = &[
     "ROLLBACK_WATCHDOG_CONFIG",
     "ROLLBACK_WATCHDOG_LOG_FORMAT",
     "ROLLBACK_WATCHDOG_LOG",
+    "ROLLBACK_WATCHDOG_DEMO_NO_PROMETHEUS",
 ];
 
 const BUILTIN: &str = include_str!("builtin.toml");
@@ -196,15 +200,15 @@ impl Loader {
                 message: e.to_string().trim_end().to_string(),
             });
         }
-        let env: Vec<(String, String)> = match &self.env {
-            Some(vars) => vars.clone(),
-            None => std::env::vars().collect(),
+        let file_layer = match &self.source {
+            // Read again by figment so its metadata names the file.
+            Source::File(path) => TomlText::file_exact(path),
+            Source::Text(text) => TomlText::string(text),
         };
-        let (env_layer, env_keys, mut problems) = env_layer(&env);
-
-        let figment = Figment::from(Toml::string(BUILTIN))
-            .merge(Toml::string(&text))
-            .merge(env_layer);
+        let (figment, env_keys, mut problems) = layers::with_env(
+            Figment::from(TomlText::string(BUILTIN)).merge(file_layer),
+            self.env.as_deref(),
+        );
         let doc: serde_json::Value = figment
             .extract()
             .map_err(|e| ConfigError::Layers(Box::new(e)))?;
@@ -212,23 +216,18 @@ impl Loader {
         let raw::RawOutcome {
             raw,
             doc,
-            problems: mut raw_problems,
+            problems: raw_problems,
             broken,
         } = raw::deserialize(doc);
-        for p in &mut raw_problems {
-            if let Some(var) = env_keys
-                .iter()
-                .find(|(key, _)| p.path == *key || p.path.starts_with(&format!("{key}.")))
-            {
-                p.message = format!("{} (set by environment variable {})", p.message, var.1);
-            }
-        }
         problems.extend(raw_problems);
 
         let mut warnings = Vec::new();
         let mut config = None;
         if let Some(raw) = raw {
-            let env_map: BTreeMap<String, String> = env.into_iter().collect();
+            let env_map: BTreeMap<String, String> = match &self.env {
+                Some(vars) => vars.iter().cloned().collect(),
+                None => std::env::vars().collect(),
+            };
             let outcome = validate::validate(&raw, &doc, &env_map, self.missing_secrets);
             let is_broken = |p: &Problem| {
                 broken.iter().any(|b| {
@@ -240,6 +239,15 @@ impl Loader {
             problems.extend(outcome.problems.into_iter().filter(|p| !is_broken(p)));
             warnings = outcome.warnings;
             config = Some(outcome.config);
+        }
+
+        // Where each bad value came from, by figment's metadata: a value
+        // the environment set names its variable (a file's are named by
+        // the file in the heading and the key on the line).
+        for p in &mut problems {
+            if let Some(var) = env_keys.variable_for(&figment, &p.path) {
+                p.message = format!("{} (set by environment variable {var})", p.message);
+            }
         }
 
         if config.is_none() && problems.is_empty() {
@@ -286,58 +294,6 @@ fn sort_key(path: &str) -> (usize, String) {
 fn regex_indices() -> &'static regex::Regex {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     RE.get_or_init(|| regex::Regex::new(r"\[([0-9]+)\]").expect("static regex"))
-}
-
-/// A variable the kubelet injects for a Service whose name starts with
-/// `rollback-watchdog` (`ROLLBACK_WATCHDOG_SERVICE_HOST`,
-/// `ROLLBACK_WATCHDOG_METRICS_PORT_8080_TCP_ADDR`...), unless the pod sets
-/// `enableServiceLinks: false`. Config keys always nest with `__`, so
-/// these can never be one and are not reported as mistakes.
-fn is_service_link(name: &str) -> bool {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    !name.contains("__")
-        && RE
-            .get_or_init(|| {
-                regex::Regex::new(
-                    r"^ROLLBACK_WATCHDOG(_[A-Z0-9_]+?)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$",
-                )
-                .expect("static regex")
-            })
-            .is_match(name)
-}
-
-/// The `ROLLBACK_WATCHDOG_` layer. `ROLLBACK_WATCHDOG_WATCHDOG__DRY_RUN=true`
-/// sets `watchdog.dry_run`; values parse like figment's `Env` (bool,
-/// number, array, else string). Returns the layer, which key each variable
-/// set (for messages), and problems with variable names.
-fn env_layer(vars: &[(String, String)]) -> (Figment, Vec<(String, String)>, Vec<Problem>) {
-    let mut figment = Figment::new();
-    let mut keys = Vec::new();
-    let mut problems = Vec::new();
-    let mut sorted: Vec<_> = vars
-        .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    sorted.sort();
-    for (name, value) in sorted {
-        if CLI_ENV_VARS.contains(&name.as_str()) || is_service_link(name) {
-            continue;
-        }
-        let key = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
-        if key.is_empty() || key.split('.').any(str::is_empty) {
-            problems.push(Problem::new(
-                String::new(),
-                format!("environment variable {name} does not name a config key; write e.g. ROLLBACK_WATCHDOG_WATCHDOG__DRY_RUN"),
-            ));
-            continue;
-        }
-        let parsed: figment::value::Value = value
-            .parse()
-            .unwrap_or_else(|never: std::convert::Infallible| match never {});
-        figment = figment.merge(Serialized::default(&key, parsed));
-        keys.push((key, name.clone()));
-    }
-    (figment, keys, problems)
 }
 
 impl Config {

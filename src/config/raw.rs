@@ -108,6 +108,7 @@ pub(crate) struct RawErrorRate {
     pub window: Option<DurationStr>,
     pub baseline_lookback: Option<DurationStr>,
     pub misconfigured_after_requests: Option<u32>,
+    pub grouped: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -121,6 +122,8 @@ pub(crate) struct RawLatency {
     pub window: Option<DurationStr>,
     pub baseline_lookback: Option<DurationStr>,
     pub min_requests: Option<u32>,
+    pub grouped: Option<bool>,
+    pub quantile: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -134,6 +137,7 @@ pub(crate) struct RawHealth {
     pub body_regex: Option<String>,
     pub per_pod: Option<RawPerPod>,
     pub version_url: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -181,6 +185,7 @@ pub(crate) struct RawNotify {
     pub deadline: Option<DurationStr>,
     pub dashboard_url: Option<String>,
     pub runbook_url: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// A duration as written (`"15s"`); parsed by the validation pass so that a

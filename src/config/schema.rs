@@ -148,6 +148,10 @@ pub struct ErrorRatePolicy {
     /// `total_query`) after which a query that returns no series is
     /// reported as misconfigured rather than read as zero or no data.
     pub misconfigured_after_requests: u32,
+    /// The two queries return one series per `namespace`/`pod` for every
+    /// target at once: run once per tick, summed per revision by the
+    /// watchdog ([`crate::signals::grouped`]).
+    pub grouped: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -167,6 +171,12 @@ pub struct LatencyPolicy {
     /// Requests (counted by the error-rate `total_query`) a span must hold
     /// for its quantile to be a latency figure; fewer is Inconclusive.
     pub min_requests: u32,
+    /// `query` returns histogram buckets, one series per `namespace`,
+    /// `pod` and `le`, for every target at once: run once per tick, the
+    /// quantile computed by the watchdog as `histogram_quantile` does.
+    pub grouped: bool,
+    /// The quantile of a grouped `query` (0.95 = p95).
+    pub quantile: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -183,6 +193,10 @@ pub struct HealthPolicy {
     pub per_pod: Option<PerPodProbe>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version_url: Option<UrlTemplate>,
+    /// A PEM CA bundle trusted, besides the system's roots, for https
+    /// health URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Probe each new pod directly at `http://<pod IP>:<port><path>`.
@@ -424,6 +438,10 @@ pub struct NotifySink {
     pub dashboard_url: Option<UrlTemplate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runbook_url: Option<UrlTemplate>,
+    /// A PEM CA bundle trusted, besides the system's roots, for this
+    /// sink's https URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl NotifySink {
@@ -653,6 +671,7 @@ mod tests {
             deadline: Duration::from_secs(60),
             dashboard_url: None,
             runbook_url: None,
+            ca_file: None,
         };
         assert!(sink.wants(EventKind::RollbackFailed, "production", "web"));
         assert!(!sink.wants(EventKind::Blind, "production", "web"));

@@ -8,7 +8,7 @@
 //! and targets) and `notify` (the sinks).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -369,6 +369,41 @@ impl<'a> Checker<'a> {
         QueryTemplate(text)
     }
 
+    /// A query template; a grouped one runs once for every target, so it
+    /// may not name a target (only `{window}`).
+    fn maybe_grouped(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        grouped: bool,
+    ) -> QueryTemplate {
+        let template = self.query(path, value);
+        if grouped {
+            let per_target: Vec<String> = placeholder_regex()
+                .captures_iter(template.as_str())
+                .map(|c| c[1].to_string())
+                .filter(|name| name != "window")
+                .collect();
+            if !per_target.is_empty() {
+                let path_grouped = path.rsplit_once('.').map_or(path, |(head, _)| head);
+                self.problem(
+                    path,
+                    format!(
+                        "{path_grouped}.grouped = true runs this query once for every target, so it cannot use {}; \
+                         return one series per namespace and pod instead (sum by (namespace, pod) (...)) \
+                         and use only {{window}}",
+                        per_target
+                            .iter()
+                            .map(|n| format!("{{{n}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        template
+    }
+
     fn url_template(&mut self, path: &str, text: &str, known: &[&str]) -> UrlTemplate {
         if text.trim().is_empty() {
             self.problem(path, "must not be empty");
@@ -410,6 +445,25 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// A `ca_file` key: readable (like a secret file) and a PEM bundle
+    /// holding at least one certificate, so that a bad one is reported by
+    /// `check-config` with its key rather than at the first https request.
+    fn ca_file(&mut self, path: &str, file: &str) -> PathBuf {
+        if let Some(content) = self.secret_file(path, file) {
+            match reqwest::Certificate::from_pem_bundle(content.as_bytes()) {
+                Ok(certs) if certs.is_empty() => self.problem(
+                    path,
+                    format!("{file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    self.problem(path, format!("{file} is not a PEM certificate bundle: {e}"))
+                }
+            }
+        }
+        PathBuf::from(file)
     }
 
     fn secret_env(&mut self, path: &str, name: &str) -> Option<String> {

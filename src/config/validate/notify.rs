@@ -35,6 +35,10 @@ impl Checker<'_> {
             .runbook_url
             .as_ref()
             .map(|u| self.url_template(&path("runbook_url"), u, LINK_PLACEHOLDERS));
+        let ca_file = n
+            .ca_file
+            .as_ref()
+            .map(|f| self.ca_file(&path("ca_file"), f));
         NotifySink {
             name,
             kind,
@@ -46,6 +50,7 @@ impl Checker<'_> {
             deadline,
             dashboard_url,
             runbook_url,
+            ca_file,
         }
     }
 

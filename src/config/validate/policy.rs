@@ -157,10 +157,12 @@ impl Checker<'_> {
                 format!("must be >= 0 requests per second, got {min_request_rate}"),
             );
         }
+        let grouped = self.bool("error_rate.grouped", e.grouped);
         ErrorRatePolicy {
             enabled: self.bool("error_rate.enabled", e.enabled),
-            errors_query: self.query("error_rate.errors_query", &e.errors_query),
-            total_query: self.query("error_rate.total_query", &e.total_query),
+            errors_query: self.maybe_grouped("error_rate.errors_query", &e.errors_query, grouped),
+            total_query: self.maybe_grouped("error_rate.total_query", &e.total_query, grouped),
+            grouped,
             max,
             max_ratio_to_baseline: self
                 .ratio_above_one("error_rate.max_ratio_to_baseline", e.max_ratio_to_baseline),
@@ -180,9 +182,21 @@ impl Checker<'_> {
 
     fn latency(&mut self, p: &RawPolicy) -> LatencyPolicy {
         let l = &p.latency;
+        let grouped = self.bool("latency.grouped", l.grouped);
+        let quantile = *self
+            .required("latency.quantile", &l.quantile)
+            .unwrap_or(&0.95);
+        if !(0.0..=1.0).contains(&quantile) {
+            self.problem(
+                "latency.quantile",
+                format!("must be between 0 and 1 (0.95 is p95), got {quantile}"),
+            );
+        }
         LatencyPolicy {
             enabled: self.bool("latency.enabled", l.enabled),
-            query: self.query("latency.query", &l.query),
+            query: self.maybe_grouped("latency.query", &l.query, grouped),
+            grouped,
+            quantile,
             max_ratio_to_baseline: self
                 .ratio_above_one("latency.max_ratio_to_baseline", l.max_ratio_to_baseline),
             relative_floor: self.duration("latency.relative_floor", &l.relative_floor),
@@ -277,6 +291,10 @@ impl Checker<'_> {
             .version_url
             .as_ref()
             .map(|u| self.url_template("health.version_url", u, URL_PLACEHOLDERS));
+        let ca_file = h
+            .ca_file
+            .as_ref()
+            .map(|f| self.ca_file("health.ca_file", f));
         HealthPolicy {
             enabled: self.bool("health.enabled", h.enabled),
             urls,
@@ -285,6 +303,7 @@ impl Checker<'_> {
             body_regex,
             per_pod,
             version_url,
+            ca_file,
         }
     }
 

@@ -117,10 +117,10 @@ impl Checker<'_> {
             self.secret_file("prometheus.bearer_token_file", f);
             PathBuf::from(f)
         });
-        let ca_file = p.ca_file.as_ref().map(|f| {
-            self.secret_file("prometheus.ca_file", f);
-            PathBuf::from(f)
-        });
+        let ca_file = p
+            .ca_file
+            .as_ref()
+            .map(|f| self.ca_file("prometheus.ca_file", f));
         let mut headers = BTreeMap::new();
         for (name, value) in &p.headers {
             let path = format!("prometheus.headers.{name}");
