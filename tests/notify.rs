@@ -14,7 +14,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use rollback_watchdog::config::{EventKind, Loader, NotifySink};
-use rollback_watchdog::report::incident::{Incident, IncidentSink, RevisionRef, Trigger};
+use rollback_watchdog::report::incident::{
+    describe_changes, Incident, IncidentSink, RevisionRef, Trigger,
+};
 use rollback_watchdog::report::notify::{
     self, DeliveryOutcome, DeliveryResult, FileLedger, MetricsObserver, Notifier, RetryPolicy,
 };
@@ -119,6 +121,7 @@ fn incident(kind: EventKind) -> Incident {
         backup: None,
         blocklisted_redeploy: false,
         changes: Vec::new(),
+        patch: Vec::new(),
         dashboard_url: None,
         runbook_url: None,
     };
@@ -145,10 +148,6 @@ fn incident(kind: EventKind) -> Incident {
         }
         EventKind::WouldRollBack => {
             i.dry_run = true;
-            i.changes = vec![
-                "image registry.example.com/kailash-kaizen:v2.3.1 → registry.example.com/kailash-kaizen:v2.3.0".into(),
-                "kubernetes.io/change-cause: rolled back by rollback-watchdog (error ratio 30.2 % > max 5.0 %)".into(),
-            ];
         }
         EventKind::Conflict => {
             i.backup = backup;
@@ -223,7 +222,39 @@ fn incident(kind: EventKind) -> Incident {
             i.reason = "error ratio 30.2 % > max 5.0 %, but revision 5 rolled out 3 h ago, outside its 15m window".into();
         }
     }
+    // What the pipeline records for a patch sent (or, dry, that would be).
+    if matches!(
+        kind,
+        EventKind::RollbackStarted
+            | EventKind::RollbackSucceeded
+            | EventKind::RollbackFailed
+            | EventKind::Escalation
+            | EventKind::WouldRollBack
+    ) {
+        i.patch = rollback_patch();
+        i.changes = describe_changes(
+            &bad_revision(),
+            &good_revision(),
+            Some(CHANGE_CAUSE),
+            i.backup.as_deref(),
+        );
+    }
     i
+}
+
+const CHANGE_CAUSE: &str =
+    "rollback-watchdog: rolled back from 5 (v2.3.1) to 4 (v2.3.0): error ratio 30.2 % > max 5.0 %";
+
+/// The JSON Patch of a rollback, shaped as the pipeline sends it.
+fn rollback_patch() -> Vec<Value> {
+    vec![
+        serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": "48211"}),
+        serde_json::json!({"op": "replace", "path": "/spec/template", "value": {
+            "metadata": {"labels": {"app": "kailash-kaizen"}},
+            "spec": {"containers": [{"name": "kailash-kaizen", "image": "registry.example.com/kailash-kaizen:v2.3.0"}]},
+        }}),
+        serde_json::json!({"op": "add", "path": "/metadata/annotations/kubernetes.io~1change-cause", "value": CHANGE_CAUSE}),
+    ]
 }
 
 /// Sinks as a user configures them, through the real config loader.
@@ -400,6 +431,52 @@ fn on_call_reads_what_happened_and_whether_they_still_have_a_problem() {
         .as_array()
         .is_some_and(|b| b.iter().any(|e| e["type"] == "FactSet")));
     assert_eq!(attachment["content"]["actions"][1]["title"], "Runbook");
+}
+
+#[test]
+fn what_changed_is_said_in_words_in_slack_and_teams_and_the_raw_patch_goes_only_to_machines() {
+    let sinks = snapshot_sinks();
+    let (slack, teams, webhook) = (&sinks[0], &sinks[1], &sinks[2]);
+    let mut told = 0;
+    for kind in EventKind::ALL {
+        let i = incident(kind);
+        for (sink, name) in [(slack, "Slack"), (teams, "Teams")] {
+            let text = notify::payload(sink, &i).to_string();
+            for raw in ["\\\"op\\\"", "\"op\"", "/spec/template", "~1change-cause"] {
+                assert!(
+                    !text.contains(raw),
+                    "{name} message for {kind:?} shows the raw JSON Patch ({raw}):\n{text}"
+                );
+            }
+        }
+        let doc = notify::payload(webhook, &i);
+        assert_eq!(doc["patch"], Value::from(i.patch.clone()), "{kind:?}");
+        if i.patch.is_empty() {
+            continue;
+        }
+        told += 1;
+        assert_eq!(doc["patch"][1]["path"], "/spec/template");
+        let slack_words = slack_text(&notify::payload(slack, &i));
+        let teams_words = notify::payload(teams, &i).to_string();
+        for words in [
+            "image registry.example.com/kailash-kaizen:v2.3.1 → registry.example.com/kailash-kaizen:v2.3.0",
+            "revision 5 → 4",
+            "change-cause: rollback-watchdog: rolled back from 5 (v2.3.1) to 4 (v2.3.0)",
+        ] {
+            assert!(slack_words.contains(words), "Slack, {kind:?}: no {words:?}:\n{slack_words}");
+            assert!(teams_words.contains(words), "Teams, {kind:?}: no {words:?}:\n{teams_words}");
+            assert!(
+                doc["changes"].to_string().contains(words),
+                "webhook, {kind:?}: no {words:?}"
+            );
+        }
+        if let Some(backup) = &i.backup {
+            let line = format!("backup of the previous state: ConfigMap {backup}");
+            assert!(slack_words.contains(&line), "{kind:?}:\n{slack_words}");
+            assert!(teams_words.contains(&line), "{kind:?}");
+        }
+    }
+    assert!(told >= 4, "only {told} kinds carry a patch");
 }
 
 /// A decision with everything too long: Slack must still accept it.

@@ -82,7 +82,7 @@ impl<T> Served<T> {
 }
 
 /// Longest line of a rendered Slack message (the "What changed" section
-/// carries whole JSON Patch operations).
+/// has the whole change-cause on one line).
 const SLACK_LINE_MAX: usize = 160;
 
 /// Slack's mrkdwn as plain text: entities decoded, `<!date^..|text>` and

@@ -166,8 +166,13 @@ pub struct Incident {
     pub backup: Option<String>,
     /// The new revision is a re-deploy of a blocklisted template.
     pub blocklisted_redeploy: bool,
-    /// What the patch changes (dry run) or changed, for people.
+    /// What the patch changes (dry run) or changed, in words for people
+    /// ([`describe_changes`]): images, revision, change-cause, backup.
     pub changes: Vec<String>,
+    /// The JSON Patch operations themselves, for machines: the generic
+    /// webhook carries them; Slack and Teams never show them (the audit
+    /// log and the backup keep them too).
+    pub patch: Vec<serde_json::Value>,
     pub dashboard_url: Option<String>,
     pub runbook_url: Option<String>,
 }
@@ -189,6 +194,47 @@ impl Incident {
     pub fn time_to_recover(&self) -> Option<f64> {
         seconds_between(self.detected_at.as_deref()?, self.finished_at.as_deref()?)
     }
+}
+
+/// A rollback's change in words, as on-call reads it at 3 a.m.: each
+/// container image that changes (`image a:v2 → a:v1`), the revision
+/// (`revision 2 → 1`), the change-cause the patch sets and the backup that
+/// holds what was there before. Never the raw JSON Patch.
+pub fn describe_changes(
+    from: &RevisionRef,
+    to: &RevisionRef,
+    change_cause: Option<&str>,
+    backup: Option<&str>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if from.images.len() == to.images.len() {
+        for (old, new) in from.images.iter().zip(&to.images) {
+            if old != new {
+                out.push(format!("image {old} → {new}"));
+            }
+        }
+    } else {
+        out.push(format!(
+            "images {} → {}",
+            from.images.join(", "),
+            to.images.join(", ")
+        ));
+    }
+    if to.revision > 0 {
+        out.push(format!("revision {} → {}", from.revision, to.revision));
+    } else {
+        out.push(format!(
+            "revision {} → a new revision with the image above",
+            from.revision
+        ));
+    }
+    if let Some(cause) = change_cause.filter(|c| !c.is_empty()) {
+        out.push(format!("change-cause: {cause}"));
+    }
+    if let Some(b) = backup {
+        out.push(format!("backup of the previous state: ConfigMap {b}"));
+    }
+    out
 }
 
 fn seconds_between(from: &str, to: &str) -> Option<f64> {

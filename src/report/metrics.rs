@@ -83,6 +83,8 @@ fn incident_histogram() -> Histogram {
 pub struct Metrics {
     pub targets: Gauge,
     pub evaluations: Family<TargetResult, Counter>,
+    /// Evaluations a watch event woke between ticks.
+    pub event_evaluations: Counter,
     pub signal_results: Family<SignalResultLabels, Counter>,
     pub signal_query_seconds: HistogramFamily<SignalLabels>,
     pub rollbacks: Family<TargetOutcome, Counter>,
@@ -102,6 +104,7 @@ impl Metrics {
         let metrics = Metrics {
             targets: Gauge::default(),
             evaluations: Family::default(),
+            event_evaluations: Counter::default(),
             signal_results: Family::default(),
             signal_query_seconds: Family::new_with_constructor(query_histogram),
             rollbacks: Family::default(),
@@ -122,6 +125,11 @@ impl Metrics {
             "evaluations",
             "Evaluations of a target, by the verdict reached",
             metrics.evaluations.clone(),
+        );
+        registry.register(
+            "event_evaluations",
+            "Evaluations of a target's pods a watch event woke between ticks",
+            metrics.event_evaluations.clone(),
         );
         registry.register(
             "signal_results",
@@ -237,7 +245,7 @@ impl Format {
     pub fn content_type(self) -> &'static str {
         match self {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
         }
     }
 
@@ -285,105 +293,19 @@ impl Format {
     }
 }
 
-/// The registry in `format`.
+/// The registry in `format`: prometheus-client's own encoders for both
+/// (`prometheus_text` writes 0.0.4 as the Go client does: counters named
+/// with `_total`, info metrics as `_info` gauges, no `_created`, no `# EOF`).
 pub fn render(registry: &Registry, format: Format) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    match format {
-        Format::OpenMetrics => out,
-        Format::Prometheus => openmetrics_to_prometheus(&out),
-    }
-}
-
-/// Rewrites prometheus-client's OpenMetrics text (it encodes nothing else)
-/// in the Prometheus text format 0.0.4, as the Go client writes it:
-/// a counter's family is named with its `_total`; an info metric is a
-/// gauge named `..._info`; `unknown` is `untyped`; there is no `# UNIT`,
-/// no `_created` series, no exemplar and no `# EOF`; timestamps are in
-/// milliseconds.
-fn openmetrics_to_prometheus(openmetrics: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(openmetrics.len());
-    let mut help: Option<(&str, &str)> = None;
-    let mut family_type = "";
-    for line in openmetrics.lines() {
-        if line == "# EOF" {
-            break;
+    let _ = match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry),
+        Format::Prometheus => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
         }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
-            let (classic_name, classic_kind) = match kind {
-                "counter" => (format!("{name}_total"), "counter"),
-                "info" => (format!("{name}_info"), "gauge"),
-                "stateset" => (name.to_string(), "gauge"),
-                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
-                _ => (name.to_string(), "untyped"),
-            };
-            if let Some((_, text)) = help.take().filter(|(n, _)| *n == name) {
-                // OpenMetrics may escape a quote in HELP; 0.0.4 does not.
-                let _ = writeln!(out, "# HELP {classic_name} {}", text.replace("\\\"", "\""));
-            }
-            let _ = writeln!(out, "# TYPE {classic_name} {classic_kind}");
-            family_type = kind;
-            continue;
-        }
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let (series, rest) = split_series(line);
-        let name = series.split('{').next().unwrap_or(series);
-        if name.ends_with("_created") && matches!(family_type, "counter" | "histogram" | "summary")
-        {
-            continue;
-        }
-        // "value [timestamp] [# exemplar]"
-        let mut fields = rest.split('#').next().unwrap_or("").split_whitespace();
-        let Some(value) = fields.next() else {
-            continue;
-        };
-        let _ = write!(out, "{series} {value}");
-        if let Some(ms) = fields
-            .next()
-            .and_then(|t| t.parse::<f64>().ok())
-            .map(|seconds| (seconds * 1000.0).round() as i64)
-        {
-            let _ = write!(out, " {ms}");
-        }
-        out.push('\n');
-    }
+    };
     out
-}
-
-/// Splits a sample line into `name{labels}` and the rest, minding quoted
-/// label values (which may hold spaces, braces and `#`).
-fn split_series(line: &str) -> (&str, &str) {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    let mut in_labels = false;
-    for (i, c) in line.char_indices() {
-        if in_quotes {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_quotes = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' if in_labels => in_quotes = true,
-            '{' => in_labels = true,
-            '}' if in_labels => return (&line[..=i], &line[i + 1..]),
-            ' ' if !in_labels => return (&line[..i], &line[i..]),
-            _ => {}
-        }
-    }
-    (line, "")
 }
 
 #[cfg(test)]
@@ -477,38 +399,6 @@ mod tests {
         }
         assert!(!text.contains("# EOF"), "{text}");
         assert!(!text.contains(" info\n"), "{text}");
-    }
-
-    #[test]
-    fn openmetrics_features_the_prometheus_text_lacks_are_rewritten_or_dropped() {
-        let openmetrics = concat!(
-            "# HELP jobs Jobs \\\"done\\\".\n",
-            "# TYPE jobs counter\n",
-            "# UNIT jobs jobs\n",
-            "jobs_total{queue=\"a b} # {\"} 3 1700000000.5 # {trace_id=\"x\"} 1.0 1.0\n",
-            "jobs_created{queue=\"a b} # {\"} 1700000000.0\n",
-            "# HELP up Up.\n",
-            "# TYPE up unknown\n",
-            "up 1\n",
-            "# HELP build Build.\n",
-            "# TYPE build info\n",
-            "build_info{version=\"1\"} 1\n",
-            "# EOF\n",
-        );
-        assert_eq!(
-            openmetrics_to_prometheus(openmetrics),
-            concat!(
-                "# HELP jobs_total Jobs \"done\".\n",
-                "# TYPE jobs_total counter\n",
-                "jobs_total{queue=\"a b} # {\"} 3 1700000000500\n",
-                "# HELP up Up.\n",
-                "# TYPE up untyped\n",
-                "up 1\n",
-                "# HELP build_info Build.\n",
-                "# TYPE build_info gauge\n",
-                "build_info{version=\"1\"} 1\n",
-            )
-        );
     }
 
     #[test]

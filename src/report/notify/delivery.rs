@@ -292,12 +292,38 @@ impl FileLedger {
     }
 }
 
-/// The HTTP client every sink shares: no redirects (a redirected POST is
-/// a misconfigured URL, and following it could carry the body elsewhere).
+/// The most of a receiver's error answer that is read (its first line is
+/// quoted).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The HTTP client of every sink without a `ca_file`: no redirects (a
+/// redirected POST is a misconfigured URL, and following it could carry
+/// the body elsewhere).
 pub fn http_client() -> Result<reqwest::Client, NotifyError> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("rollback-watchdog/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| NotifyError::Client(e.without_url()))
+}
+
+/// The client for the sink at `notify[index]`: the shared settings, and
+/// when it has a `ca_file`, that bundle (read here, once) trusted besides
+/// the system's roots. TLS is always verified.
+pub fn http_client_for(index: usize, sink: &NotifySink) -> Result<reqwest::Client, NotifyError> {
+    let Some(path) = &sink.ca_file else {
+        return http_client();
+    };
+    let certs = credentials::ca_bundle(path).map_err(|message| NotifyError::CaFile {
+        index,
+        sink: sink.name.clone(),
+        path: path.clone(),
+        message,
+    })?;
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("rollback-watchdog/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_merge(certs)
         .build()
         .map_err(|e| NotifyError::Client(e.without_url()))
 }
@@ -392,7 +418,11 @@ async fn attempt(
     };
     // Slack and Teams answer errors with a short code (`invalid_blocks`):
     // worth showing, once scrubbed and cut.
-    let body = response.text().await.unwrap_or_default();
+    // Read with a cap: a receiver answering megabytes is not read whole.
+    let body = match crate::signals::body::read_capped(response, MAX_ERROR_BODY).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => e.to_string(),
+    };
     let first = body.lines().next().unwrap_or("").trim();
     let mut reason = format!("HTTP {}", status.as_u16());
     if !first.is_empty() {
@@ -764,21 +794,28 @@ impl NotifierBuilder {
     /// Starts one worker task per sink. Must run inside a Tokio runtime.
     pub fn start(self) -> Result<Notifier, NotifyError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NotifyError::NoRuntime)?;
-        let client = match self.client {
-            Some(c) => c,
-            None => http_client()?,
-        };
+        // Every client first (each `ca_file` read once), so that a bad
+        // bundle fails the start before any worker runs.
+        let clients = self
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(index, sink)| match &self.client {
+                Some(c) => Ok(c.clone()),
+                None => http_client_for(index, sink),
+            })
+            .collect::<Result<Vec<_>, NotifyError>>()?;
         let observers = Arc::new(self.observers);
         let (cutoff, cutoff_rx) = watch::channel(None);
         let mut sinks = Vec::new();
         let mut workers = Vec::new();
-        for sink in self.sinks {
+        for (sink, client) in self.sinks.into_iter().zip(clients) {
             let sink = Arc::new(sink);
             let (tx, rx) = mpsc::channel(self.queue_capacity);
             workers.push(runtime.spawn(worker(
                 Arc::clone(&sink),
                 rx,
-                client.clone(),
+                client,
                 Arc::clone(&self.ledger),
                 Arc::clone(&observers),
                 self.policy.clone(),

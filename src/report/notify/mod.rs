@@ -6,6 +6,7 @@
 //! log lines name the sink.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use crate::config::{EventKind, NotifySink, Placeholders, SinkKind};
 use crate::report::incident::{Incident, Trigger};
@@ -42,6 +43,13 @@ pub enum NotifyError {
     Encode(#[source] serde_json::Error),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("notify[{index}].ca_file {} (sink {sink}): {message}", path.display())]
+    CaFile {
+        index: usize,
+        sink: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error("delivery ledger {path}: {source}")]
     Ledger {
         path: String,
@@ -364,6 +372,7 @@ pub fn test_incident(cluster: &str, namespace: &str, now: jiff::Timestamp) -> In
         backup: None,
         blocklisted_redeploy: false,
         changes: Vec::new(),
+        patch: Vec::new(),
         dashboard_url: None,
         runbook_url: None,
     }
@@ -418,14 +427,24 @@ pub async fn send_test(
     if sinks.is_empty() {
         return Err(NotifyError::NoSinks);
     }
-    let client = delivery::http_client()?;
+    let clients = sinks
+        .iter()
+        .map(|sink| {
+            let index = config
+                .notify
+                .iter()
+                .position(|s| std::ptr::eq(s, *sink))
+                .unwrap_or_default();
+            delivery::http_client_for(index, sink)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let incident = test_incident(
         &config.watchdog.cluster_name,
         &config.watchdog.namespace,
         jiff::Timestamp::now(),
     );
-    let sends = sinks.into_iter().map(|sink| {
-        let (client, incident) = (client.clone(), &incident);
+    let sends = sinks.into_iter().zip(clients).map(|(sink, client)| {
+        let incident = &incident;
         async move {
             TestResult {
                 sink: sink.name.clone(),

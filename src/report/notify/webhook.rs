@@ -57,7 +57,11 @@ pub struct Document<'a> {
     pub dry_run: bool,
     pub backup: Option<&'a str>,
     pub blocklisted_redeploy: bool,
+    /// The change in words, as Slack and Teams show it.
     pub changes: &'a [String],
+    /// The JSON Patch operations sent (or, in a dry run, that would be),
+    /// for machines; empty when no patch was built.
+    pub patch: &'a [Value],
     pub links: &'a Links,
 }
 
@@ -140,6 +144,7 @@ pub fn payload(incident: &Incident, summary: &Summary) -> Value {
         backup: incident.backup.as_deref(),
         blocklisted_redeploy: incident.blocklisted_redeploy,
         changes: &incident.changes,
+        patch: &incident.patch,
         links: &summary.links,
     };
     // Every field is a string, number, bool or a map of those: encoding
