@@ -985,3 +985,99 @@ fn the_image_runs_the_static_build_as_the_uid_the_pod_requires() {
         std::fs::read_to_string(repo().join("deploy/build-static.sh")).expect("build-static.sh");
     assert!(build.contains("+crt-static") && build.contains("--locked"));
 }
+
+#[test]
+fn with_the_kube_prometheus_stack_overlay_its_prometheus_selects_the_monitor_and_the_rules() {
+    let stack = kustomize("deploy/kube-prometheus-stack/");
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let plain = one(monitoring(), kind);
+        let labelled = one(&stack, kind);
+        assert_eq!(
+            labelled["metadata"]["labels"]["release"], "kube-prometheus-stack",
+            "{kind} of deploy/kube-prometheus-stack/ has no release label"
+        );
+        // The component adds the label and changes nothing else.
+        let mut without = labelled.clone();
+        without["metadata"]["labels"]
+            .as_object_mut()
+            .expect("labels")
+            .remove("release");
+        assert_eq!(
+            &without, plain,
+            "the component changed more of {kind} than its labels"
+        );
+        assert!(
+            plain["metadata"]["labels"].get("release").is_none(),
+            "deploy/monitoring/ itself should not guess a release name"
+        );
+    }
+    // The dashboard ConfigMap comes along unchanged.
+    assert_eq!(one(&stack, "ConfigMap"), one(monitoring(), "ConfigMap"));
+}
+
+#[test]
+fn every_alert_links_to_the_readme_section_that_says_what_to_do() {
+    let readme =
+        std::fs::read_to_string(repo().join("deploy/README.md")).expect("deploy/README.md");
+    let rule = one(monitoring(), "PrometheusRule");
+    let mut alerts = 0;
+    for r in rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+    {
+        let Some(alert) = r["alert"].as_str() else {
+            continue;
+        };
+        alerts += 1;
+        let url = str_of(&r["annotations"]["runbook_url"], "runbook_url");
+        let anchor = url
+            .strip_prefix("https://")
+            .and_then(|u| u.split_once("/deploy/README.md#"))
+            .map(|(_, anchor)| anchor)
+            .unwrap_or_else(|| {
+                panic!("{alert}: runbook_url {url} is not a link to deploy/README.md#...")
+            });
+        assert_eq!(anchor, alert.to_lowercase(), "{alert}: wrong anchor");
+        // GitHub's anchor for `### RollbackWatchdogDown` is #rollbackwatchdogdown.
+        let heading = format!("\n### {alert}\n");
+        let section = readme
+            .split_once(&heading)
+            .map(|(_, rest)| rest.split("\n#").next().unwrap_or(rest))
+            .unwrap_or_else(|| panic!("deploy/README.md has no section {heading:?}"));
+        assert!(
+            section.contains("rollback-watchdog ") || section.contains("kubectl "),
+            "the README section for {alert} names no command to run:\n{section}"
+        );
+    }
+    assert!(alerts >= 10, "only {alerts} alerts");
+}
+
+#[test]
+fn the_dashboard_selects_by_cluster_and_namespace_not_by_a_fixed_job() {
+    let dashboard_cm = one(monitoring(), "ConfigMap");
+    let text = str_of(&dashboard_cm["data"]["grafana-dashboard.json"], "dashboard");
+    let dashboard: Value = serde_json::from_str(text).expect("the dashboard is JSON");
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        variables.contains(&"cluster") && variables.contains(&"namespace"),
+        "variables: {variables:?}"
+    );
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = str_of(&target["expr"], "expr");
+            assert!(!expr.contains("job="), "hard-coded job in {expr}");
+            assert!(
+                expr.contains("cluster=~\"$cluster\"")
+                    && expr.contains("namespace=~\"$namespace\""),
+                "a query that ignores the cluster and namespace variables: {expr}"
+            );
+        }
+    }
+}
