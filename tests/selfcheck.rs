@@ -22,7 +22,6 @@ use rollback_watchdog::sim::{
     self, AccessRule, SimClock, SimCluster, SimOptions, SEED_DEPLOYMENT, SEED_NAMESPACE,
     WATCHDOG_NAMESPACE,
 };
-use serde::Deserialize;
 use serde_json::Value;
 
 mod support;
@@ -58,8 +57,9 @@ fn load(path: &Path) -> Config {
 }
 
 fn yaml_documents(text: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}")))
+    serde_saphyr::from_multiple::<Value>(text)
+        .unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
