@@ -77,6 +77,9 @@ pub struct RevisionState {
     /// The cluster's memory of this revision was read once: the blind
     /// episode under way is taken from it only then.
     recalled: bool,
+    /// Rollbacks decided on this revision whose Validate could not read
+    /// the cluster, in a row (each given back and tried again).
+    read_failures: u32,
 }
 
 impl RevisionState {
@@ -142,10 +145,25 @@ impl RevisionState {
         self.settled = false;
     }
 
+    /// Validate could not read the cluster for the rollback decided on
+    /// this revision: the decision is given back (the next tick tries
+    /// again). Returns how many times in a row that has happened.
+    pub fn read_failed(&mut self) -> u32 {
+        self.give_back_decision();
+        self.read_failures += 1;
+        self.read_failures
+    }
+
+    /// Read failures in a row so far (0 once a rollback got past Validate).
+    pub fn read_failures(&self) -> u32 {
+        self.read_failures
+    }
+
     /// The rollback decided on this revision finished (rolled back,
     /// refused, or failed after its patch): the decision is spent for
     /// good, and the memory in the cluster says so from now on.
     pub fn settle_decision(&mut self) {
+        self.read_failures = 0;
         self.settled = self.acted.is_some();
     }
 

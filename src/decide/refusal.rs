@@ -14,6 +14,12 @@ use super::words::describe_ref;
 use crate::k8s::keys::{BLOCKLIST, IN_FLIGHT, IRREVERSIBLE, PAUSED};
 use crate::report::incident::RevisionRef;
 
+/// A verdict's rollback whose Validate cannot read the cluster is tried
+/// again at every tick; the failure that makes it this many in a row is
+/// told to on-call (`rollback_failed`, once), so a Bad revision left in
+/// place because the API server is unreadable is never silent.
+pub const READ_FAILURES_TOLD_AFTER: u32 = 3;
+
 /// Why Validate said no.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {

@@ -60,6 +60,11 @@ pub struct RollbackRequest {
     /// person deployed or undid meanwhile), the rollback is refused: a
     /// verdict on one revision never rolls back another.
     pub judged_hash: Option<String>,
+    /// For a verdict: how many rollbacks of this revision in a row before
+    /// this one stopped because Validate could not read the cluster. The
+    /// failure that makes it [`crate::decide::refusal::READ_FAILURES_TOLD_AFTER`]
+    /// is told to on-call, once; the others only log and retry.
+    pub read_failures_before: u32,
 }
 
 impl RollbackRequest {
@@ -78,6 +83,7 @@ impl RollbackRequest {
             policy: None,
             blocklisted_redeploy: false,
             judged_hash: None,
+            read_failures_before: 0,
         }
     }
 

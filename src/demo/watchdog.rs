@@ -12,7 +12,7 @@ use super::timeline::Timeline;
 use super::{lock, DemoError, Parts, SYNC_LIMIT, WATCH_WINDOW};
 use crate::config::{Config, Loader, MissingSecrets};
 use crate::pipeline;
-use crate::report::incident::{Collected, Incident, IncidentSink};
+use crate::report::incident::{Collected, Incident, IncidentSink, Settled};
 use crate::report::notify::DeliveryOutcome;
 use crate::runtime::admin::{self, AdminError};
 use crate::runtime::app::{App, PipelineOptions, Record};
@@ -210,6 +210,13 @@ impl IncidentSink for Fanout {
         for sink in &self.0 {
             sink.emit(incident);
         }
+    }
+
+    fn emit_settled(&self, incident: &Incident) -> Settled {
+        let all: Vec<Settled> = self.0.iter().map(|s| s.emit_settled(incident)).collect();
+        Box::pin(async move {
+            futures::future::join_all(all).await;
+        })
     }
 }
 

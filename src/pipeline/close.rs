@@ -17,32 +17,99 @@ impl Pipeline {
             Ok(ended) => ended,
             Err(step) => return self.handed_over(&in_flight, steps, patch, step, None),
         };
-        // Leadership may have gone while verifying: the closing write, the
-        // report and the notification belong to whoever leads now.
+        // Leadership may have gone while verifying: the report, the
+        // notification and the closing write belong to whoever leads now.
         if !(self.ctx.may_write)() {
             return self.handed_over(&in_flight, steps, patch, Step::Verify, None);
         }
-        // Close the record; keep known-good on the restored template.
+        // The report and the notice come before the record is closed: a
+        // crash anywhere up to the closing write leaves the record, and
+        // the restart finds the report, tells on-call again (the delivery
+        // ledger drops what a sink already has) and closes it.
+        let incident = self.conclude(&in_flight, &ended, &signals, &patch).await;
+        self.tell(&mut steps, &in_flight.id, &incident).await;
+        let succeeded = ended.result == RollbackResult::Succeeded;
         if let Some(d) = &ended.deployment {
-            let succeeded = ended.result == RollbackResult::Succeeded;
             if let Err(why) = self.close(d, &in_flight, succeeded).await {
-                // The record is still on the Deployment: telling on-call
-                // now would be told again by whoever resumes it. Leave it
-                // to the next tick (or the next leader), which resumes.
-                let why = format!(
-                    "{why}; the in-flight record stays and the rollback is resumed at Wait/Verify, then reported"
-                );
-                return self.handed_over(&in_flight, steps, patch, Step::Verify, Some(why));
+                return self.not_closed(&in_flight, steps, patch, why);
             }
         }
-        let incident = self.conclude(&in_flight, &ended, &signals, &patch).await;
-        self.notify(&mut steps, &in_flight.id, &incident);
         RollbackOutcome {
             result: ended.result,
             incident,
             steps,
             patch,
         }
+    }
+
+    /// For [`Pipeline::resume`]: the rollback of `in_flight` was reported
+    /// (`report` is its audit line's incident) before the process stopped.
+    /// Tells on-call again, which a sink that has it drops, and closes the
+    /// record; never a second Wait, Verify or report.
+    pub(super) async fn finish_reported(
+        &self,
+        d: &Deployment,
+        in_flight: InFlight,
+        mut steps: Vec<StepRecord>,
+        report: Value,
+    ) -> RollbackOutcome {
+        let kind = report["kind"]
+            .as_str()
+            .and_then(|k| EventKind::ALL.into_iter().find(|e| e.as_str() == k))
+            .unwrap_or(EventKind::Escalation);
+        let result = match kind {
+            EventKind::RollbackSucceeded => RollbackResult::Succeeded,
+            EventKind::Conflict => RollbackResult::Conflict,
+            _ => RollbackResult::Escalated,
+        };
+        let mut incident = self.incident_from(&in_flight, kind, &[]);
+        let text = |key: &str| report[key].as_str().map(str::to_owned);
+        incident.at = text("at").unwrap_or(incident.at);
+        incident.finished_at = text("finished_at");
+        incident.failed_step = text("failed_step");
+        incident.error = text("error");
+        incident.changes = report["changes"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        incident.patch = report["patch"].as_array().cloned().unwrap_or_default();
+        if !(self.ctx.may_write)() {
+            return self.handed_over(&in_flight, steps, incident.patch, Step::Notify, None);
+        }
+        self.tell(&mut steps, &in_flight.id, &incident).await;
+        let patch = incident.patch.clone();
+        if let Err(why) = self
+            .close(d, &in_flight, kind == EventKind::RollbackSucceeded)
+            .await
+        {
+            return self.not_closed(&in_flight, steps, patch, why);
+        }
+        RollbackOutcome {
+            result,
+            incident,
+            steps,
+            patch,
+        }
+    }
+
+    /// The closing write failed after the report and the notice: the
+    /// record stays, and the next tick (or the next leader) resumes it,
+    /// finds the report and only closes it.
+    fn not_closed(
+        &self,
+        in_flight: &InFlight,
+        steps: Vec<StepRecord>,
+        patch: Vec<Value>,
+        why: String,
+    ) -> RollbackOutcome {
+        let why = format!(
+            "{why}; the in-flight record stays, and the rollback, already reported, is closed when it is resumed"
+        );
+        self.handed_over(in_flight, steps, patch, Step::Notify, Some(why))
     }
 
     /// Wait, then Verify, each recorded; the step at which leadership
@@ -315,6 +382,31 @@ impl Pipeline {
         }
         tracing::info!(target = %incident.target(), rollback = %incident.id, kind = %kind_name(incident.kind), reason = %incident.reason, "incident report");
         crash::after(Step::Report);
+    }
+
+    /// The result notice of a rollback that patched: sent, then awaited
+    /// until every sink has settled it (delivered, or given up at its
+    /// deadline), bounded by [`NOTICE_SETTLE_LIMIT`], so that the in-flight
+    /// record is closed only after on-call has been told.
+    async fn tell(&self, steps: &mut Vec<StepRecord>, id: &IncidentId, incident: &Incident) {
+        if !(self.ctx.may_write)() {
+            self.notify(steps, id, incident);
+            return;
+        }
+        let settled = self.ctx.sink.emit_settled(incident);
+        let summary = match tokio::time::timeout(NOTICE_SETTLE_LIMIT, settled).await {
+            Ok(()) => format!("{} settled by every notifier", kind_name(incident.kind)),
+            Err(_) => format!(
+                "{} handed to the notifiers; not settled within {}, it is delivered in the background",
+                kind_name(incident.kind),
+                humantime::format_duration(NOTICE_SETTLE_LIMIT)
+            ),
+        };
+        self.record(
+            steps,
+            id,
+            Line::new(Step::Notify, StepOutcome::Ok, summary).with(json!({"kind": incident.kind})),
+        );
     }
 
     pub(super) fn notify(&self, steps: &mut Vec<StepRecord>, id: &IncidentId, incident: &Incident) {

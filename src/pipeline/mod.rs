@@ -88,6 +88,10 @@ use crate::signals::{SignalResult, Signals, Subject};
 
 /// How long one API call of the pipeline may take.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a finished rollback waits for its result notice to be settled
+/// by every sink before it clears its in-flight record anyway (the notice
+/// is then still delivered in the background, but a crash loses it).
+pub const NOTICE_SETTLE_LIMIT: Duration = Duration::from_secs(10);
 /// A `test` that failed only because the controller wrote the status is
 /// re-issued (with the fresh resourceVersion) at most this many times.
 const STATUS_RACE_RETRIES: usize = 2;
@@ -501,7 +505,22 @@ impl Pipeline {
             let started = self.incident_from(&in_flight, EventKind::RollbackStarted, &[]);
             self.ctx.sink.emit(&started);
         }
-        let outcome = self.finish(in_flight, steps, Vec::new(), Vec::new()).await;
+        // Reported before the stop (a crash after the report or the
+        // notice, or a closing write that failed): tell and close only.
+        let reported = match self.ctx.audit.find_report(&in_flight.id.to_string()) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(target = %key, "{e}; the rollback is resumed at Wait/Verify");
+                None
+            }
+        };
+        let outcome = match reported {
+            Some(report) => {
+                self.finish_reported(deployment, in_flight, steps, report)
+                    .await
+            }
+            None => self.finish(in_flight, steps, Vec::new(), Vec::new()).await,
+        };
         self.release(&key);
         Some(outcome)
     }

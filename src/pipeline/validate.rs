@@ -4,6 +4,7 @@
 //! with a sentence that says why. No rule is decided here.
 
 use super::*;
+use crate::decide::refusal::READ_FAILURES_TOLD_AFTER;
 
 impl Pipeline {
     pub(super) async fn validate(
@@ -75,6 +76,17 @@ impl Pipeline {
         incident.error = Some(why.clone());
         incident.dry_run = request.dry_run;
         incident.finished_at = Some(rfc3339(self.ctx.now()));
+        // A failed read on a verdict is told once, when it has failed
+        // READ_FAILURES_TOLD_AFTER times in a row: nothing was changed, and
+        // the daemon tries again at every tick.
+        let retried = refusal.is_read_failure() && matches!(request.trigger, Trigger::Verdict);
+        let in_a_row = request.read_failures_before + 1;
+        let told_now = retried && in_a_row == READ_FAILURES_TOLD_AFTER;
+        if told_now {
+            incident.error = Some(format!(
+                "{why}; Validate could not read the cluster {in_a_row} times in a row, so the Bad revision is still serving; the watchdog keeps trying at every tick (check the API server and the watchdog's RBAC)"
+            ));
+        }
         if let Some(d) = refusal.deployment() {
             self.event(d, Reason::RollbackRefused, why).await;
             if matches!(request.trigger, Trigger::Annotation { .. }) {
@@ -83,11 +95,12 @@ impl Pipeline {
         }
         self.report(&incident).await;
         // A person at the CLI reads the refusal; automatic triggers tell
-        // on-call. A failed read on a verdict is not told: nothing was
-        // decided, and the daemon tries again at its next tick.
-        let retried = refusal.is_read_failure() && matches!(request.trigger, Trigger::Verdict);
+        // on-call.
         if retried {
-            tracing::warn!(target = %request.target(), error = %refusal, "the rollback is tried again at the next tick");
+            tracing::warn!(target = %request.target(), error = %refusal, failures_in_a_row = in_a_row, "the rollback is tried again at the next tick");
+            if told_now {
+                self.notify(&mut steps, &id, &incident);
+            }
         } else if matches!(
             request.trigger,
             Trigger::Verdict | Trigger::Annotation { .. }

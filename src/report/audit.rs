@@ -46,6 +46,12 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the audit log {path} (watchdog.audit_log): {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot encode an audit line: {0}")]
     Encode(#[source] serde_json::Error),
 }
@@ -195,6 +201,36 @@ impl AuditLog {
             path: self.path.display().to_string(),
             source,
         })
+    }
+}
+
+impl AuditLog {
+    /// The incident of rollback `id`'s `report` line, if the log has one:
+    /// how a restarted watchdog knows a rollback it finds in flight was
+    /// already concluded, so it neither waits, verifies nor reports twice.
+    /// A torn last line (a crash mid-write) is skipped.
+    pub fn find_report(&self, id: &str) -> Result<Option<Value>, AuditError> {
+        use std::io::BufRead;
+        let read_error = |source| AuditError::Read {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let file = File::open(&self.path).map_err(read_error)?;
+        let mut found = None;
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(read_error)?;
+            // Cheap test first: most lines are about other rollbacks.
+            if !line.contains(id) {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["rollback"] == id && v["step"] == "report" {
+                found = Some(v["details"].clone());
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -248,7 +248,22 @@ fn seconds_between(from: &str, to: &str) -> Option<f64> {
 /// the pipeline, so implementations only enqueue.
 pub trait IncidentSink: Send + Sync {
     fn emit(&self, incident: &Incident);
+
+    /// Enqueues like [`IncidentSink::emit`], and returns a future that is
+    /// ready once every sink that takes `incident` has settled it:
+    /// delivered, found it delivered before, given up at its deadline, or
+    /// dropped. The pipeline awaits it (bounded) before it clears the
+    /// in-flight record, so that a crash before delivery leaves the record,
+    /// and the restart tells on-call. A sink that only records is settled
+    /// at once.
+    fn emit_settled(&self, incident: &Incident) -> Settled {
+        self.emit(incident);
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// What [`IncidentSink::emit_settled`] returns.
+pub type Settled = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Collects incidents in memory: for tests and for `--dry-run` output.
 #[derive(Debug, Default, Clone)]

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{payload, webhook, NotifyError};
 use crate::config::{credentials, EventKind, NotifySink, SinkKind};
-use crate::report::incident::{Incident, IncidentSink};
+use crate::report::incident::{Incident, IncidentSink, Settled};
 use crate::report::metrics::{Metrics, SinkOutcome};
 
 /// Messages waiting per sink before new ones are dropped.
@@ -721,6 +721,9 @@ fn retry_delay(
 struct Queued {
     incident: Incident,
     deadline: Instant,
+    /// Told (or dropped, which the receiver sees as well) once this sink
+    /// has settled the incident.
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 struct SinkHandle {
@@ -850,7 +853,12 @@ async fn worker(
     policy: RetryPolicy,
     cutoff: watch::Receiver<Option<Instant>>,
 ) {
-    while let Some(Queued { incident, deadline }) = rx.recv().await {
+    while let Some(Queued {
+        incident,
+        deadline,
+        settled,
+    }) = rx.recv().await
+    {
         // One decision is one incident in one state: `rollback_started` and
         // `rollback_succeeded` of the same rollback are two messages.
         let decision = decision_key(&incident);
@@ -889,6 +897,9 @@ async fn worker(
                     "notification already delivered before; not sent again");
             }
             DeliveryResult::Dropped { .. } => {}
+        }
+        if let Some(tx) = settled {
+            let _ = tx.send(());
         }
         observe(
             &observers,
@@ -952,6 +963,25 @@ impl Notifier {
 
 impl IncidentSink for Notifier {
     fn emit(&self, incident: &Incident) {
+        self.enqueue(incident, false);
+    }
+
+    fn emit_settled(&self, incident: &Incident) -> Settled {
+        let waits = self.enqueue(incident, true);
+        Box::pin(async move {
+            // A sender dropped unsent (the worker stopped) is settled too.
+            for rx in waits {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+impl Notifier {
+    /// Queues `incident` for every sink that takes it; with `wait`, the
+    /// receivers that each sink's worker answers once it has settled it.
+    fn enqueue(&self, incident: &Incident, wait: bool) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut waits = Vec::new();
         for s in &self.sinks {
             if !s
                 .sink
@@ -959,15 +989,25 @@ impl IncidentSink for Notifier {
             {
                 continue;
             }
+            let (settled, rx) = if wait {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
             let queued = Queued {
                 incident: incident.clone(),
                 deadline: Instant::now() + s.sink.deadline,
+                settled,
             };
             let dropped = match s.tx.lock() {
                 Ok(tx) => match tx.as_ref() {
                     None => Some("the notifier is shut down"),
                     Some(tx) => match tx.try_send(queued) {
-                        Ok(()) => None,
+                        Ok(()) => {
+                            waits.extend(rx);
+                            None
+                        }
                         Err(mpsc::error::TrySendError::Full(_)) => Some("queue full"),
                         Err(mpsc::error::TrySendError::Closed(_)) => {
                             Some("the sink's worker stopped")
@@ -994,6 +1034,7 @@ impl IncidentSink for Notifier {
                 );
             }
         }
+        waits
     }
 }
 

@@ -162,6 +162,10 @@ impl Daemon {
                     policy: Some(target.policy.clone()),
                     blocklisted_redeploy: order.blocklisted_redeploy,
                     judged_hash: Some(order.judged_hash),
+                    read_failures_before: self
+                        .memory
+                        .get(&target.uid())
+                        .map_or(0, |m| m.revision.read_failures()),
                     ..RollbackRequest::new(
                         &target.namespace,
                         &target.name,

@@ -239,11 +239,16 @@ impl Daemon {
                     // Validate could not read the cluster (after its
                     // retries): nothing was decided or changed, so the
                     // decision is not spent either; the next tick tries again.
-                    let retriable = outcome.result == RollbackResult::HandedOver && !patched
-                        || outcome.read_failed_before_any_change();
+                    let read_failed = outcome.read_failed_before_any_change();
+                    let retriable =
+                        outcome.result == RollbackResult::HandedOver && !patched || read_failed;
                     if retriable {
                         if let Some(m) = self.memory.get_mut(&uid) {
-                            m.revision.give_back_decision();
+                            if read_failed {
+                                m.revision.read_failed();
+                            } else {
+                                m.revision.give_back_decision();
+                            }
                         }
                         self.triggered_by.remove(&uid);
                     } else if let Some(m) = self.memory.get_mut(&uid) {
