@@ -115,9 +115,12 @@ pub struct Daemon {
     sink: Option<Arc<dyn IncidentSink>>,
     /// Pipelines running now, by Deployment uid.
     running: HashMap<String, (String, tokio::task::JoinHandle<Option<RollbackOutcome>>)>,
-    /// In-flight ids whose pipeline finished here: a lagging cache that
-    /// still shows the record must not start a second resume.
-    completed: HashSet<String>,
+    /// By Deployment uid, the in-flight id of the last pipeline that
+    /// finished here: a lagging cache that still shows that record must
+    /// not start a second resume. One per watched Deployment (an older
+    /// record was cleared before the next rollback could start), so it is
+    /// bounded by the targets, as the memory is.
+    completed: HashMap<String, String>,
     /// The resourceVersion of the Deployment that started the last
     /// pipeline, by uid: the same (stale) object never starts another.
     triggered_by: HashMap<String, String>,
@@ -178,7 +181,7 @@ impl Daemon {
             pipeline: None,
             sink: None,
             running: HashMap::new(),
-            completed: HashSet::new(),
+            completed: HashMap::new(),
             triggered_by: HashMap::new(),
             finished: Vec::new(),
         })
@@ -264,7 +267,8 @@ impl Daemon {
                             .iter()
                             .any(|st| st.step == pipeline::Step::Wait)
                     {
-                        self.completed.insert(outcome.incident.id.clone());
+                        self.completed
+                            .insert(uid.clone(), outcome.incident.id.clone());
                     }
                     let result = outcome.result.metric_label();
                     self.metrics
@@ -460,6 +464,7 @@ impl Daemon {
         self.memory.retain(|uid, _| live.contains(uid));
         // Bounded by the watched targets, as the memory is.
         self.triggered_by.retain(|uid, _| live.contains(uid));
+        self.completed.retain(|uid, _| live.contains(uid));
         self.metrics
             .set_targets(observed.iter().map(|(t, _, _)| t.display_name()));
 
@@ -693,7 +698,7 @@ impl Daemon {
             in_flight_to_resume: in_flight
                 .ok()
                 .flatten()
-                .is_some_and(|f| !self.completed.contains(&f.id.to_string())),
+                .is_some_and(|f| self.completed.get(&uid) != Some(&f.id.to_string())),
             // Seen once per object version, valid or not: a malformed
             // value is reported once and never blocks the verdict.
             annotation_request: pipeline::annotation_request(d).is_some()
