@@ -9,6 +9,7 @@ use rollback_watchdog::cli::{self, Cli};
 use rollback_watchdog::runtime::telemetry;
 
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, cli.log_filter()) {
         eprintln!("rollback-watchdog: {e}");
@@ -29,4 +30,22 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
     // Whatever a subcommand left running gets a bounded moment to stop.
     runtime.shutdown_timeout(Duration::from_secs(5));
     Ok(code?)
+}
+
+/// glibc's malloc gives each thread that contends an arena of its own, up
+/// to 8 per core, and keeps what is freed in each: with the runtime's
+/// worker threads building and dropping watch-cache objects, that held
+/// hundreds of MiB that were no longer used (peak RSS at 10,000
+/// Deployments fell by about a third with 2). `MALLOC_ARENA_MAX` in the
+/// environment, which glibc reads itself, wins. Other C libraries (musl in
+/// the static image) have one heap and no such setting.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called first
+        // thing in main, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }
