@@ -8,13 +8,17 @@
 //!
 //! Measured per size: the time from the process start to `/readyz` 200
 //! (the initial lists of Deployments, ReplicaSets and all pods included),
-//! CPU per tick (user + system from /proc over whole ticks), the tick wall
+//! the one-time start-up wave after it (each revision's first verdict
+//! Event, known-good record and memory: until two whole ticks in a row send
+//! no API request; its time, requests and CPU), then over whole ticks
+//! after the wave: CPU per tick (user + system from /proc), the tick wall
 //! time (from the tick's start, which `last_tick_timestamp_seconds` holds,
 //! to the moment the metric shows it, polled every 20 ms), API requests
 //! per tick (the sim's request log), Prometheus queries per tick (a stub
 //! Prometheus that answers every query with an empty vector and counts
 //! them: the queries the watchdog issues with the default error-rate and
-//! latency signals on) and the peak RSS (VmHWM). `SCALE_WATCHDOG_BIN`
+//! latency signals on), the peak RSS (VmHWM, the wave's peak included) and
+//! the RSS at the end (VmRSS). `SCALE_WATCHDOG_BIN`
 //! names another build of the binary to measure. The error-rate and latency
 //! queries are grouped (one query per tick for all targets, the
 //! `grouped = true` templates of config/README.md); `SCALE_PER_TARGET=1`
@@ -43,6 +47,13 @@ struct Row {
     api_per_tick: f64,
     queries_per_tick: f64,
     peak_rss_mib: f64,
+    rss_end_mib: f64,
+    /// The one-time start-up wave after `/readyz`: each revision's first
+    /// verdict Event, known-good record and memory annotation. How long
+    /// it lasted, its API requests and its CPU.
+    wave: Duration,
+    wave_requests: usize,
+    wave_cpu: Duration,
 }
 
 /// Kills and reaps the watchdog when dropped.
@@ -79,19 +90,23 @@ fn main() {
         );
         rows.push(row);
     }
-    println!("| Deployments (pods) | ready after start | CPU per tick | tick wall time | API requests per tick | Prometheus queries per tick | peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| Deployments (pods) | ready after start | start-up wave (time, API requests, CPU) | CPU per tick | tick wall time | API requests per tick | Prometheus queries per tick | peak RSS | RSS at the end |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         println!(
-            "| {} ({}) | {:.2} s | {} ms | {} ms | {:.1} | {:.1} | {:.0} MiB |",
+            "| {} ({}) | {:.2} s | {:.1} s, {}, {:.1} s | {} ms | {} ms | {:.1} | {:.1} | {:.0} MiB | {:.0} MiB |",
             r.deployments,
             r.pods,
             r.ready.as_secs_f64(),
+            r.wave.as_secs_f64(),
+            r.wave_requests,
+            r.wave_cpu.as_secs_f64(),
             r.cpu_per_tick.as_millis(),
             r.tick_wall.as_millis(),
             r.api_per_tick,
             r.queries_per_tick,
-            r.peak_rss_mib
+            r.peak_rss_mib,
+            r.rss_end_mib
         );
     }
     if !full {
@@ -187,9 +202,31 @@ async fn run(n: usize, full: bool) -> Row {
     }
     let ready = start.elapsed();
 
+    // The start-up wave: every revision's first verdict writes its Event,
+    // known-good record and memory once, spread over the first ticks. It
+    // is over when two whole ticks in a row sent no API request (bounded).
+    let (wave_start, wave_cpu0, wave_api0) = (
+        Instant::now(),
+        cpu_time(pid),
+        sim.request_log().entries().len(),
+    );
+    let mut last = wait_tick(&http, admin, None).await;
+    let mut quiet = 0;
+    while quiet < 2 && wave_start.elapsed() < Duration::from_secs(300) {
+        let before = sim.request_log().entries().len();
+        last = wait_tick(&http, admin, Some(last.0)).await;
+        quiet = if sim.request_log().entries().len() == before {
+            quiet + 1
+        } else {
+            0
+        };
+    }
+    let wave = wave_start.elapsed();
+    let wave_cpu = cpu_time(pid).saturating_sub(wave_cpu0);
+    let wave_requests = sim.request_log().entries().len() - wave_api0;
+
     // Whole ticks: from one tick's end to the end of the tick `ticks` later.
     let ticks: u32 = if full { 6 } else { 2 };
-    let mut last = wait_tick(&http, admin, None).await;
     let (cpu0, api0, q0) = (
         cpu_time(pid),
         sim.request_log().entries().len(),
@@ -206,7 +243,8 @@ async fn run(n: usize, full: bool) -> Row {
         sim.request_log().entries().len(),
         queries.load(Ordering::SeqCst),
     );
-    let peak_rss_mib = peak_rss_kib(pid) as f64 / 1024.0;
+    let peak_rss_mib = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
+    let rss_end_mib = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
     // What the requests during the measured ticks were, by verb and kind.
     let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
     for e in sim.request_log().entries().iter().skip(api0) {
@@ -225,6 +263,10 @@ async fn run(n: usize, full: bool) -> Row {
         api_per_tick: api1.saturating_sub(api0) as f64 / f64::from(ticks),
         queries_per_tick: q1.saturating_sub(q0) as f64 / f64::from(ticks),
         peak_rss_mib,
+        rss_end_mib,
+        wave,
+        wave_requests,
+        wave_cpu,
     };
     sim.shutdown().await;
     row
@@ -362,11 +404,12 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A `kB` field of /proc/PID/status: `VmHWM:` (peak RSS), `VmRSS:`.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }

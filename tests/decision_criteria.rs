@@ -319,7 +319,7 @@ async fn critical_bugs_an_outage_downstream_of_old_and_new_pods_is_not_blamed_on
                     && sub
                         .pods
                         .iter()
-                        .any(rollback_watchdog::signals::pods::is_ready)
+                        .any(|p| rollback_watchdog::signals::pods::is_ready(p))
             });
             if v2_ready && !outage {
                 outage = true;

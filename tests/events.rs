@@ -260,7 +260,7 @@ async fn a_good_release_with_a_restart_during_warm_up_and_slow_readiness_is_kept
                     && sub
                         .pods
                         .iter()
-                        .all(rollback_watchdog::signals::pods::is_ready)
+                        .all(|p| rollback_watchdog::signals::pods::is_ready(p))
             });
             if ready {
                 rolled_out_ticks += 1;

@@ -80,7 +80,7 @@ async fn deploy(sim: &SimCluster, name: &str, image: &str, replicas: i32, ready:
                 images: vec![image.into()],
                 rollout_started: Timestamp::now(),
                 baseline: None,
-                pods,
+                pods: pods.into_iter().map(std::sync::Arc::new).collect(),
                 progress_deadline_exceeded: false,
                 ..Default::default()
             };

@@ -857,14 +857,15 @@ async fn a_prometheus_that_never_answers_is_inconclusive_and_the_pod_signal_stil
         "test",
     );
     let mut subject = c.subject("errors30");
-    subject.pods = vec![serde_json::from_value(serde_json::json!({
+    subject.pods =
+        vec![std::sync::Arc::new(serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web-bbb-1"},
         "status": {"phase": "Running", "containerStatuses": [{
             "name": "app", "image": "web:v2", "imageID": "", "ready": false, "restartCount": 5,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         }]},
     }))
-    .map_err(|e| e.to_string())?];
+    .map_err(|e| e.to_string())?)];
     let policy = &config.defaults;
 
     // The pod signal is not held up by Prometheus: it comes first.

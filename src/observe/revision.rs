@@ -692,7 +692,7 @@ impl TargetState {
                 since: self.previous_since,
                 ..p.baseline()
             }),
-            pods: self.pods.iter().map(|p| Pod::clone(p)).collect(),
+            pods: self.pods.clone(),
             progress_deadline_exceeded: self.progress_deadline_exceeded,
             serving_others: self.serving_others.clone(),
             counted_until: Default::default(),

@@ -152,7 +152,7 @@ impl Reader {
             rollout_started: switched,
             // Before a rollback the older revision is the bad one: no baseline.
             baseline: None,
-            pods,
+            pods: pods.into_iter().map(Arc::new).collect(),
             progress_deadline_exceeded: revision::progress_deadline_exceeded(d),
             ..Subject::default()
         };

@@ -421,7 +421,7 @@ impl HealthProber {
             Err(why) => return SignalResult::new(signal, Outcome::inconclusive(why), now),
         };
         let running: Vec<(String, String, bool)> =
-            subject.pods.iter().filter_map(running_pod).collect();
+            subject.pods.iter().filter_map(|p| running_pod(p)).collect();
         if running.is_empty() {
             let why = format!(
                 "no running pod of revision {} has an IP yet ({} {})",

@@ -756,7 +756,8 @@ pub struct Subject {
     /// revision of a Deployment.
     pub baseline: Option<BaselineRevision>,
     /// The pods of this revision only, from the pod cache.
-    pub pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    /// Shared with the pod cache (a tick copies no pod).
+    pub pods: Vec<std::sync::Arc<k8s_openapi::api::core::v1::Pod>>,
     /// The Deployment reports `Progressing=False` with reason
     /// `ProgressDeadlineExceeded` for this rollout.
     pub progress_deadline_exceeded: bool,

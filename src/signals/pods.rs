@@ -37,6 +37,7 @@
 //! fires; until then its state looks current.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -230,7 +231,7 @@ fn never_ready(timeout: Duration, subject: &Subject, at: jiff::Timestamp) -> Opt
     if pods.is_empty() || !subject.pod_history.ever_ready.is_disjoint(&names(pods)) {
         return None;
     }
-    if pods.iter().any(is_ready) {
+    if pods.iter().any(|p| is_ready(p)) {
         return None;
     }
     let oldest_pod = pods
@@ -242,7 +243,7 @@ fn never_ready(timeout: Duration, subject: &Subject, at: jiff::Timestamp) -> Opt
     if waited < jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX) {
         return None;
     }
-    let described: Vec<String> = pods.iter().map(not_ready_detail).collect();
+    let described: Vec<String> = pods.iter().map(|p| not_ready_detail(p)).collect();
     Some(format!(
         "no pod of revision {} became Ready within {}: {} {}, {}",
         subject.revision,
@@ -253,7 +254,7 @@ fn never_ready(timeout: Duration, subject: &Subject, at: jiff::Timestamp) -> Opt
     ))
 }
 
-fn names(pods: &[Pod]) -> BTreeSet<String> {
+fn names(pods: &[Arc<Pod>]) -> BTreeSet<String> {
     pods.iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect()
@@ -464,7 +465,7 @@ mod tests {
             images: vec!["kailash-kaizen:v5".into()],
             rollout_started: jiff::Timestamp::UNIX_EPOCH,
             baseline: None,
-            pods,
+            pods: pods.into_iter().map(Arc::new).collect(),
             progress_deadline_exceeded: false,
             ..Default::default()
         }

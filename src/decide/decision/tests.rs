@@ -602,11 +602,13 @@ fn a_revision_already_old_at_start_up_is_adopted_but_never_while_a_rollback_is_i
 #[test]
 fn pod_history_is_kept_for_its_own_revision_only_and_reset_by_a_new_one() {
     let mut w = world("");
-    w.subject.pods = vec![serde_json::from_value(json!({
-        "metadata": {"name": "web-h2-a", "namespace": "production"},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-    }))
-    .expect("a pod")];
+    w.subject.pods = vec![std::sync::Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-h2-a", "namespace": "production"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .expect("a pod"),
+    )];
     let key = (2, "h2".to_owned());
     let mut state = RevisionState::default();
     state.for_revision(Some(key.clone()), t0());
