@@ -3,7 +3,8 @@
 //! URL (its path the secret) from a file, an HMAC key and a Prometheus
 //! header value, a bad deploy judged and rolled back, then Prometheus gone,
 //! nothing a user can read (logs, `/status`, Events, the audit log, the
-//! messages on-call gets, `check-config` and `self-check`) shows a
+//! backups and every object written in the cluster, the messages on-call
+//! gets, `check-config` and `self-check`) shows a
 //! credential or a webhook URL, while Prometheus and the receivers do get
 //! them (the credentials as an `Authorization` header).
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use rollback_watchdog::sim::store::{CONFIGMAPS, DEPLOYMENTS};
 use rollback_watchdog::sim::Behaviours;
 
 mod support;
@@ -298,6 +300,25 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
         .collect();
     let audit_log = std::fs::read_to_string(s.audit_dir.path().join("audit.jsonl"))
         .expect("the audit log is written");
+    // Every object the watchdog wrote in the cluster: the backups (and
+    // their results) and the delivery ledger in ConfigMaps, and the
+    // records on the Deployments (in-flight, restored, memory, known-good).
+    let store = s.sim.store();
+    let (configmaps, _) = store.list(&CONFIGMAPS, None);
+    let backups: Vec<&serde_json::Value> = configmaps
+        .iter()
+        .filter(|c| {
+            c.pointer("/metadata/labels")
+                .and_then(|l| l.get(rollback_watchdog::k8s::keys::LABEL_DEPLOYMENT))
+                .is_some()
+        })
+        .collect();
+    assert!(
+        !backups.is_empty(),
+        "no backup was written, so the test reads none"
+    );
+    let (deployments, _) = store.list(&DEPLOYMENTS, None);
+    let objects = serde_json::to_string_pretty(&(configmaps, deployments)).expect("json");
     let received = got.lock().expect("lock").clone();
     let slack_received = slack.lock().expect("lock").clone();
     // Each destination may see its own URL; none sees another's.
@@ -320,6 +341,7 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
     assert_no_credentials("a webhook payload", &payloads.join("\n"));
     assert_no_credentials("check-config", &check_config);
     assert_no_credentials("self-check", &self_check);
+    assert_no_credentials("the backups and Deployments", &objects);
     // The webhook URLs themselves are secrets too (Slack's path is its
     // credential): no output names them.
     for (what, text) in [
@@ -330,6 +352,7 @@ async fn credentials_in_urls_are_sent_as_headers_and_shown_nowhere() {
         ("a notification payload", &payloads.join("\n")),
         ("check-config", &check_config),
         ("self-check", &self_check),
+        ("the backups and Deployments", &objects),
     ] {
         for url in [
             hook_url.as_str(),

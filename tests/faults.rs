@@ -157,6 +157,9 @@ async fn under_faults_a_bad_release_is_rolled_back_once_and_told_once() {
     run.assert_alive();
     c.sim.faults().clear();
     api_faults(&c.sim);
+    // The watches opened before the rules stay open for minutes: end them,
+    // so that the re-watches meet the dropped-watch and 410 rules.
+    c.sim.close_watches();
 
     c.deploy("web:v2-crash").await;
     prometheus_trouble(&prom, &mut proxy, Duration::from_secs(2)).await;
@@ -228,6 +231,9 @@ async fn under_faults_a_good_release_is_kept_and_nobody_is_paged() {
     let (mut run, port) = c.run(&[]);
     wait_ready(port, &mut run).await;
     api_faults(&c.sim);
+    // The watches opened before the rules stay open for minutes: end them,
+    // so that the re-watches meet the dropped-watch and 410 rules.
+    c.sim.close_watches();
 
     c.deploy("web:v2").await;
     // The watchdog's next write to a Deployment (its memory, known-good)

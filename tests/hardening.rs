@@ -647,6 +647,67 @@ async fn a_ten_megabyte_webhook_error_answer_is_not_read_whole() {
     }
 }
 
+/// A health endpoint whose body never ends (a misrouted stream, a broken
+/// proxy): the probe reads its first 64 KiB only, so the answer's status
+/// decides at once. Read whole, it would run into the probe's timeout and
+/// fail the revision.
+#[tokio::test]
+async fn a_health_body_that_never_ends_is_read_to_its_cap_only() {
+    use rollback_watchdog::signals::health::HealthProber;
+    use rollback_watchdog::signals::{Outcome, Subject};
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures::stream::repeat_with(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(chunk.clone())
+            });
+            axum::body::Body::from_stream(stream)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let config = Loader::from_toml(format!(
+        "[defaults.health]\nurls = [\"http://{addr}/health\"]\ntimeout = \"3s\"\n"
+    ))
+    .env(Vec::<(String, String)>::new())
+    .load()
+    .unwrap_or_else(|e| panic!("test config: {e}"))
+    .config;
+    let policy = &config.defaults.health;
+    let prober = HealthProber::new().unwrap_or_else(|e| panic!("a prober: {e}"));
+    let subject = Subject {
+        namespace: "production".into(),
+        deployment: "web".into(),
+        ..Subject::default()
+    };
+    let r = prober
+        .url(
+            &policy.urls[0],
+            policy,
+            &subject,
+            "test",
+            jiff::Timestamp::now(),
+        )
+        .await;
+    assert!(
+        matches!(r.outcome, Outcome::Pass { .. }),
+        "an endless 200 body is a pass on its status: {:?}",
+        r.outcome
+    );
+    // Far less than what 3 s of loopback would carry (gigabytes).
+    let chunks = sent.load(Ordering::SeqCst);
+    assert!(chunks < 1_000, "{chunks} chunks of 64 KiB were pulled");
+}
+
 // ---- The admin server ----
 
 /// Read-only by design: every route and a few that do not exist answer
