@@ -12,8 +12,8 @@
 //! Event, known-good record and memory: until two whole ticks in a row send
 //! no API request; its time, requests and CPU), then over whole ticks
 //! after the wave: CPU per tick (user + system from /proc), the tick wall
-//! time (from the tick's start, which `last_tick_timestamp_seconds` holds,
-//! to the moment the metric shows it, polled every 20 ms), API requests
+//! time (the daemon's own "tick done" debug line: the bench reads the log
+//! and puts no load on the watchdog, as polling `/metrics` did), API requests
 //! per tick (the sim's request log), Prometheus queries per tick (a stub
 //! Prometheus that answers every query with an empty vector and counts
 //! them: the queries the watchdog issues with the default error-rate and
@@ -169,7 +169,8 @@ async fn run(n: usize, full: bool) -> Row {
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("ROLLBACK_WATCHDOG_CONFIG")
         .env_remove("POD_NAME")
-        .env("RUST_LOG", "warn")
+        // The daemon's "tick done" line (with its wall time) marks each tick.
+        .env("RUST_LOG", "warn,rollback_watchdog::runtime::daemon=debug")
         .arg("--config")
         .arg(&config)
         .arg("run")
@@ -210,11 +211,12 @@ async fn run(n: usize, full: bool) -> Row {
         cpu_time(pid),
         sim.request_log().entries().len(),
     );
-    let mut last = wait_tick(&http, admin, None).await;
+    let log = dir.path().join("stderr");
+    let mut seen = wait_ticks(&log, 0).await.len();
     let mut quiet = 0;
     while quiet < 2 && wave_start.elapsed() < Duration::from_secs(300) {
         let before = sim.request_log().entries().len();
-        last = wait_tick(&http, admin, Some(last.0)).await;
+        seen = wait_ticks(&log, seen).await.len();
         quiet = if sim.request_log().entries().len() == before {
             quiet + 1
         } else {
@@ -234,9 +236,9 @@ async fn run(n: usize, full: bool) -> Row {
     );
     let mut walls = Vec::new();
     for _ in 0..ticks {
-        let (t, wall) = wait_tick(&http, admin, Some(last.0)).await;
-        walls.push(wall);
-        last = (t, wall);
+        let all = wait_ticks(&log, seen).await;
+        walls.extend_from_slice(&all[seen..]);
+        seen = all.len();
     }
     let (cpu1, api1, q1) = (
         cpu_time(pid),
@@ -259,7 +261,7 @@ async fn run(n: usize, full: bool) -> Row {
         settle,
         ready,
         cpu_per_tick: cpu1.saturating_sub(cpu0) / ticks,
-        tick_wall: walls.iter().sum::<Duration>() / ticks,
+        tick_wall: walls.iter().sum::<Duration>() / walls.len().max(1) as u32,
         api_per_tick: api1.saturating_sub(api0) as f64 / f64::from(ticks),
         queries_per_tick: q1.saturating_sub(q0) as f64 / f64::from(ticks),
         peak_rss_mib,
@@ -347,44 +349,29 @@ async fn stub_prometheus() -> (String, Arc<AtomicU64>) {
     (url, count)
 }
 
-/// Waits for `last_tick_timestamp_seconds` to change from `after`; the new
-/// value and how long after it (the tick's start) the change was seen.
-async fn wait_tick(http: &reqwest::Client, admin: u16, after: Option<f64>) -> (f64, Duration) {
+/// The wall times of the ticks the watchdog has logged ("tick done"), once
+/// there are more than `after` (bounded: 2 minutes).
+async fn wait_ticks(log: &Path, after: usize) -> Vec<Duration> {
     let start = Instant::now();
     loop {
-        if let Some(t) = last_tick(http, admin).await {
-            if after.is_none_or(|a| t > a) {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(t);
-                return (t, Duration::from_secs_f64((now - t).max(0.0)));
-            }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let walls: Vec<Duration> = text
+            .lines()
+            .filter(|l| l.contains("tick done"))
+            .filter_map(|l| {
+                let ms = l.split("wall_ms=").nth(1)?.split_whitespace().next()?;
+                ms.parse().ok().map(Duration::from_millis)
+            })
+            .collect();
+        if walls.len() > after {
+            return walls;
         }
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "no tick in 2 minutes"
+            "no tick in 2 minutes: {text}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn last_tick(http: &reqwest::Client, admin: u16) -> Option<f64> {
-    let text = http
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("rollback_watchdog_last_tick_timestamp_seconds"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-        .filter(|t: &f64| *t > 0.0)
 }
 
 /// User + system CPU time of a process.

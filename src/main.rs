@@ -33,12 +33,13 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
 }
 
 /// glibc's malloc gives each thread that contends an arena of its own, up
-/// to 8 per core, and keeps what is freed in each: with the runtime's
-/// worker threads building and dropping watch-cache objects, that held
-/// hundreds of MiB that were no longer used (peak RSS at 10,000
-/// Deployments fell by about a third with 2). `MALLOC_ARENA_MAX` in the
+/// to 8 per core, and keeps what is freed in each. The runtime starts a
+/// worker thread per core, so on a node with many cores the arenas, and
+/// the freed memory they keep, multiply. On the 2-core bench machine the
+/// cap is worth little (peak RSS at 10,000 Deployments 867 MiB with 2
+/// arenas, 898 MiB with 8: benches/README.md). `MALLOC_ARENA_MAX` in the
 /// environment, which glibc reads itself, wins. Other C libraries (musl in
-/// the static image) have one heap and no such setting.
+/// the static image) have no such setting.
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

@@ -447,6 +447,7 @@ impl Daemon {
     /// One evaluation of every target at `now`. Returns what it concluded;
     /// the report (logs, Events, metrics, `/status`) is already done.
     pub async fn tick(&mut self, now: Timestamp) -> Vec<Evaluation> {
+        let started = std::time::Instant::now();
         self.collect_finished().await;
         let snapshot = self.caches.snapshot();
         let resolution = targets::resolve(&self.config, &snapshot);
@@ -508,6 +509,12 @@ impl Daemon {
             .last_tick_timestamp_seconds
             .set(now.as_millisecond() as f64 / 1000.0);
         self.publish_status(&resolution.warnings, now);
+        // The scale bench counts ticks and their wall time by this line.
+        tracing::debug!(
+            targets = evaluations.len(),
+            wall_ms = started.elapsed().as_millis() as u64,
+            "tick done"
+        );
         evaluations
     }
 
