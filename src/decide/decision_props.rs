@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::config::Loader;
 use crate::decide::decision::{decide, Action, Facts, Input, RevisionState};
+use crate::decide::request::Restored;
 use crate::observe::revision::{Revision, Rollout, TargetState, Window, WindowWhy};
 use crate::observe::targets::{Source, WatchedDeployment};
 use crate::signals::{Measurement, Outcome, SignalId, SignalResult, Subject, Threshold};
@@ -162,10 +163,13 @@ proptest! {
 
     /// Over any interleaving: a rollback is ordered only inside the window
     /// (unless the target opts in), only on a tick with a failure, at most
-    /// once per revision, and never on a revision the watchdog restored.
+    /// once per revision, and never on a revision the watchdog restored:
+    /// whether or not the rollback left its restored record (an older
+    /// watchdog's did not), and whatever deploys came before it.
     #[test]
     fn rollbacks_only_in_windows_once_and_never_of_our_own(
         outside in any::<bool>(),
+        records_restored in any::<bool>(),
         steps in prop::collection::vec(step(), 1..120),
     ) {
         let target = target(outside);
@@ -189,6 +193,13 @@ proptest! {
                     ours = matches!(s, Step::OwnRollback);
                     if ours {
                         facts.rollbacks.push(now);
+                        if records_restored {
+                            facts.restored = Some(Restored {
+                                revision: number,
+                                pod_template_hash: format!("h{number}"),
+                                images: vec![format!("web:v{number}")],
+                            });
+                        }
                     }
                     rolled_back = false;
                     continue;
