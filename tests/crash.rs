@@ -5,11 +5,8 @@
 //! template, exactly one template patch, a backup for every patch, and no
 //! decision twice in the audit log or at on-call.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kube::ResourceExt;
-use rollback_watchdog::k8s::keys::IN_FLIGHT;
-use rollback_watchdog::observe::revision::first_image;
 use rollback_watchdog::pipeline::crash;
 
 mod support;
@@ -39,23 +36,8 @@ async fn crash_after(step: &str) {
 
     let (mut again, port) = c.run(&[]);
     wait_ready(port, &mut again).await;
-    c.wait_deployment("rolled back to web:v1 and closed", |d| {
-        first_image(d) == "web:v1" && !d.annotations().contains_key(IN_FLIGHT)
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !events_received(&c.got)
-        .iter()
-        .any(|e| e == "rollback_succeeded")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "on-call never heard rollback_succeeded after a crash at {step}: {:?}; {}",
-            events_received(&c.got),
-            again.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_rolled_back_and_told(|| format!("after a crash at {step}: {}", again.log()))
+        .await;
     // Room for a duplicate to show.
     tokio::time::sleep(Duration::from_secs(4)).await;
     again.assert_alive();

@@ -17,7 +17,7 @@ use rollback_watchdog::sim::{Fault, FaultRule, SimCluster};
 
 mod support;
 use support::binary::{events_received, status};
-use support::cluster::{count, wait_ready, Cluster};
+use support::cluster::{count, wait_heard, wait_ready, Cluster};
 use support::faulty::{flaky_receiver, DelayProxy, FakePrometheus, HookFault, PromMode};
 
 /// A share of every kind of API fault on every resource the watchdog
@@ -180,16 +180,13 @@ async fn under_faults_a_bad_release_is_rolled_back_once_and_told_once() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while count(&events_received(&c.got), "rollback_succeeded") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "on-call never heard the result: {:?}; {}",
-            events_received(&c.got),
-            run.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_heard(
+        &c.got,
+        "rollback_succeeded",
+        Duration::from_secs(90),
+        || run.log(),
+    )
+    .await;
     // Faults stop: the watchdog is alive, ready and judging again.
     c.sim.faults().clear();
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -8,9 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
 use rollback_watchdog::decide::refusal::READ_FAILURES_TOLD_AFTER;
-use rollback_watchdog::k8s::keys::IN_FLIGHT;
 use rollback_watchdog::observe::revision::first_image;
 use rollback_watchdog::sim::{Fault, FaultRule};
 
@@ -87,20 +85,7 @@ async fn a_rollback_that_cannot_read_the_cluster_is_told_once_and_done_when_read
 
     // The reads work again: the next tick rolls back.
     c.sim.faults().clear();
-    c.wait_deployment("rolled back to web:v1 and closed", |d| {
-        first_image(d) == "web:v1" && !d.annotations().contains_key(IN_FLIGHT)
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&events_received(&c.got), "rollback_succeeded") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no rollback_succeeded: {:?}; {}",
-            events_received(&c.got),
-            run.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_rolled_back_and_told(|| run.log()).await;
     let events = events_received(&c.got);
     assert_eq!(count(&events, "rollback_failed"), 1, "{events:?}");
     assert_eq!(count(&events, "rollback_started"), 1, "{events:?}");

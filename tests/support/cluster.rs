@@ -11,12 +11,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use rollback_watchdog::k8s::keys::MANAGED_BY;
+use rollback_watchdog::k8s::keys::{IN_FLIGHT, MANAGED_BY};
 use rollback_watchdog::observe::revision::first_image;
 use rollback_watchdog::sim::{Behaviours, SimCluster};
 use serde_json::json;
 
-use super::binary::{free_port, receiver, status, Running};
+use super::binary::{events_received, free_port, receiver, status, Running};
 use super::watch::{sim_with_web, NAME};
 
 pub const NS: &str = "prod";
@@ -191,6 +191,23 @@ timeout = "2s"
         }
     }
 
+    /// Waits (bounded) until `web` is back on `web:v1` with its in-flight
+    /// record cleared, and on-call has heard `rollback_succeeded`; `why`
+    /// says what the test was doing if not.
+    pub async fn wait_rolled_back_and_told(&self, why: impl Fn() -> String) {
+        self.wait_deployment("rolled back to web:v1 and closed", |d| {
+            first_image(d) == "web:v1" && !d.annotations().contains_key(IN_FLIGHT)
+        })
+        .await;
+        wait_heard(
+            &self.got,
+            "rollback_succeeded",
+            Duration::from_secs(30),
+            why,
+        )
+        .await;
+    }
+
     /// The backups of `web` in the watchdog's namespace.
     pub async fn backups(&self) -> usize {
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), "rollback-watchdog");
@@ -237,6 +254,27 @@ pub async fn wait_ready(port: u16, run: &mut Running) {
         run.assert_alive();
         assert!(Instant::now() < deadline, "never ready: {}", run.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits, bounded by `within`, until on-call (the receiver `got`) has
+/// heard a notice of `kind`; `why` says what the test was doing when it
+/// did not (the watchdog's log, the step).
+pub async fn wait_heard(
+    got: &Arc<Mutex<Vec<serde_json::Value>>>,
+    kind: &str,
+    within: Duration,
+    why: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while count(&events_received(got), kind) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "on-call never heard {kind}: {:?}; {}",
+            events_received(got),
+            why()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
