@@ -31,7 +31,7 @@ use rollback_watchdog::signals::quantile::{bucket_quantile, parse_le};
 use rollback_watchdog::signals::{
     BaselineRevision, Outcome, ServingRevision, SignalId, SignalResult, Signals, Subject,
 };
-use rollback_watchdog::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
+use rollback_watchdog::sim::prometheus::{self, PrometheusServer};
 
 const STEP: i64 = 15;
 const BOUNDS: [f64; 6] = [0.05, 0.1, 0.2, 0.5, 1.0, 2.5];
@@ -627,30 +627,6 @@ async fn many_targets_share_one_query_per_tick(ctx: &Ctx) -> Result<(), String> 
     Ok(())
 }
 
-struct QuitOnDrop(String);
-
-impl Drop for QuitOnDrop {
-    fn drop(&mut self) {
-        use std::io::{Read, Write};
-        let Some(addr) = self.0.strip_prefix("http://") else {
-            return;
-        };
-        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
-            return;
-        };
-        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        else {
-            return;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.write_all(
-            format!("POST /-/quit HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        );
-        let _ = stream.read(&mut [0u8; 256]);
-    }
-}
-
 #[test]
 fn grouped_queries_against_backfilled_data() {
     assert!(
@@ -664,18 +640,11 @@ fn grouped_queries_against_backfilled_data() {
         .expect("a tokio runtime");
     runtime.block_on(async {
         let times = Times::new();
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let storage = dir.path().join("tsdb");
-        prometheus::backfill(&openmetrics(times), &storage)
-            .await
-            .expect("promtool backfill");
-        let mut opts = PrometheusOptions::new("global:\n  scrape_interval: 15s\n");
-        opts.storage = Some(storage);
-        opts.max_lifetime = Duration::from_secs(600);
-        let mut server = PrometheusServer::start(opts)
-            .await
-            .expect("prometheus starts");
-        let quit = QuitOnDrop(server.url().to_owned());
+        // Killed with its process group when dropped, a panic included.
+        let mut server =
+            PrometheusServer::start_backfilled(&openmetrics(times), Duration::from_secs(600))
+                .await
+                .expect("prometheus starts on the backfilled data");
         let ctx = Ctx {
             times,
             url: server.url().to_owned(),
@@ -705,7 +674,6 @@ fn grouped_queries_against_backfilled_data() {
             many_targets_share_one_query_per_tick,
         );
         let log = server.log();
-        drop(quit);
         server.stop().await;
         assert!(
             failures.is_empty(),

@@ -20,7 +20,7 @@ use rollback_watchdog::signals::{
     evaluate_all, BaselineRevision, Outcome, ServingRevision, SignalId, SignalResult, Signals,
     Subject, Threshold,
 };
-use rollback_watchdog::sim::prometheus::{self, PrometheusOptions, PrometheusServer};
+use rollback_watchdog::sim::prometheus::{self, PrometheusServer};
 
 /// Uniform latency up to this many seconds is the baseline's: p95 190 ms.
 const BASE_LATENCY: f64 = 0.2;
@@ -971,41 +971,6 @@ async fn the_bearer_token_is_read_per_query_and_headers_are_sent(c: &Ctx) -> Che
     expect_inconclusive(&r, "401")
 }
 
-/// Asks Prometheus to quit through its lifecycle API when dropped, even
-/// on a panic. `PrometheusServer::stop` kills the `timeout` wrapper with
-/// SIGKILL, which `timeout` cannot pass on, so without this the server
-/// would outlive the test (see the report on `sim::prometheus`).
-struct QuitOnDrop(String);
-
-impl Drop for QuitOnDrop {
-    fn drop(&mut self) {
-        use std::io::{Read, Write};
-        let Some(addr) = self.0.strip_prefix("http://") else {
-            return;
-        };
-        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
-            return;
-        };
-        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        else {
-            return;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.write_all(
-            format!("POST /-/quit HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        );
-        let _ = stream.read(&mut [0u8; 256]);
-        // Give it a moment to exit, so `timeout` exits with it.
-        for _ in 0..50 {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 /// Liveness bound for cases that wait on timeouts (not a timing claim).
 async fn bounded<T>(fut: impl Future<Output = T>) -> Result<T, String> {
     tokio::time::timeout(Duration::from_secs(30), fut)
@@ -1034,18 +999,11 @@ fn prometheus_signals_against_backfilled_data() {
         .expect("a tokio runtime");
     runtime.block_on(async {
         let times = Times::new();
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let storage = dir.path().join("tsdb");
-        prometheus::backfill(&openmetrics(times), &storage)
-            .await
-            .expect("promtool backfill");
-        let mut opts = PrometheusOptions::new("global:\n  scrape_interval: 15s\n");
-        opts.storage = Some(storage);
-        opts.max_lifetime = Duration::from_secs(600);
-        let mut server = PrometheusServer::start(opts)
-            .await
-            .expect("prometheus starts");
-        let quit = QuitOnDrop(server.url().to_owned());
+        // Killed with its process group when dropped, a panic included.
+        let mut server =
+            PrometheusServer::start_backfilled(&openmetrics(times), Duration::from_secs(600))
+                .await
+                .expect("prometheus starts on the backfilled data");
         let config = config(server.url(), "5s");
         let source = PrometheusSource::new(&config.prometheus).expect("a Prometheus source");
         let ctx = Ctx {
@@ -1093,7 +1051,6 @@ fn prometheus_signals_against_backfilled_data() {
             }
         }
         let log = server.log();
-        drop(quit);
         server.stop().await;
         assert!(
             failures.is_empty(),

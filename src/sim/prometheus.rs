@@ -77,6 +77,9 @@ pub struct PrometheusServer {
     /// Config, log and (unless given) storage; `None` only while `start`
     /// moves it between attempts.
     dir: Option<tempfile::TempDir>,
+    /// The backfilled TSDB of [`PrometheusServer::start_backfilled`], kept
+    /// as long as the server.
+    data: Option<tempfile::TempDir>,
 }
 
 /// Finds an executable on PATH.
@@ -179,6 +182,7 @@ impl PrometheusServer {
                 child,
                 url,
                 dir: Some(dir),
+                data: None,
             };
             match server.wait_ready(Duration::from_secs(20)).await {
                 Ok(()) => return Ok(server),
@@ -197,6 +201,27 @@ impl PrometheusServer {
             waited: Duration::ZERO,
             log: String::new(),
         }))
+    }
+
+    /// Prometheus on `openmetrics` (ending in `# EOF`) backfilled into a
+    /// fresh TSDB with [`backfill`], scraping nothing: queries at fixed
+    /// times give exact, repeatable answers. Its data goes with it.
+    pub async fn start_backfilled(
+        openmetrics: &str,
+        max_lifetime: Duration,
+    ) -> Result<PrometheusServer, PrometheusError> {
+        let data = tempfile::tempdir().map_err(|source| PrometheusError::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let storage = data.path().join("tsdb");
+        backfill(openmetrics, &storage).await?;
+        let mut opts = PrometheusOptions::new("global:\n  scrape_interval: 15s\n");
+        opts.storage = Some(storage);
+        opts.max_lifetime = max_lifetime;
+        let mut server = PrometheusServer::start(opts).await?;
+        server.data = Some(data);
+        Ok(server)
     }
 
     fn take_dir(&mut self) -> Option<tempfile::TempDir> {
