@@ -157,14 +157,22 @@ async fn tick(s: &mut Scenario, http: &reqwest::Client, admin: &AdminServer, log
     });
 }
 
-/// The revisions the API named around tick `i` and the one before: what
-/// the watchdog may be judging then, its caches lagging by under a tick.
+/// The revisions the API named around tick `i`: at it, at every tick
+/// within the watch lag before it, and at the tick before those. What the
+/// watchdog may be judging then: its caches see the API up to `LAG` late,
+/// which spans several ticks when ticks come quickly (a rollback's ticks
+/// can be 60 ms apart), so one tick of slack was not enough.
 fn current_around(log: &[Tick], i: usize) -> Vec<i64> {
-    let mut around = vec![log[i].api_before, log[i].api_after];
-    if i > 0 {
-        around.push(log[i - 1].api_before);
+    let lag = jiff::SignedDuration::try_from(LAG).expect("a short lag");
+    let mut first = i;
+    while first > 0 && log[first - 1].at >= log[i].at - lag {
+        first -= 1;
     }
-    around.into_iter().flatten().collect()
+    log[first.saturating_sub(1)..=i]
+        .iter()
+        .flat_map(|t| [t.api_before, t.api_after])
+        .flatten()
+        .collect()
 }
 
 /// Every switch of the API's revision is in `/status` within two ticks
